@@ -1,0 +1,46 @@
+// The one interface between the lease manager and the data planes. Backends see leases, never etcd:
+// the manager owns etcd, claims our subnet, and hands every remote lease change over as events.
+import type { Logger } from '../daemon/log.js';
+import type { BackendConfig, NetworkConfig } from '../subnet/config.js';
+import type { Lease, LeaseEvent } from '../subnet/lease.js';
+
+/** The underlay interface that carries encapsulated traffic. */
+export interface ExternalInterface {
+  /** Device name, e.g. eth0. */
+  name: string;
+  /** The interface's own IPv4 address (tunnel source). */
+  ifaceIP: string;
+  /** The address other nodes send to; differs from ifaceIP behind NAT (--public-ip). */
+  publicIP: string;
+  mtu: number;
+}
+
+export interface BackendContext {
+  extIface: ExternalInterface;
+  network: NetworkConfig;
+  log: Logger;
+}
+
+/** What a backend publishes in our lease, and the MTU pods on this node must use. */
+export interface BackendAnnouncement {
+  backendData: Record<string, unknown> | null;
+  mtu: number;
+}
+
+export interface Backend {
+  readonly config: BackendConfig;
+  /** Creates or repairs this node's device(s) before a lease is claimed. */
+  prepare(): Promise<BackendAnnouncement>;
+  /** Our subnet is known (at start, or after it changed): address the device for it. */
+  setOwnLease(lease: Lease): Promise<void>;
+  /**
+   * Remote leases came or went (our own lease is never included). The first call after start
+   * carries every lease that exists; a backend then removes kernel state for any lease not among
+   * them (it vanished while we were down). Must be idempotent.
+   */
+  handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void>;
+  /** Stops threads and timers. Kernel state is left in place so traffic keeps flowing across a restart. */
+  close(): Promise<void>;
+}
+
+export type BackendFactory = (ctx: BackendContext) => Backend;

@@ -1,0 +1,163 @@
+// The network config stored at <prefix>/config, in upstream flannel's JSON, with upstream's defaults.
+// Every rejection names the field at fault so that an operator can fix it with one etcdctl put.
+import { type Ip4, Ip4Net, formatIp4, parseIp4 } from './ip4.js';
+
+export interface VxlanBackendConfig {
+  type: 'vxlan';
+  vni: number;
+  port: number;
+  gbp: boolean;
+  directRouting: boolean;
+  /** Explicit device MTU; null means underlay MTU - 50. */
+  mtu: number | null;
+}
+
+export interface UdpBackendConfig {
+  type: 'udp';
+  port: number;
+}
+
+export type BackendConfig = VxlanBackendConfig | UdpBackendConfig;
+
+export interface NetworkConfig {
+  network: Ip4Net;
+  subnetLen: number;
+  subnetMin: Ip4;
+  subnetMax: Ip4;
+  backend: BackendConfig;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly field: string,
+    readonly reason: string,
+  ) {
+    super(`invalid network config: ${field}: ${reason}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function optionalInt(obj: Json, key: string, field: string, min: number, max: number): number | undefined {
+  const v = obj[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new ConfigError(field, `must be an integer, got ${JSON.stringify(v)}`);
+  if (v < min || v > max) throw new ConfigError(field, `must be between ${min} and ${max}, got ${v}`);
+  return v;
+}
+
+function optionalBool(obj: Json, key: string, field: string): boolean | undefined {
+  const v = obj[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw new ConfigError(field, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function optionalIp(obj: Json, key: string): Ip4 | undefined {
+  const v = obj[key];
+  if (v === undefined || v === null || v === '') return undefined;
+  if (typeof v !== 'string') throw new ConfigError(key, `must be an IPv4 address string, got ${JSON.stringify(v)}`);
+  try {
+    return parseIp4(v);
+  } catch {
+    throw new ConfigError(key, `"${v}" is not an IPv4 address`);
+  }
+}
+
+function parseBackend(raw: unknown): BackendConfig {
+  if (raw === undefined || raw === null) return { type: 'udp', port: 8285 }; // upstream's default backend
+  if (!isObject(raw)) throw new ConfigError('Backend', 'must be a JSON object');
+  const type = raw['Type'] ?? 'udp';
+  if (typeof type !== 'string') throw new ConfigError('Backend.Type', 'must be a string');
+  switch (type.toLowerCase()) {
+    case 'udp':
+      return { type: 'udp', port: optionalInt(raw, 'Port', 'Backend.Port', 1, 65535) ?? 8285 };
+    case 'vxlan':
+      return {
+        type: 'vxlan',
+        vni: optionalInt(raw, 'VNI', 'Backend.VNI', 1, 0xffffff) ?? 1,
+        port: optionalInt(raw, 'Port', 'Backend.Port', 1, 65535) ?? 8472,
+        gbp: optionalBool(raw, 'GBP', 'Backend.GBP') ?? false,
+        directRouting: optionalBool(raw, 'DirectRouting', 'Backend.DirectRouting') ?? false,
+        mtu: optionalInt(raw, 'MTU', 'Backend.MTU', 68, 65535) ?? null,
+      };
+    default:
+      throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan)`);
+  }
+}
+
+/** Parses and validates the config JSON, applying upstream flannel's defaults. Throws ConfigError. */
+export function parseNetworkConfig(text: string): NetworkConfig {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError('(json)', `not valid JSON: ${(err as Error).message}`);
+  }
+  if (!isObject(raw)) throw new ConfigError('(json)', 'must be a JSON object');
+
+  if (raw['EnableIPv6'] === true || (raw['IPv6Network'] !== undefined && raw['IPv6Network'] !== '')) {
+    throw new ConfigError('EnableIPv6', 'IPv6 networks are not supported by this daemon');
+  }
+  if (raw['EnableIPv4'] === false) throw new ConfigError('EnableIPv4', 'IPv4 must be enabled (it is the only family supported)');
+
+  const networkText = raw['Network'];
+  if (networkText === undefined || networkText === null || networkText === '') throw new ConfigError('Network', 'is required');
+  if (typeof networkText !== 'string') throw new ConfigError('Network', 'must be a CIDR string such as "10.244.0.0/16"');
+  let network: Ip4Net;
+  try {
+    network = Ip4Net.parse(networkText);
+  } catch (err) {
+    throw new ConfigError('Network', (err as Error).message);
+  }
+
+  let subnetLen = optionalInt(raw, 'SubnetLen', 'SubnetLen', 0, 32) ?? 0;
+  if (subnetLen > 0) {
+    // Each node needs room for a bridge address and a gateway, and the network must hold at
+    // least four subnets because the first one is never handed out.
+    if (subnetLen > 30) throw new ConfigError('SubnetLen', `must be /30 or shorter, got /${subnetLen}`);
+    if (subnetLen < network.prefixLen + 2) {
+      throw new ConfigError('SubnetLen', `Network ${network} is too small for /${subnetLen} subnets: it must hold at least four (SubnetLen >= ${network.prefixLen + 2})`);
+    }
+  } else if (network.prefixLen > 28) {
+    throw new ConfigError('Network', `${network} is too small: the smallest usable network is a /28`);
+  } else {
+    subnetLen = network.prefixLen <= 22 ? 24 : network.prefixLen + 2;
+  }
+
+  const subnetSize = 2 ** (32 - subnetLen);
+  const mask = (0xffffffff << (32 - subnetLen)) >>> 0;
+  const checkBound = (key: 'SubnetMin' | 'SubnetMax', fallback: Ip4): Ip4 => {
+    const ip = optionalIp(raw, key);
+    if (ip === undefined) return fallback;
+    if (!network.contains(ip)) throw new ConfigError(key, `${formatIp4(ip)} is not inside Network ${network}`);
+    if (((ip & mask) >>> 0) !== ip) throw new ConfigError(key, `${formatIp4(ip)} is not on a /${subnetLen} boundary`);
+    return ip;
+  };
+  // The first subnet is skipped by default: its network address would clash with the Network's own.
+  const subnetMin = checkBound('SubnetMin', network.ip + subnetSize);
+  const subnetMax = checkBound('SubnetMax', network.last + 1 - subnetSize);
+  if (subnetMin > subnetMax) {
+    throw new ConfigError('SubnetMin', `${formatIp4(subnetMin)} is above SubnetMax ${formatIp4(subnetMax)}`);
+  }
+
+  return { network, subnetLen, subnetMin, subnetMax, backend: parseBackend(raw['Backend']) };
+}
+
+/** Every subnet a node may lease under this config, in address order. */
+export function* candidateSubnets(config: NetworkConfig): Generator<Ip4Net> {
+  for (let sn = new Ip4Net(config.subnetMin, config.subnetLen); sn.ip <= config.subnetMax; sn = sn.next()) {
+    yield sn;
+    if (sn.ip === config.subnetMax) return;
+  }
+}
+
+/** True when two configs describe the same network and backend (a change of either needs a restart). */
+export function sameNetwork(a: NetworkConfig, b: NetworkConfig): boolean {
+  return JSON.stringify({ ...a, network: a.network.toString() }) === JSON.stringify({ ...b, network: b.network.toString() });
+}

@@ -1,0 +1,117 @@
+// Starts a real etcd server (Debian's etcd-server) on loopback or inside a network namespace, with a
+// throw-away data dir, and stops it by PID. Ports are chosen per instance so test files can run
+// while another harness instance is up.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface EtcdServer {
+  /** Client URL, e.g. http://127.0.0.1:23791 */
+  endpoint: string;
+  pid: number;
+  dataDir: string;
+  /** Stops the server (SIGTERM, then SIGKILL) and removes its data dir unless `keepData`. */
+  stop(opts?: { keepData?: boolean }): Promise<void>;
+}
+
+export interface EtcdOptions {
+  /** Listen address; default 127.0.0.1. */
+  host?: string;
+  /** Run inside this network namespace (via `ip netns exec`). */
+  netns?: string;
+  /** Client port; default a free loopback port. */
+  clientPort?: number;
+  peerPort?: number;
+  /** Reuse a data dir (to restart a stopped server with its data). */
+  dataDir?: string;
+  /** Extra etcd flags. */
+  extraArgs?: string[];
+  name?: string;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitHealthy(endpoint: string, child: ChildProcess, log: () => string, timeoutMs: number, netns?: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`etcd exited with ${child.exitCode}: ${log()}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const args = ['--endpoints', endpoint, '--command-timeout=1s', 'endpoint', 'health'];
+      const cmd = netns ? spawn('ip', ['netns', 'exec', netns, 'etcdctl', ...args], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' })
+        : spawn('etcdctl', args, { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' });
+      cmd.on('close', (code) => resolve(code === 0));
+      cmd.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`etcd at ${endpoint} not healthy after ${timeoutMs} ms: ${log()}`);
+}
+
+export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
+  const host = opts.host ?? '127.0.0.1';
+  const clientPort = opts.clientPort ?? (await freePort());
+  const peerPort = opts.peerPort ?? (await freePort());
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'flannel-etcd-'));
+  const name = opts.name ?? 'default';
+  const endpoint = `http://${host}:${clientPort}`;
+  const peerUrl = `http://${host}:${peerPort}`;
+  const args = [
+    '--name', name,
+    '--data-dir', dataDir,
+    '--listen-client-urls', endpoint,
+    '--advertise-client-urls', endpoint,
+    '--listen-peer-urls', peerUrl,
+    '--initial-advertise-peer-urls', peerUrl,
+    '--initial-cluster', `${name}=${peerUrl}`,
+    ...(opts.extraArgs ?? []),
+  ];
+  const child = opts.netns
+    ? spawn('ip', ['netns', 'exec', opts.netns, 'etcd', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+    : spawn('etcd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-4000);
+  });
+  const pid = child.pid;
+  if (pid === undefined) throw new Error('could not start etcd (is etcd-server installed?)');
+  try {
+    await waitHealthy(endpoint, child, () => stderr, 20_000, opts.netns);
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+  return {
+    endpoint,
+    pid,
+    dataDir,
+    async stop({ keepData = false } = {}) {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise<void>((r) => child.once('exit', () => r()));
+        process.kill(pid, 'SIGTERM');
+        const timer = setTimeout(() => {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            /* already gone */
+          }
+        }, 5000);
+        await exited;
+        clearTimeout(timer);
+      }
+      if (!keepData) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
