@@ -39,6 +39,8 @@ export interface Backend {
    * them (it vanished while we were down). Must be idempotent.
    */
   handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void>;
+  /** Data-path counters (packets, bytes, drops by reason) for /metrics and flannelctl; optional. */
+  stats?(): Record<string, number>;
   /** Stops threads and timers. Kernel state is left in place so traffic keeps flowing across a restart. */
   close(): Promise<void>;
 }
