@@ -16,7 +16,7 @@ export interface LeaseAttrs {
 export interface Lease {
   subnet: Ip4Net;
   attrs: LeaseAttrs;
-  /** When the etcd lease runs out; null for a reservation (a key with no etcd lease). */
+  /** When the etcd lease runs out; null for a reservation (a key with no etcd lease) or when not tracked. */
   expiration: Date | null;
 }
 

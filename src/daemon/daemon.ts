@@ -1,0 +1,205 @@
+// The daemon's lifecycle: find the underlay interface, wait for a valid network config, prepare the
+// backend, claim a lease, write the env file, then follow lease and config changes until stopped.
+import type { Server } from 'node:http';
+import type { Backend, ExternalInterface } from '../backend/backend.js';
+import { createBackend } from '../backend/index.js';
+import { EtcdRegistry, type Stoppable } from '../etcd/registry.js';
+import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
+import { ConfigError, type NetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
+import { previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
+import type { Lease } from '../subnet/lease.js';
+import { LeaseManager, NetworkFullError } from '../subnet/manager.js';
+import type { DaemonOptions } from './flags.js';
+import { startHealthServer } from './health.js';
+import { findExternalInterface } from './iface.js';
+import type { Logger } from './log.js';
+import { notifySystemd } from './sdnotify.js';
+
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 30_000;
+const CONFIG_POLL_MS = 5_000;
+
+export class Daemon {
+  private readonly registry: EtcdRegistry;
+  private health: Server | null = null;
+  private configWatch: Stoppable | null = null;
+  private backend: Backend | null = null;
+  private manager: LeaseManager | null = null;
+  private iptables: IptablesRules | null = null;
+  private network: NetworkConfig | null = null;
+  private ready = false;
+  private stopping = false;
+  /** Wakes the config wait when the config key changes. */
+  private configChanged: (() => void) | null = null;
+  private lastProblem = '';
+  private readonly startedAt = Date.now();
+
+  constructor(
+    private readonly opts: DaemonOptions,
+    private readonly log: Logger,
+  ) {
+    this.registry = new EtcdRegistry(opts.etcd, log);
+  }
+
+  async run(): Promise<void> {
+    const extIface = await findExternalInterface(this.opts);
+    this.log.info({ iface: extIface.name, ifaceIP: extIface.ifaceIP, publicIP: extIface.publicIP, mtu: extIface.mtu }, 'using underlay interface');
+    if (this.opts.healthzPort > 0) {
+      this.health = await startHealthServer(this.opts.healthzIP, this.opts.healthzPort, {
+        ready: () => this.ready,
+        metrics: () => this.metrics(),
+      });
+    }
+    const network = await this.waitForConfig();
+    if (this.stopping) return;
+    this.network = network;
+    this.log.info({ network: network.network.toString(), subnetLen: network.subnetLen, backend: network.backend.type }, 'network config');
+
+    const backend = createBackend({ extIface, network, log: this.log.child({ backend: network.backend.type }) });
+    this.backend = backend;
+    const announcement = await backend.prepare();
+    const manager = new LeaseManager({
+      registry: this.registry,
+      network,
+      attrs: {
+        publicIP: extIface.publicIP,
+        publicIPv6: null,
+        backendType: network.backend.type,
+        backendData: announcement.backendData,
+      },
+      ttlSeconds: this.opts.subnetLeaseTtlSeconds,
+      renewMarginSeconds: this.opts.subnetLeaseRenewMarginMinutes * 60,
+      previousSubnet: previousSubnet(this.opts.subnetFile),
+      log: this.log.child({ component: 'leases' }),
+    });
+    this.manager = manager;
+    await this.startLeasing(manager, extIface, network, announcement.mtu);
+    if (this.stopping) return;
+    this.ready = true;
+    this.log.info({ subnetFile: this.opts.subnetFile, startupMs: Date.now() - this.startedAt }, 'ready');
+    await notifySystemd('READY=1');
+  }
+
+  private async startLeasing(manager: LeaseManager, extIface: ExternalInterface, network: NetworkConfig, mtu: number): Promise<void> {
+    const backend = this.backend!;
+    for (let delay = RETRY_MIN_MS; !this.stopping; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+      try {
+        await manager.start({
+          onOwnLease: async (lease, change) => {
+            writeSubnetEnvFile(this.opts.subnetFile, { network: network.network, subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq });
+            this.log.info({ subnet: lease.subnet.toString(), publicIP: extIface.publicIP, change }, 'subnet lease held; env file written');
+            await backend.setOwnLease(lease);
+            await this.applyIptables(lease, network);
+          },
+          onLeaseEvents: (events) => backend.handleLeaseEvents(events),
+        });
+        return;
+      } catch (err) {
+        const message = (err as Error).message;
+        if (err instanceof NetworkFullError) this.problem('error', message, {});
+        else this.problem('warn', 'could not claim a subnet lease; retrying', { err: message });
+        await manager.stop();
+        await new Promise((r) => setTimeout(r, err instanceof NetworkFullError ? RETRY_MAX_MS : delay));
+      }
+    }
+  }
+
+  private async applyIptables(lease: Lease, network: NetworkConfig): Promise<void> {
+    if (this.iptables) return this.iptables.updateSubnet(lease.subnet);
+    if (!this.opts.ipMasq && !this.opts.iptablesForwardRules) return;
+    this.iptables = await startIptablesRules({
+      network: network.network,
+      subnet: lease.subnet,
+      ipMasq: this.opts.ipMasq,
+      forwardRules: this.opts.iptablesForwardRules,
+      log: this.log.child({ component: 'iptables' }),
+      resyncMs: this.opts.iptablesResyncSeconds * 1000,
+    });
+  }
+
+  /** Logs a problem once, not on every retry; a different problem is logged again. */
+  private problem(level: 'warn' | 'error', msg: string, fields: Record<string, unknown>): void {
+    const key = msg + JSON.stringify(fields);
+    if (key === this.lastProblem) return;
+    this.lastProblem = key;
+    this.log[level](fields, msg);
+  }
+
+  /** Returns the first valid config, logging each distinct problem once while waiting for a fix. */
+  private async waitForConfig(): Promise<NetworkConfig> {
+    for (let delay = RETRY_MIN_MS; !this.stopping; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+      try {
+        if (!this.configWatch) this.configWatch = await this.registry.watchConfig((text) => this.onConfigChange(text));
+        const text = await this.registry.getConfig();
+        if (text === null) {
+          this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
+        } else {
+          return parseNetworkConfig(text);
+        }
+      } catch (err) {
+        if (err instanceof ConfigError) {
+          this.problem('error', 'invalid network config; waiting for a fixed one', { field: err.field, reason: err.reason });
+        } else {
+          this.problem('warn', 'cannot read the network config from etcd; retrying', { err: (err as Error).message });
+          await new Promise((r) => setTimeout(r, delay));
+          continue;
+        }
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, CONFIG_POLL_MS);
+        this.configChanged = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.configChanged = null;
+    }
+    throw new Error('stopped');
+  }
+
+  /** While running, a config change is checked but never half-applied: a new network needs a restart. */
+  private onConfigChange(text: string | null): void {
+    if (this.configChanged) return this.configChanged();
+    const running = this.network;
+    if (!running) return;
+    if (text === null) {
+      this.log.error('the network config was deleted from etcd; keeping the running config');
+      return;
+    }
+    try {
+      const next = parseNetworkConfig(text);
+      if (!sameNetwork(next, running)) {
+        this.log.error(
+          { running: running.network.toString(), new: next.network.toString(), backend: next.backend.type },
+          'the network config changed while running; not applied: restart the daemon (and its pods) to move to the new network',
+        );
+      }
+    } catch (err) {
+      if (err instanceof ConfigError) this.log.error({ field: err.field, reason: err.reason }, 'the new network config is invalid; keeping the running config');
+    }
+  }
+
+  private metrics(): Record<string, unknown> {
+    return {
+      ready: this.ready,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      subnet: this.manager?.ownLease?.subnet.toString() ?? null,
+      leases: this.manager?.stats() ?? {},
+      backend: this.backend?.stats?.() ?? {},
+    };
+  }
+
+  /** Stops cleanly. The lease stays in etcd (as upstream does) so a restart keeps its subnet. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.ready = false;
+    this.configChanged?.();
+    await this.manager?.stop();
+    await this.configWatch?.stop().catch(() => undefined);
+    await this.iptables?.stop({ removeRules: false });
+    await this.backend?.close();
+    await new Promise<void>((r) => (this.health ? this.health.close(() => r()) : r()));
+    this.registry.close();
+  }
+}

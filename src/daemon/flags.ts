@@ -1,0 +1,118 @@
+// Command-line flags with upstream flanneld's names and meanings; each is also read from
+// FLANNELD_<NAME> (dashes as underscores), as upstream does.
+import yargs, { type Argv } from 'yargs';
+import { LOG_LEVELS, type LogLevel } from './log.js';
+import type { EtcdConnectionOptions } from '../etcd/registry.js';
+
+export const VERSION = '0.1.0';
+
+export interface DaemonOptions {
+  etcd: EtcdConnectionOptions;
+  iface: string[];
+  ifaceRegex: string[];
+  ifaceCanReach: string | null;
+  publicIP: string | null;
+  subnetFile: string;
+  subnetLeaseRenewMarginMinutes: number;
+  subnetLeaseTtlSeconds: number;
+  ipMasq: boolean;
+  iptablesForwardRules: boolean;
+  iptablesResyncSeconds: number;
+  healthzIP: string;
+  healthzPort: number;
+  logLevel: LogLevel;
+}
+
+/** Go's flag package accepts `-flag`; yargs would read it as single-letter flags, so rewrite it. */
+export function normalizeGoStyleFlags(argv: readonly string[]): string[] {
+  return argv.map((a) => (/^-[a-z][a-z0-9-]+(=.*)?$/.test(a) ? `-${a}` : a));
+}
+
+/** The etcd connection flags, shared by flanneld and flannelctl. */
+export function withEtcdFlags<T>(y: Argv<T>) {
+  return y
+    .option('etcd-endpoints', { type: 'string', default: 'http://127.0.0.1:4001,http://127.0.0.1:2379', describe: 'comma-separated etcd client URLs' })
+    .option('etcd-prefix', { type: 'string', default: '/coreos.com/network', describe: 'etcd key prefix of the network' })
+    .option('etcd-cafile', { type: 'string', describe: 'CA certificate for TLS to etcd' })
+    .option('etcd-certfile', { type: 'string', describe: 'client certificate for TLS to etcd' })
+    .option('etcd-keyfile', { type: 'string', describe: 'client key for TLS to etcd' })
+    .option('etcd-username', { type: 'string', describe: 'etcd user name' })
+    .option('etcd-password', { type: 'string', describe: 'etcd password' });
+}
+
+export function etcdOptionsFrom(argv: {
+  etcdEndpoints: string;
+  etcdPrefix: string;
+  etcdCafile?: string | undefined;
+  etcdCertfile?: string | undefined;
+  etcdKeyfile?: string | undefined;
+  etcdUsername?: string | undefined;
+  etcdPassword?: string | undefined;
+}): EtcdConnectionOptions {
+  return {
+    endpoints: argv.etcdEndpoints.split(',').map((e) => e.trim()).filter((e) => e !== ''),
+    prefix: argv.etcdPrefix,
+    ...(argv.etcdCafile ? { caFile: argv.etcdCafile } : {}),
+    ...(argv.etcdCertfile ? { certFile: argv.etcdCertfile } : {}),
+    ...(argv.etcdKeyfile ? { keyFile: argv.etcdKeyfile } : {}),
+    ...(argv.etcdUsername ? { username: argv.etcdUsername } : {}),
+    ...(argv.etcdPassword ? { password: argv.etcdPassword } : {}),
+  };
+}
+
+/** Parses flanneld's flags. Exits with usage on a bad flag, and prints the version for --version. */
+export function parseDaemonFlags(argv: readonly string[]): DaemonOptions {
+  const parsed = withEtcdFlags(yargs(normalizeGoStyleFlags(argv)))
+    .scriptName('flanneld')
+    .env('FLANNELD')
+    .option('iface', { type: 'string', array: true, default: [] as string[], describe: 'interface (name or IP) for inter-node traffic; repeatable, first usable wins' })
+    .option('iface-regex', { type: 'string', array: true, default: [] as string[], describe: 'regex matched against interface names and IPs; repeatable' })
+    .option('iface-can-reach', { type: 'string', describe: 'use the interface that routes to this IP' })
+    .option('public-ip', { type: 'string', describe: 'IP other nodes use to reach this one (default: the interface IP)' })
+    .option('subnet-file', { type: 'string', default: '/run/flannel/subnet.env', describe: 'where to write the subnet env file' })
+    .option('subnet-lease-renew-margin', { type: 'number', default: 60, describe: 'renew the lease this many minutes before it expires' })
+    .option('subnet-lease-ttl', { type: 'number', default: 86400, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' })
+    .option('ip-masq', { type: 'boolean', default: false, describe: 'masquerade traffic leaving the flannel network' })
+    .option('iptables-forward-rules', { type: 'boolean', default: true, describe: 'add FORWARD accept rules for the network' })
+    .option('iptables-resync', { type: 'number', default: 5, describe: 'seconds between checks of the iptables rules' })
+    .option('healthz-ip', { type: 'string', default: '0.0.0.0', describe: 'address of the health endpoint' })
+    .option('healthz-port', { type: 'number', default: 0, describe: 'port of /healthz, /readyz and /metrics (0 disables)' })
+    .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' as LogLevel })
+    .option('kube-subnet-mgr', { type: 'boolean', default: false, hidden: true })
+    .version(VERSION)
+    .strict()
+    .check((a) => {
+      if (a['kube-subnet-mgr']) throw new Error('--kube-subnet-mgr is not supported: this daemon stores leases in etcd only');
+      if (!(a['subnet-lease-renew-margin'] >= 0)) throw new Error('--subnet-lease-renew-margin must be >= 0');
+      if (!(a['subnet-lease-ttl'] >= 10)) throw new Error('--subnet-lease-ttl must be at least 10 seconds');
+      if (a['subnet-lease-renew-margin'] * 60 >= a['subnet-lease-ttl']) throw new Error('--subnet-lease-renew-margin must be shorter than the lease TTL');
+      if (!Number.isInteger(a['healthz-port']) || a['healthz-port'] < 0 || a['healthz-port'] > 65535) throw new Error('--healthz-port must be 0-65535');
+      for (const re of a['iface-regex']) {
+        try {
+          new RegExp(re);
+        } catch (err) {
+          throw new Error(`--iface-regex "${re}": ${(err as Error).message}`);
+        }
+      }
+      return true;
+    })
+    .help()
+    .parseSync();
+  return {
+    etcd: etcdOptionsFrom(parsed),
+    // FLANNELD_IFACE may hold a comma list, as with upstream.
+    iface: parsed.iface.flatMap((i) => i.split(',')).map((i) => i.trim()).filter((i) => i !== ''),
+    ifaceRegex: parsed.ifaceRegex,
+    ifaceCanReach: parsed.ifaceCanReach ?? null,
+    publicIP: parsed.publicIp ?? null,
+    subnetFile: parsed.subnetFile,
+    subnetLeaseRenewMarginMinutes: parsed.subnetLeaseRenewMargin,
+    subnetLeaseTtlSeconds: parsed.subnetLeaseTtl,
+    ipMasq: parsed.ipMasq,
+    iptablesForwardRules: parsed.iptablesForwardRules,
+    iptablesResyncSeconds: parsed.iptablesResync,
+    healthzIP: parsed.healthzIp,
+    healthzPort: parsed.healthzPort,
+    logLevel: parsed.logLevel as LogLevel,
+  };
+}

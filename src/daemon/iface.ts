@@ -1,0 +1,71 @@
+// Chooses the underlay interface the way upstream flanneld does: --iface (names or IPs, first usable
+// wins), then --iface-regex, then --iface-can-reach, else the interface of the default route.
+import type { ExternalInterface } from '../backend/backend.js';
+import { ipJson } from '../routes/ip.js';
+import { isIp4 } from '../subnet/ip4.js';
+
+interface IpAddrLink {
+  ifname: string;
+  mtu: number;
+  flags?: string[];
+  addr_info?: { family: string; local: string; prefixlen: number }[];
+}
+
+export interface IfaceSelection {
+  iface: string[];
+  ifaceRegex: string[];
+  ifaceCanReach: string | null;
+  publicIP: string | null;
+}
+
+function ipv4Of(link: IpAddrLink): string | undefined {
+  return link.addr_info?.find((a) => a.family === 'inet')?.local;
+}
+
+function toExternal(link: IpAddrLink, ip: string, publicIP: string | null): ExternalInterface {
+  return { name: link.ifname, ifaceIP: ip, publicIP: publicIP ?? ip, mtu: link.mtu };
+}
+
+export async function findExternalInterface(sel: IfaceSelection): Promise<ExternalInterface> {
+  if (sel.publicIP !== null && !isIp4(sel.publicIP)) throw new Error(`--public-ip "${sel.publicIP}" is not an IPv4 address`);
+  const links = await ipJson<IpAddrLink>(['addr', 'show']);
+
+  if (sel.iface.length > 0) {
+    for (const want of sel.iface) {
+      const byIp = isIp4(want);
+      const link = links.find((l) => (byIp ? l.addr_info?.some((a) => a.local === want) : l.ifname === want));
+      const ip = link && (byIp ? want : ipv4Of(link));
+      if (link && ip) return toExternal(link, ip, sel.publicIP);
+    }
+    throw new Error(`--iface: none of ${sel.iface.join(', ')} is an interface with an IPv4 address`);
+  }
+
+  if (sel.ifaceRegex.length > 0) {
+    for (const pattern of sel.ifaceRegex) {
+      const re = new RegExp(pattern);
+      for (const link of links) {
+        const ips = (link.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => a.local);
+        if (ips.length === 0) continue;
+        if (re.test(link.ifname)) return toExternal(link, ips[0]!, sel.publicIP);
+        const ip = ips.find((a) => re.test(a));
+        if (ip) return toExternal(link, ip, sel.publicIP);
+      }
+    }
+    throw new Error(`--iface-regex: no interface with an IPv4 address matches ${sel.ifaceRegex.join(', ')}`);
+  }
+
+  if (sel.ifaceCanReach !== null) {
+    if (!isIp4(sel.ifaceCanReach)) throw new Error(`--iface-can-reach "${sel.ifaceCanReach}" is not an IPv4 address`);
+    const [route] = await ipJson<{ dev: string; prefsrc?: string }>(['route', 'get', sel.ifaceCanReach]);
+    const link = route && links.find((l) => l.ifname === route.dev);
+    const ip = link && (route.prefsrc ?? ipv4Of(link));
+    if (!link || !ip) throw new Error(`--iface-can-reach: no interface with an IPv4 address routes to ${sel.ifaceCanReach}`);
+    return toExternal(link, ip, sel.publicIP);
+  }
+
+  const [route] = await ipJson<{ dev: string; prefsrc?: string }>(['-4', 'route', 'show', 'default']);
+  const link = route && links.find((l) => l.ifname === route.dev);
+  const ip = link && (route.prefsrc ?? ipv4Of(link));
+  if (!link || !ip) throw new Error('no default route with an IPv4 address: choose the interface with --iface');
+  return toExternal(link, ip, sel.publicIP);
+}

@@ -1,0 +1,29 @@
+// flanneld entry point.
+import { Daemon } from './daemon.js';
+import { parseDaemonFlags } from './flags.js';
+import { createLogger } from './log.js';
+
+const opts = parseDaemonFlags(process.argv.slice(2));
+const log = createLogger(opts.logLevel);
+const daemon = new Daemon(opts, log);
+
+let exiting = false;
+const shutdown = (signal: string) => {
+  if (exiting) return;
+  exiting = true;
+  log.info({ signal }, 'stopping; the subnet lease is kept for the next start');
+  daemon.stop().then(
+    () => process.exit(0),
+    (err: unknown) => {
+      log.error({ err: (err as Error).message }, 'error while stopping');
+      process.exit(1);
+    },
+  );
+};
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+
+daemon.run().catch((err: unknown) => {
+  log.fatal({ err: (err as Error).message }, 'cannot start');
+  process.exit(1);
+});

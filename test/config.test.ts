@@ -1,0 +1,89 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, candidateSubnets, parseNetworkConfig } from '../src/subnet/config.js';
+import { formatIp4 } from '../src/subnet/ip4.js';
+
+function expectConfigError(json: unknown, field: string, reason: RegExp): void {
+  const text = typeof json === 'string' ? json : JSON.stringify(json);
+  let caught: unknown;
+  try {
+    parseNetworkConfig(text);
+  } catch (err) {
+    caught = err;
+  }
+  expect(caught).toBeInstanceOf(ConfigError);
+  expect((caught as ConfigError).field).toBe(field);
+  expect((caught as ConfigError).reason).toMatch(reason);
+}
+
+describe('network config defaults (as upstream)', () => {
+  it('gives /24 subnets, skips the first subnet, ends at the last, and defaults to udp', () => {
+    const c = parseNetworkConfig('{"Network":"198.19.0.0/16"}');
+    expect(c.network.toString()).toBe('198.19.0.0/16');
+    expect(c.subnetLen).toBe(24);
+    expect(formatIp4(c.subnetMin)).toBe('198.19.1.0');
+    expect(formatIp4(c.subnetMax)).toBe('198.19.255.0');
+    expect(c.backend).toEqual({ type: 'udp', port: 8285 });
+  });
+
+  it('splits a network smaller than a /22 into quarters', () => {
+    const c = parseNetworkConfig('{"Network":"198.19.0.0/26"}');
+    expect(c.subnetLen).toBe(28);
+    expect(formatIp4(c.subnetMin)).toBe('198.19.0.16');
+    expect(formatIp4(c.subnetMax)).toBe('198.19.0.48');
+    expect([...candidateSubnets(c)].map(String)).toEqual(['198.19.0.16/28', '198.19.0.32/28', '198.19.0.48/28']);
+  });
+
+  it('a /22 still gets /24 subnets', () => {
+    expect(parseNetworkConfig('{"Network":"198.19.4.0/22"}').subnetLen).toBe(24);
+  });
+
+  it('fills vxlan defaults and honours explicit keys', () => {
+    expect(parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}').backend).toEqual({
+      type: 'vxlan', vni: 1, port: 8472, gbp: false, directRouting: false, mtu: null,
+    });
+    const c = parseNetworkConfig(
+      '{"Network":"198.19.0.0/16","SubnetLen":26,"SubnetMin":"198.19.8.0","SubnetMax":"198.19.9.192",' +
+        '"Backend":{"Type":"vxlan","VNI":42,"Port":4789,"GBP":true,"DirectRouting":true,"MTU":1400}}',
+    );
+    expect(c.subnetLen).toBe(26);
+    expect(formatIp4(c.subnetMin)).toBe('198.19.8.0');
+    expect(formatIp4(c.subnetMax)).toBe('198.19.9.192');
+    expect(c.backend).toEqual({ type: 'vxlan', vni: 42, port: 4789, gbp: true, directRouting: true, mtu: 1400 });
+    expect([...candidateSubnets(c)]).toHaveLength(8);
+  });
+
+  it('udp Port is honoured and Type is case-insensitive', () => {
+    expect(parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"UDP","Port":9000}}').backend).toEqual({ type: 'udp', port: 9000 });
+  });
+});
+
+describe('network config validation names the field', () => {
+  it.each([
+    ['not json {', '(json)', /not valid JSON/],
+    [[1, 2], '(json)', /JSON object/],
+    [{}, 'Network', /required/],
+    [{ Network: 42 }, 'Network', /CIDR string/],
+    [{ Network: '198.19.0.0' }, 'Network', /not an IPv4 CIDR/],
+    [{ Network: '198.19.0.1/16' }, 'Network', /host bits/],
+    [{ Network: '198.19.0.0/29' }, 'Network', /too small/],
+    [{ Network: '198.19.0.0/16', SubnetLen: 31 }, 'SubnetLen', /\/30 or shorter/],
+    [{ Network: '198.19.0.0/24', SubnetLen: 25 }, 'SubnetLen', /at least four/],
+    [{ Network: '198.19.0.0/16', SubnetLen: '24' }, 'SubnetLen', /integer/],
+    [{ Network: '198.19.0.0/16', SubnetMin: '198.20.0.0' }, 'SubnetMin', /not inside Network/],
+    [{ Network: '198.19.0.0/16', SubnetMax: '198.19.3.7' }, 'SubnetMax', /boundary/],
+    [{ Network: '198.19.0.0/16', SubnetMin: 'nope' }, 'SubnetMin', /not an IPv4 address/],
+    [{ Network: '198.19.0.0/16', SubnetMin: '198.19.9.0', SubnetMax: '198.19.3.0' }, 'SubnetMin', /above SubnetMax/],
+    [{ Network: '198.19.0.0/16', Backend: 'vxlan' }, 'Backend', /JSON object/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'host-gw' } }, 'Backend.Type', /unknown backend "host-gw"/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 7 } }, 'Backend.Type', /string/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', VNI: 0 } }, 'Backend.VNI', /between 1 and 16777215/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', VNI: 1.5 } }, 'Backend.VNI', /integer/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', Port: 70000 } }, 'Backend.Port', /between/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', DirectRouting: 'yes' } }, 'Backend.DirectRouting', /true or false/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', GBP: 1 } }, 'Backend.GBP', /true or false/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', MTU: 20 } }, 'Backend.MTU', /between/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'udp', Port: 0 } }, 'Backend.Port', /between/],
+    [{ Network: '198.19.0.0/16', EnableIPv6: true }, 'EnableIPv6', /not supported/],
+    [{ Network: '198.19.0.0/16', EnableIPv4: false }, 'EnableIPv4', /must be enabled/],
+  ])('%j → %s', (json, field, reason) => expectConfigError(json, field as string, reason as RegExp));
+});
