@@ -23,7 +23,8 @@ async function withRegistry<T>(argv: EtcdArgs, fn: (r: EtcdRegistry) => Promise<
 /** Config text from the argument, `--file`, or stdin when the argument is "-". */
 function configText(arg: string | undefined, file: string | undefined): string | undefined {
   if (file) return readFileSync(file, 'utf8');
-  if (arg === '-') return readFileSync(0, 'utf8');
+  // yargs hands a lone "-" positional over as the empty string.
+  if (arg === '-' || arg === '') return readFileSync(0, 'utf8');
   return arg;
 }
 

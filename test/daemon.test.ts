@@ -1,0 +1,148 @@
+// The real daemon (./bin/flanneld) in a network namespace against a real etcd: env file, upstream
+// lease format, restart keeping its subnet, waiting out a bad config, health endpoints, env flags.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type EtcdServer, startEtcd } from './harness/etcd.js';
+import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+
+const repo = join(import.meta.dirname, '..');
+const ns = `fl-${runId()}-daemon`;
+const dir = mkdtempSync(join(tmpdir(), 'flannel-daemon-'));
+const subnetFile = join(dir, 'subnet.env');
+const logFile = join(dir, 'flanneld.log');
+let etcd: EtcdServer;
+const daemons = new Set<ChildProcess>();
+
+async function etcdctl(...args: string[]): Promise<string> {
+  return (await run(['etcdctl', '--endpoints', etcd.endpoint, ...args], { netns: ns, env: { ETCDCTL_API: '3' } })).stdout;
+}
+
+function startDaemon(args: string[] = [], env: Record<string, string> = {}): ChildProcess {
+  const fd = openSync(logFile, 'a');
+  const child = spawn('ip', ['netns', 'exec', ns, join(repo, 'bin/flanneld'), `--etcd-endpoints=${etcd.endpoint}`, ...args], {
+    stdio: ['ignore', fd, fd],
+    env: { ...process.env, ...env },
+  });
+  closeSync(fd);
+  daemons.add(child);
+  child.on('exit', () => daemons.delete(child));
+  return child;
+}
+
+async function stopDaemon(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  child.kill(signal);
+  return exited;
+}
+
+function log(): string {
+  return existsSync(logFile) ? readFileSync(logFile, 'utf8') : '';
+}
+
+async function waitForFile(path: string, timeoutMs = 20_000): Promise<void> {
+  if (!(await waitFor(() => existsSync(path), timeoutMs, 20))) throw new Error(`${path} not written; daemon log:\n${log().slice(-3000)}`);
+}
+
+beforeAll(async () => {
+  await addNetns(ns);
+  // A veth pair gives the namespace an underlay interface eth0 (198.18.0.1) to tunnel from.
+  await run(['ip', '-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer']);
+  await run(['ip', '-n', ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0']);
+  await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
+  await run(['ip', '-n', ns, 'link', 'set', 'eth0peer', 'up']);
+  etcd = await startEtcd({ netns: ns });
+}, 60_000);
+
+afterAll(async () => {
+  for (const d of daemons) await stopDaemon(d, 'SIGKILL');
+  await etcd?.stop();
+  await delNetns(ns);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('flanneld in a network namespace', () => {
+  it('waits for a valid config, naming the bad field once, then leases a subnet and writes the env file', async () => {
+    const daemon = startDaemon(['--iface=eth0', `--subnet-file=${subnetFile}`, '--healthz-port=18471', '--iptables-forward-rules=false']);
+    expect(await waitFor(() => log().includes('no network config in etcd'), 15_000)).toBe(true);
+    await etcdctl('put', '/coreos.com/network/config', '{"Network":"198.19.0.0/16","SubnetMin":"198.19.9.7","Backend":{"Type":"vxlan"}}');
+    expect(await waitFor(() => log().includes('"field":"SubnetMin"'), 15_000)).toBe(true);
+    // /readyz says not ready while waiting; /healthz says alive.
+    expect((await run(['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:18471/readyz'], { netns: ns, allowFail: true })).stdout).toBe('503');
+    expect((await run(['curl', '-s', 'http://127.0.0.1:18471/healthz'], { netns: ns })).stdout).toBe('ok\n');
+    await new Promise((r) => setTimeout(r, 1500)); // the daemon keeps waiting without repeating itself
+    expect(log().match(/"field":"SubnetMin"/g)).toHaveLength(1);
+    expect(existsSync(subnetFile)).toBe(false);
+    expect(daemon.exitCode).toBeNull();
+
+    await etcdctl('put', '/coreos.com/network/config', '{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}');
+    await waitForFile(subnetFile);
+    const env = readFileSync(subnetFile, 'utf8');
+    expect(env).toMatch(/^FLANNEL_NETWORK=198\.19\.0\.0\/16\nFLANNEL_SUBNET=198\.19\.\d+\.1\/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n$/);
+    expect(await waitFor(async () => (await run(['curl', '-s', 'http://127.0.0.1:18471/readyz'], { netns: ns, allowFail: true })).stdout === 'ready\n', 5000)).toBe(true);
+
+    // The lease is in upstream's JSON, bound to a 24 h etcd lease, and names this node's device MAC.
+    const subnet = /FLANNEL_SUBNET=(198\.19\.\d+)\.1\/24/.exec(env)![1]!;
+    const key = `/coreos.com/network/subnets/${subnet}.0-24`;
+    const value = (await etcdctl('get', key, '--print-value-only')).trim();
+    const mac = JSON.parse((await run(['ip', '-json', 'link', 'show', 'flannel.1'], { netns: ns })).stdout)[0].address as string;
+    expect(value).toBe(`{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"${mac}"}}`);
+    const leaseHex = BigInt(/"lease":(\d+)/.exec(await etcdctl('get', key, '-w', 'json'))![1]!).toString(16);
+    const ttl = Number(/granted with TTL\((\d+)s\)/.exec(await etcdctl('lease', 'timetolive', leaseHex))![1]);
+    expect(ttl).toBe(86400);
+    const metrics = JSON.parse((await run(['curl', '-s', 'http://127.0.0.1:18471/metrics'], { netns: ns })).stdout) as { subnet: string };
+    expect(metrics.subnet).toBe(`${subnet}.0/24`);
+
+    // SIGTERM stops cleanly and keeps the lease, as upstream does.
+    expect(await stopDaemon(daemon)).toBe(0);
+    expect((await etcdctl('get', key, '--print-value-only')).trim()).toBe(value);
+  }, 90_000);
+
+  it('keeps its subnet across restarts: clean stop, SIGKILL, and a lost env file', async () => {
+    const before = readFileSync(subnetFile, 'utf8');
+    for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+      unlinkSync(subnetFile);
+      const started = Date.now();
+      const d = startDaemon(['--iface=eth0', `--subnet-file=${subnetFile}`, '--iptables-forward-rules=false']);
+      await waitForFile(subnetFile);
+      console.log(`daemon start → env file written: ${Date.now() - started} ms`);
+      expect(readFileSync(subnetFile, 'utf8')).toBe(before);
+      await stopDaemon(d, signal);
+    }
+    // With the key gone too (expired while the node was down), the env file still brings it back.
+    const subnet = /FLANNEL_SUBNET=(198\.19\.\d+)\.1\/24/.exec(before)![1]!;
+    await etcdctl('del', `/coreos.com/network/subnets/${subnet}.0-24`);
+    const d = startDaemon(['--iface=eth0', `--subnet-file=${subnetFile}`, '--iptables-forward-rules=false']);
+    expect(await waitFor(() => log().includes('claimed our previous subnet'), 20_000)).toBe(true);
+    expect(readFileSync(subnetFile, 'utf8')).toBe(before);
+    await stopDaemon(d);
+  }, 90_000);
+
+  it('reads every flag from FLANNELD_* environment variables', async () => {
+    const envFile = join(dir, 'from-env.env');
+    const d = startDaemon([], {
+      FLANNELD_IFACE: '198.18.0.1',
+      FLANNELD_SUBNET_FILE: envFile,
+      FLANNELD_IPTABLES_FORWARD_RULES: 'false',
+      FLANNELD_IP_MASQ: 'true',
+      FLANNELD_PUBLIC_IP: '198.18.0.1',
+    });
+    await waitForFile(envFile);
+    expect(readFileSync(envFile, 'utf8')).toContain('FLANNEL_IPMASQ=true');
+    await stopDaemon(d);
+  }, 60_000);
+
+  it('rejects a bad flag with a clear message and exit code', async () => {
+    const res = await run([join(repo, 'bin/flanneld'), '--iface-regex=(', '--etcd-endpoints=http://127.0.0.1:1'], { allowFail: true });
+    expect(res.code).not.toBe(0);
+    expect(res.stderr).toMatch(/--iface-regex "\(":/);
+    const version = await run([join(repo, 'bin/flanneld'), '--version']);
+    expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    // Go-style single-dash flags, as in upstream's docs, are accepted.
+    const bad = await run([join(repo, 'bin/flanneld'), '-iface=nonexistent0', '-etcd-endpoints=http://127.0.0.1:1'], { allowFail: true, netns: ns });
+    expect(bad.stderr).toMatch(/--iface: none of nonexistent0/);
+  });
+});
