@@ -111,7 +111,8 @@ export function parseNetworkConfig(text: string): NetworkConfig {
   if (typeof networkText !== 'string') throw new ConfigError('Network', 'must be a CIDR string such as "10.244.0.0/16"');
   let network: Ip4Net;
   try {
-    network = Ip4Net.parse(networkText);
+    // Upstream masks host bits ("10.244.0.1/16" means 10.244.0.0/16); a config it accepts must work here too.
+    network = Ip4Net.parse(networkText, true);
   } catch (err) {
     throw new ConfigError('Network', (err as Error).message);
   }
