@@ -135,6 +135,18 @@ describe('flanneld in a network namespace', () => {
     await stopDaemon(d);
   }, 60_000);
 
+  it('says clearly that the network is full, and keeps running', async () => {
+    const prefix = '/full-network';
+    await etcdctl('put', `${prefix}/config`, '{"Network":"198.19.0.0/26","Backend":{"Type":"vxlan"}}');
+    for (const sn of ['198.19.0.16-28', '198.19.0.32-28', '198.19.0.48-28']) {
+      await etcdctl('put', `${prefix}/subnets/${sn}`, '{"PublicIP":"198.18.0.99","PublicIPv6":null}');
+    }
+    const d = startDaemon(['--iface=eth0', `--etcd-prefix=${prefix}`, `--subnet-file=${join(dir, 'full.env')}`, '--iptables-forward-rules=false']);
+    expect(await waitFor(() => log().includes('no free subnet: all 3 /28 subnets between 198.19.0.16 and 198.19.0.48'), 15_000)).toBe(true);
+    expect(d.exitCode).toBeNull();
+    expect(await stopDaemon(d)).toBe(0);
+  }, 30_000);
+
   it('rejects a bad flag with a clear message and exit code', async () => {
     const res = await run([join(repo, 'bin/flanneld'), '--iface-regex=(', '--etcd-endpoints=http://127.0.0.1:1'], { allowFail: true });
     expect(res.code).not.toBe(0);

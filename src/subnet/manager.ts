@@ -81,6 +81,8 @@ export class LeaseManager {
 
   /** Claims our subnet, hands the current leases to the listener, then follows changes. */
   async start(listener: LeaseManagerListener): Promise<Lease> {
+    // start() may follow a failed start() and its stop() (e.g. the network was full): begin afresh.
+    this.stopped = false;
     this.listener = listener;
     const { records, invalid, revision } = await this.claim(this.opts.previousSubnet, null);
     const own = this.own!;
