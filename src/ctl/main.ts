@@ -7,6 +7,7 @@ import { VERSION, etcdOptionsFrom, normalizeGoStyleFlags, withEtcdFlags } from '
 import { EtcdRegistry } from '../etcd/registry.js';
 import { ConfigError, type NetworkConfig, parseNetworkConfig } from '../subnet/config.js';
 import { formatIp4 } from '../subnet/ip4.js';
+import { dockerOptsCommand } from './docker-opts.js';
 import { type LeaseRow, renderLeaseTable, vtepMacOf } from './leases-table.js';
 
 type EtcdArgs = Parameters<typeof etcdOptionsFrom>[0];
@@ -104,6 +105,7 @@ await withEtcdFlags(yargs(normalizeGoStyleFlags(process.argv.slice(2))))
       }
     });
   })
+  .command(dockerOptsCommand)
   .demandCommand(1, 'name a command')
   .strict()
   .version(VERSION)

@@ -1,0 +1,96 @@
+#!/bin/sh
+# Installs a built flanneld-ts tree (npm ci && npm run build first) on this machine:
+#   /usr/local/lib/flanneld-ts/           dist/, bin/, build/Release/*.node, node_modules/ (production), docs, deploy
+#   /usr/local/bin/flanneld, flannelctl   symlinks into it
+#   /etc/systemd/system/flanneld.service  and /etc/default/flanneld (only if absent)
+# Options:
+#   --docker      also install the docker.service drop-in (Docker on the flannel subnet)
+#   --cni         also install the CNI plugin as /opt/cni/bin/flannel
+#   --no-systemd  no unit files, no systemctl (container images)
+#   --dry-run     print what would be done, change nothing
+# DESTDIR=/some/root installs under that root instead of / (and never runs systemctl).
+set -eu
+
+src=$(cd "$(dirname "$0")/.." && pwd)
+destdir=${DESTDIR:-}
+lib=/usr/local/lib/flanneld-ts
+docker=no
+cni=no
+systemd=yes
+dry=no
+
+for arg in "$@"; do
+  case $arg in
+    --docker) docker=yes ;;
+    --cni) cni=yes ;;
+    --no-systemd) systemd=no ;;
+    --dry-run) dry=yes ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# Every change goes through here, so --dry-run prints exactly what a real run does.
+act() {
+  echo "+ $*"
+  if [ "$dry" = no ]; then "$@"; fi
+}
+
+for required in dist/src/daemon/main.js dist/src/ctl/main.js dist/src/cni/main.js bin/flanneld bin/flannelctl bin/flannel; do
+  if [ ! -e "$src/$required" ]; then
+    echo "install.sh: $src/$required is missing: build first (npm ci && npm run build)" >&2
+    exit 1
+  fi
+done
+
+root="$destdir$lib"
+act mkdir -p "$root"
+# A fresh copy each time, so files removed from the project do not linger.
+act rm -rf "$root/dist" "$root/bin" "$root/build" "$root/node_modules" "$root/docs" "$root/deploy"
+act cp -R "$src/dist" "$src/bin" "$src/docs" "$src/deploy" "$root/"
+act cp "$src/package.json" "$root/package.json"
+if [ -f "$src/package-lock.json" ]; then act cp "$src/package-lock.json" "$root/package-lock.json"; fi
+if ls "$src"/build/Release/*.node >/dev/null 2>&1; then
+  act mkdir -p "$root/build/Release"
+  act cp "$src"/build/Release/*.node "$root/build/Release/"
+fi
+if [ -d "$src/node_modules" ]; then
+  act cp -R "$src/node_modules" "$root/node_modules"
+  # Test and build tools are not needed at run time; npm prune removes them without the network.
+  if command -v npm >/dev/null 2>&1; then
+    echo "+ (cd $root && npm prune --omit=dev --ignore-scripts)"
+    if [ "$dry" = no ]; then (cd "$root" && npm prune --omit=dev --ignore-scripts --no-audit --no-fund >/dev/null); fi
+  fi
+fi
+
+act mkdir -p "$destdir/usr/local/bin"
+act ln -sfn "$lib/bin/flanneld" "$destdir/usr/local/bin/flanneld"
+act ln -sfn "$lib/bin/flannelctl" "$destdir/usr/local/bin/flannelctl"
+
+if [ "$cni" = yes ]; then
+  act mkdir -p "$destdir/opt/cni/bin"
+  act ln -sfn "$lib/bin/flannel" "$destdir/opt/cni/bin/flannel"
+fi
+
+if [ "$systemd" = yes ]; then
+  act mkdir -p "$destdir/etc/systemd/system"
+  act cp "$src/deploy/systemd/flanneld.service" "$destdir/etc/systemd/system/flanneld.service"
+  if [ ! -e "$destdir/etc/default/flanneld" ]; then
+    act mkdir -p "$destdir/etc/default"
+    act cp "$src/deploy/systemd/flanneld.default" "$destdir/etc/default/flanneld"
+  fi
+  if [ "$docker" = yes ]; then
+    act mkdir -p "$destdir/etc/systemd/system/docker.service.d"
+    act cp "$src/deploy/systemd/docker.service.d/flannel.conf" "$destdir/etc/systemd/system/docker.service.d/flannel.conf"
+  fi
+  # Only on the real root of a machine run by systemd.
+  if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
+    act systemctl daemon-reload
+    echo "installed; start with: systemctl enable --now flanneld"
+  fi
+fi
+if [ "$dry" = yes ]; then
+  echo "install.sh: dry run, nothing changed"
+else
+  echo "install.sh: done${destdir:+ (under $destdir)}"
+fi

@@ -1,0 +1,117 @@
+// `flannelctl docker-opts`: upstream's mk-docker-opts.sh. Turns flanneld's subnet env file into Docker
+// daemon options (--bip, --mtu, --ip-masq) in an env file that docker.service reads (EnvironmentFile=)
+// and expands into dockerd's command line ($DOCKER_OPTS).
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import type { CommandModule } from 'yargs';
+import { parseEnvText } from '../subnet/envfile.js';
+
+export const DEFAULT_SUBNET_FILE = '/run/flannel/subnet.env';
+export const DEFAULT_DOCKER_ENV_FILE = '/run/docker_opts.env';
+export const DEFAULT_COMBINED_KEY = 'DOCKER_OPTS';
+
+export interface DockerOptsOptions {
+  /** -k: name of the combined variable. */
+  combinedKey: string;
+  /** -i: write each option as its own DOCKER_OPT_* variable. */
+  individual: boolean;
+  /** -c: write the combined variable. Neither -i nor -c means both, as upstream. */
+  combined: boolean;
+  /** False with -m: leave --ip-masq out (for Dockers that do not know it). */
+  ipMasq: boolean;
+  /**
+   * Variables of the calling environment: like the upstream script, the combined value starts with the
+   * current value of the combined key, and DOCKER_OPT_* variables already set are passed on too.
+   */
+  environment?: Record<string, string | undefined>;
+}
+
+/** A value that can sit between double quotes in an env file read by systemd or a shell. */
+function quotable(name: string, value: string): string {
+  if (/["\\$`\n]/.test(value)) throw new Error(`${name} contains a character that cannot be quoted safely: ${JSON.stringify(value)}`);
+  return value;
+}
+
+/**
+ * The Docker env file for a subnet env file's variables. Docker masquerades by default; when flanneld
+ * masquerades (FLANNEL_IPMASQ=true), Docker must not, hence --ip-masq=false and nothing otherwise.
+ */
+export function formatDockerOpts(flannelEnv: Record<string, string>, opts: DockerOptsOptions): string {
+  const environment = opts.environment ?? {};
+  const both = !opts.individual && !opts.combined;
+  const individual = both || opts.individual;
+  const combined = both || opts.combined;
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(opts.combinedKey)) throw new Error(`-k ${JSON.stringify(opts.combinedKey)} is not a variable name`);
+
+  const options = new Map<string, string>();
+  for (const [name, value] of Object.entries(environment)) {
+    if (name.startsWith('DOCKER_OPT_') && value !== undefined) options.set(name, value);
+  }
+  if (flannelEnv['FLANNEL_SUBNET']) options.set('DOCKER_OPT_BIP', `--bip=${flannelEnv['FLANNEL_SUBNET']}`);
+  if (flannelEnv['FLANNEL_MTU']) options.set('DOCKER_OPT_MTU', `--mtu=${flannelEnv['FLANNEL_MTU']}`);
+  if (flannelEnv['FLANNEL_IPMASQ'] === 'true' && opts.ipMasq) options.set('DOCKER_OPT_IPMASQ', '--ip-masq=false');
+
+  const lines: string[] = [];
+  // Same order and spacing as the script: names sorted, each value followed by a space.
+  let all = `${environment[opts.combinedKey] ?? ''} `;
+  for (const name of [...options.keys()].sort()) {
+    const value = quotable(name, options.get(name)!);
+    if (individual) lines.push(`${name}="${value}"`);
+    all += `${value} `;
+  }
+  if (combined) lines.push(`${opts.combinedKey}="${quotable(opts.combinedKey, all)}"`);
+  return lines.map((l) => l + '\n').join('');
+}
+
+/** Reads the subnet env file; a missing one is an error (Docker must not start with a wrong --bip). */
+export function readFlannelEnv(path: string): Record<string, string> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist (is flanneld running and has it written it?)' : (err as Error).message;
+    throw new Error(`subnet file ${path} ${why}`);
+  }
+  const env = parseEnvText(text);
+  if (!env['FLANNEL_SUBNET']) throw new Error(`subnet file ${path} has no FLANNEL_SUBNET`);
+  return env;
+}
+
+export function writeDockerOptsFile(path: string, content: string): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  writeFileSync(tmp, content, { mode: 0o644 });
+  renameSync(tmp, path);
+}
+
+interface DockerOptsArgs {
+  'subnet-file': string;
+  'docker-env-file': string;
+  'combined-key': string;
+  individual: boolean;
+  combined: boolean;
+  'skip-ip-masq': boolean;
+}
+
+export const dockerOptsCommand: CommandModule<object, DockerOptsArgs> = {
+  command: 'docker-opts',
+  describe: 'write Docker daemon options (--bip, --mtu, --ip-masq) from the subnet env file (mk-docker-opts.sh)',
+  builder: (y) =>
+    y
+      .option('subnet-file', { alias: 'f', type: 'string', default: DEFAULT_SUBNET_FILE, describe: 'flannel subnet env file to read' })
+      .option('docker-env-file', { alias: 'd', type: 'string', default: DEFAULT_DOCKER_ENV_FILE, describe: 'Docker env file to write' })
+      .option('combined-key', { alias: 'k', type: 'string', default: DEFAULT_COMBINED_KEY, describe: 'name of the combined variable' })
+      .option('individual', { alias: 'i', type: 'boolean', default: false, describe: 'write each option as a DOCKER_OPT_* variable' })
+      .option('combined', { alias: 'c', type: 'boolean', default: false, describe: 'write the combined variable (neither -i nor -c: both)' })
+      .option('skip-ip-masq', { alias: 'm', type: 'boolean', default: false, describe: 'do not write --ip-masq (older Docker)' }),
+  handler: (argv) => {
+    const content = formatDockerOpts(readFlannelEnv(argv['subnet-file']), {
+      combinedKey: argv['combined-key'],
+      individual: argv.individual,
+      combined: argv.combined,
+      ipMasq: !argv['skip-ip-masq'],
+      environment: process.env,
+    });
+    writeDockerOptsFile(argv['docker-env-file'], content);
+  },
+};
