@@ -1,4 +1,4 @@
-// Runs iproute2. Arguments are passed as an argv array (never through a shell), so lease data
+// Runs iproute2 (`ip`, and `bridge` for the vxlan FDB). Arguments are passed as an argv array (never through a shell), so lease data
 // from etcd can never be interpreted as shell syntax. Batches go through `ip -batch -` on stdin.
 import { execFile, spawn } from 'node:child_process';
 
@@ -22,23 +22,37 @@ function baseArgs(opts: IpOptions): string[] {
   return opts.netns ? ['-n', opts.netns] : [];
 }
 
-/** Runs `ip ARGS...` and resolves with stdout. */
-export function ip(args: readonly string[], opts: IpOptions = {}): Promise<string> {
+type Tool = 'ip' | 'bridge';
+
+function runTool(tool: Tool, args: readonly string[], opts: IpOptions): Promise<string> {
   const full = [...baseArgs(opts), ...args];
   return new Promise((resolve, reject) => {
-    execFile('ip', full, { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) reject(new IpCommandError(full, String(stderr), typeof err.code === 'number' ? err.code : null));
+    execFile(tool, full, { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err) reject(new IpCommandError(tool === 'ip' ? full : [tool, ...full], String(stderr), typeof err.code === 'number' ? err.code : null));
       else resolve(String(stdout));
     });
   });
 }
 
-/** Runs `ip -json ARGS...` and parses the result (an empty output is an empty list). */
-export async function ipJson<T = unknown>(args: readonly string[], opts: IpOptions = {}): Promise<T[]> {
-  const out = await ip(['-json', ...args], opts);
-  const text = out.trim();
+async function runToolJson<T>(tool: Tool, args: readonly string[], opts: IpOptions): Promise<T[]> {
+  const text = (await runTool(tool, ['-json', ...args], opts)).trim();
   if (text === '') return [];
   return JSON.parse(text) as T[];
+}
+
+/** Runs `ip ARGS...` and resolves with stdout. */
+export function ip(args: readonly string[], opts: IpOptions = {}): Promise<string> {
+  return runTool('ip', args, opts);
+}
+
+/** Runs `ip -json ARGS...` and parses the result (an empty output is an empty list). */
+export function ipJson<T = unknown>(args: readonly string[], opts: IpOptions = {}): Promise<T[]> {
+  return runToolJson<T>('ip', args, opts);
+}
+
+/** Runs `bridge -json ARGS...` (FDB dumps) and parses the result. */
+export function bridgeJson<T = unknown>(args: readonly string[], opts: IpOptions = {}): Promise<T[]> {
+  return runToolJson<T>('bridge', args, opts);
 }
 
 /** Quotes one batch word for `ip -batch`, which splits lines on whitespace and honours double quotes. */
@@ -55,15 +69,25 @@ function batchWord(word: string): string {
  * and the error lists them; the lines that succeeded stay applied.
  */
 export function ipBatch(commands: readonly (readonly string[])[], opts: IpOptions & { force?: boolean } = {}): Promise<void> {
-  if (commands.length === 0) return Promise.resolve();
+  return batch('ip', commands, opts);
+}
+
+/** `bridge -batch`: the same for FDB commands (`fdb replace ...`). */
+export function bridgeBatch(commands: readonly (readonly string[])[], opts: IpOptions & { force?: boolean } = {}): Promise<void> {
+  return batch('bridge', commands, opts);
+}
+
+// async so that a refused word rejects the promise instead of throwing at the call site.
+async function batch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions & { force?: boolean }): Promise<void> {
+  if (commands.length === 0) return;
   const args = [...baseArgs(opts), ...(opts.force ? ['-force'] : []), '-batch', '-'];
   const input = commands.map((c) => c.map(batchWord).join(' ')).join('\n') + '\n';
   return new Promise((resolve, reject) => {
-    const child = spawn('ip', args, { stdio: ['pipe', 'ignore', 'pipe'] });
+    const child = spawn(tool, args, { stdio: ['pipe', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new IpCommandError(args, stderr, code))));
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code))));
     child.stdin.end(input);
   });
 }

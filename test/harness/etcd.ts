@@ -2,7 +2,7 @@
 // throw-away data dir, and stops it by PID. Ports are chosen per instance so test files can run
 // while another harness instance is up.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,6 +29,9 @@ export interface EtcdOptions {
   /** Extra etcd flags. */
   extraArgs?: string[];
   name?: string;
+  /** Append etcd's log to this file instead of keeping its tail in memory; the server then
+   *  outlives this process safely (no pipe to break), as the demo needs. */
+  logFile?: string;
 }
 
 export async function freePort(): Promise<number> {
@@ -78,17 +81,22 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
     '--initial-cluster', `${name}=${peerUrl}`,
     ...(opts.extraArgs ?? []),
   ];
-  const child = opts.netns
-    ? spawn('ip', ['netns', 'exec', opts.netns, 'etcd', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
-    : spawn('etcd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const logFd = opts.logFile ? openSync(opts.logFile, 'a') : null;
+  const stdio = ['ignore', 'ignore', logFd ?? 'pipe'] as const;
+  const child = opts.netns ? spawn('ip', ['netns', 'exec', opts.netns, 'etcd', ...args], { stdio: [...stdio] }) : spawn('etcd', args, { stdio: [...stdio] });
+  if (logFd !== null) {
+    closeSync(logFd);
+    child.unref(); // with its log in a file it may outlive us (the demo leaves it running)
+  }
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-4000);
   });
+  const logTail = (): string => (opts.logFile ? readFileSync(opts.logFile, 'utf8').slice(-4000) : stderr);
   const pid = child.pid;
   if (pid === undefined) throw new Error('could not start etcd (is etcd-server installed?)');
   try {
-    await waitHealthy(endpoint, child, () => stderr, 20_000, opts.netns);
+    await waitHealthy(endpoint, child, logTail, 20_000, opts.netns);
   } catch (err) {
     child.kill('SIGKILL');
     throw err;

@@ -1,0 +1,396 @@
+// A multi-node flannel cluster made of network namespaces on this machine:
+//   hub ns:   bridge br0 198.18.0.254/24 and etcd on 198.18.0.254:2379
+//   node i:   eth0 198.18.0.i/24 (veth into br0), ip_forward=1, flanneld, bridge cni0 for its pods
+//   pods:     one ns each, eth0 (veth into the node's cni0) addressed from the node's subnet.
+// The test process stays in the root namespace. Everything started is recorded (PIDs, namespace
+// names, temp dirs) so destroy() — or destroyFromState() from another process — removes it all.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ipBatch } from '../../src/routes/ip.js';
+import { Ip4Net, formatIp4 } from '../../src/subnet/ip4.js';
+import { startEtcd, type EtcdServer } from './etcd.js';
+import { addNetns, delNetns, run, runId, sleep } from './netns.js';
+
+export const HUB_IP = '198.18.0.254';
+export const ETCD_ENDPOINT = `http://${HUB_IP}:2379`;
+
+export interface ClusterOptions {
+  /** Node i (1-based) has underlay IP 198.18.0.<i> on eth0. */
+  nodes: number;
+  /** Network config JSON, put at /coreos.com/network/config before daemons start. */
+  config: Record<string, unknown>;
+  /** Default true: all daemons spawned in the same tick, then wait for every env file. */
+  startDaemons?: boolean;
+  /** Extra flags for every daemon. */
+  daemonArgs?: string[];
+  /** Default 1 (pods need an env file, so none are made when startDaemons is false). */
+  podsPerNode?: number;
+  /** How long a daemon may take to write its env file; default 20 s. */
+  daemonTimeoutMs?: number;
+  /** Record what was started in <stateDir>/cluster.json (for destroyFromState from another process). */
+  stateDir?: string;
+}
+
+export interface Pod {
+  ns: string;
+  ip: string;
+  node: ClusterNode;
+}
+
+export interface ClusterNode {
+  index: number;
+  ns: string;
+  ip: string;
+  subnetFile: string;
+  logFile: string;
+  /** Daemon PID while running. */
+  pid: number | null;
+  pods: Pod[];
+  /** Parsed subnet env file. */
+  env(): Promise<Record<string, string>>;
+}
+
+export interface Cluster {
+  id: string;
+  hubNs: string;
+  etcdEndpoint: string;
+  nodes: ClusterNode[];
+  /** The directory holding every node's env file and log. */
+  tmpDir: string;
+  /** ETCDCTL_API=3 etcdctl against the cluster's etcd, run in the hub namespace; resolves with stdout. */
+  etcdctl(args: string[]): Promise<string>;
+  /** Returns when its env file has been (re)written. */
+  startDaemon(node: ClusterNode, extraArgs?: string[]): Promise<void>;
+  stopDaemon(node: ClusterNode, signal?: NodeJS.Signals): Promise<void>;
+  /** Pod netns + veth into the node's bridge cni0, addressed from the env file. */
+  addPod(node: ClusterNode): Promise<Pod>;
+  /** Deletes a pod's namespace (and with it its veth) and forgets it. */
+  removePod(pod: Pod): Promise<void>;
+  ping(from: Pod, toIp: string, opts?: { count?: number; timeoutS?: number }): Promise<boolean>;
+  /** Last lines of a node's daemon log. */
+  logTail(node: ClusterNode, chars?: number): string;
+  /** Kills every PID it started, deletes every namespace and temp dir. Safe to call twice. */
+  destroy(): Promise<void>;
+}
+
+/** What destroyFromState needs to remove a cluster that another process left running. */
+export interface ClusterState {
+  pids: number[];
+  namespaces: string[];
+  dirs: string[];
+}
+
+/** The repository root (this file runs from test/harness or from dist/test/harness). */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the repository root (package.json)');
+    dir = up;
+  }
+  return dir;
+}
+
+export function parseEnvFile(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim());
+    if (m) env[m[1]!] = m[2]!;
+  }
+  return env;
+}
+
+function fileVersion(path: string): string | null {
+  try {
+    const st = statSync(path);
+    return `${st.ino}:${st.mtimeMs}:${st.size}`;
+  } catch {
+    return null;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** SIGTERM (or `signal`), then SIGKILL after `graceMs`; resolves once the process is gone. */
+export async function killPid(pid: number, signal: NodeJS.Signals = 'SIGTERM', graceMs = 5000): Promise<void> {
+  if (!alive(pid)) return;
+  try {
+    process.kill(pid, signal);
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + graceMs;
+  while (alive(pid) && Date.now() < deadline) await sleep(25);
+  if (alive(pid)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    while (alive(pid)) await sleep(25);
+  }
+}
+
+/** Removes a cluster recorded by a process that has since exited (scripts/demo.sh down). */
+export async function destroyFromState(stateDir: string): Promise<void> {
+  const file = join(stateDir, 'cluster.json');
+  if (!existsSync(file)) return;
+  const state = JSON.parse(readFileSync(file, 'utf8')) as ClusterState;
+  await Promise.all(state.pids.map((pid) => killPid(pid, 'SIGTERM', 3000)));
+  for (const ns of [...state.namespaces].reverse()) await delNetns(ns);
+  for (const dir of state.dirs) rmSync(dir, { recursive: true, force: true });
+  rmSync(file, { force: true });
+}
+
+export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
+  if (opts.nodes < 1 || opts.nodes > 250) throw new Error(`nodes must be 1..250, got ${opts.nodes}`);
+  const id = runId();
+  const prefix = `fl-${id}`;
+  const hubNs = `${prefix}-hub`;
+  const tmpDir = mkdtempSync(join(tmpdir(), `flannel-cluster-${id}-`));
+  const flanneld = join(repoRoot(), 'bin', 'flanneld');
+  const namespaces: string[] = [];
+  const children = new Map<ClusterNode, ChildProcess>();
+  let etcd: EtcdServer | null = null;
+  let destroyed = false;
+
+  const saveState = (): void => {
+    if (!opts.stateDir) return;
+    mkdirSync(opts.stateDir, { recursive: true });
+    const pids = [...children.values()].map((c) => c.pid).filter((p): p is number => p !== undefined);
+    if (etcd) pids.push(etcd.pid);
+    const state: ClusterState = { pids, namespaces, dirs: [tmpDir] };
+    writeFileSync(join(opts.stateDir, 'cluster.json'), JSON.stringify(state, null, 2) + '\n');
+  };
+  const newNetns = async (name: string): Promise<void> => {
+    namespaces.push(name); // recorded first, so a half-made namespace is still removed
+    saveState();
+    await addNetns(name);
+  };
+
+  const nodes: ClusterNode[] = [];
+  for (let i = 1; i <= opts.nodes; i++) {
+    const dir = join(tmpDir, `node${i}`);
+    mkdirSync(dir);
+    const subnetFile = join(dir, 'subnet.env');
+    nodes.push({
+      index: i,
+      ns: `${prefix}-n${i}`,
+      ip: `198.18.0.${i}`,
+      subnetFile,
+      logFile: join(dir, 'flanneld.log'),
+      pid: null,
+      pods: [],
+      env: async () => parseEnvFile(readFileSync(subnetFile, 'utf8')),
+    });
+  }
+
+  const logTail = (node: ClusterNode, chars = 3000): string => {
+    try {
+      return readFileSync(node.logFile, 'utf8').slice(-chars);
+    } catch {
+      return '(no log)';
+    }
+  };
+
+  const etcdctl = async (args: string[]): Promise<string> => {
+    const res = await run(['etcdctl', `--endpoints=${ETCD_ENDPOINT}`, ...args], { netns: hubNs, env: { ETCDCTL_API: '3' } });
+    return res.stdout;
+  };
+
+  // Spawns without waiting, so that several daemons can start in the same tick.
+  const spawnDaemon = (node: ClusterNode, extraArgs: string[]): void => {
+    if (node.pid !== null) throw new Error(`node ${node.index}: daemon already running (pid ${node.pid})`);
+    if (!existsSync(flanneld)) throw new Error(`${flanneld} does not exist (npm run build, and is bin/flanneld there?)`);
+    const args = [
+      `--etcd-endpoints=${ETCD_ENDPOINT}`,
+      '--iface=eth0',
+      `--subnet-file=${node.subnetFile}`,
+      '--log-level=debug',
+      ...(opts.daemonArgs ?? []),
+      ...extraArgs,
+    ];
+    const fd = openSync(node.logFile, 'a');
+    const child = spawn('ip', ['netns', 'exec', node.ns, flanneld, ...args], { stdio: ['ignore', fd, fd] });
+    closeSync(fd);
+    child.unref();
+    if (child.pid === undefined) throw new Error(`node ${node.index}: cannot spawn ${flanneld}`);
+    node.pid = child.pid;
+    children.set(node, child);
+    child.once('exit', () => {
+      if (children.get(node) === child) {
+        children.delete(node);
+        node.pid = null;
+        saveState();
+      }
+    });
+    saveState();
+  };
+
+  const waitEnvFile = async (node: ClusterNode, before: string | null): Promise<void> => {
+    const timeoutMs = opts.daemonTimeoutMs ?? 20_000;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const now = fileVersion(node.subnetFile);
+      if (now !== null && now !== before) {
+        const env = parseEnvFile(readFileSync(node.subnetFile, 'utf8'));
+        if (env['FLANNEL_SUBNET']) return; // written completely
+      }
+      if (node.pid === null) throw new Error(`node ${node.index}: flanneld exited before writing ${node.subnetFile}; log tail:\n${logTail(node)}`);
+      if (Date.now() > deadline) throw new Error(`node ${node.index}: no env file ${node.subnetFile} after ${timeoutMs} ms; log tail:\n${logTail(node)}`);
+      await sleep(25);
+    }
+  };
+
+  const startDaemon = async (node: ClusterNode, extraArgs: string[] = []): Promise<void> => {
+    const before = fileVersion(node.subnetFile);
+    spawnDaemon(node, extraArgs);
+    await waitEnvFile(node, before);
+  };
+
+  const stopDaemon = async (node: ClusterNode, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> => {
+    const child = children.get(node);
+    if (!child || child.pid === undefined) return;
+    await killPid(child.pid, signal);
+    children.delete(node);
+    node.pid = null;
+    saveState();
+  };
+
+  // cni0 takes FLANNEL_SUBNET (the subnet's first address); recreated if the subnet changed.
+  const ensureBridge = async (node: ClusterNode, env: Record<string, string>): Promise<void> => {
+    const cidr = env['FLANNEL_SUBNET']!;
+    const mtu = env['FLANNEL_MTU'] ?? '1500';
+    const show = await run(['ip', '-n', node.ns, '-json', 'addr', 'show', 'dev', 'cni0'], { allowFail: true });
+    if (show.code === 0) {
+      const [link] = JSON.parse(show.stdout) as { addr_info: { family: string; local: string; prefixlen: number }[] }[];
+      if (link?.addr_info.some((a) => a.family === 'inet' && `${a.local}/${a.prefixlen}` === cidr)) return;
+      await ipBatch([['addr', 'flush', 'dev', 'cni0'], ['addr', 'add', cidr, 'dev', 'cni0']], { netns: node.ns });
+      return;
+    }
+    await ipBatch([
+      ['link', 'add', 'cni0', 'mtu', mtu, 'type', 'bridge'],
+      ['addr', 'add', cidr, 'dev', 'cni0'],
+      ['link', 'set', 'cni0', 'up'],
+    ], { netns: node.ns });
+  };
+
+  const addPod = async (node: ClusterNode): Promise<Pod> => {
+    const env = await node.env();
+    const cidr = env['FLANNEL_SUBNET'];
+    if (!cidr) throw new Error(`node ${node.index}: no FLANNEL_SUBNET in ${node.subnetFile}`);
+    const mtu = env['FLANNEL_MTU'] ?? '1500';
+    await ensureBridge(node, env);
+    const subnet = Ip4Net.parse(cidr, true);
+    const gateway = cidr.split('/')[0]!;
+    let j = 1; // the first free slot: names and addresses stay unique after removePod
+    while (node.pods.some((p) => p.ns === `${node.ns}-p${j}`)) j++;
+    const podIp = formatIp4(subnet.ip + 1 + j); // .1 is the bridge; pods get .2, .3, ...
+    const pod: Pod = { ns: `${node.ns}-p${j}`, ip: podIp, node };
+    await newNetns(pod.ns);
+    await ipBatch([
+      ['link', 'add', `vp${j}`, 'mtu', mtu, 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', mtu, 'netns', pod.ns],
+      ['link', 'set', `vp${j}`, 'master', 'cni0', 'up'],
+    ], { netns: node.ns });
+    await ipBatch([
+      ['addr', 'add', `${podIp}/${subnet.prefixLen}`, 'dev', 'eth0'],
+      ['link', 'set', 'eth0', 'up'],
+      ['route', 'add', 'default', 'via', gateway],
+    ], { netns: pod.ns });
+    node.pods.push(pod);
+    return pod;
+  };
+
+  const removePod = async (pod: Pod): Promise<void> => {
+    await delNetns(pod.ns);
+    const list = pod.node.pods;
+    list.splice(list.indexOf(pod), 1);
+  };
+
+  const ping = async (from: Pod, toIp: string, o: { count?: number; timeoutS?: number } = {}): Promise<boolean> => {
+    const count = o.count ?? 1;
+    const timeoutS = o.timeoutS ?? 2;
+    const res = await run(['ping', '-n', '-q', '-c', String(count), '-i', '0.2', '-W', String(timeoutS), toIp], {
+      netns: from.ns,
+      allowFail: true,
+      timeoutMs: (count * 0.2 + timeoutS + 5) * 1000,
+    });
+    return res.code === 0;
+  };
+
+  const destroy = async (): Promise<void> => {
+    if (destroyed) return;
+    destroyed = true;
+    const errors: unknown[] = [];
+    const attempt = async (what: () => Promise<void>): Promise<void> => {
+      try {
+        await what();
+      } catch (err) {
+        errors.push(err);
+      }
+    };
+    await Promise.all(nodes.map((node) => attempt(() => stopDaemon(node, 'SIGTERM'))));
+    if (etcd) await attempt(() => etcd!.stop());
+    for (const ns of [...namespaces].reverse()) await attempt(() => delNetns(ns));
+    rmSync(tmpDir, { recursive: true, force: true });
+    if (opts.stateDir) rmSync(join(opts.stateDir, 'cluster.json'), { force: true });
+    if (errors.length > 0) throw new AggregateError(errors, `cluster ${id}: cleanup failed: ${errors.map(String).join('; ')}`);
+  };
+
+  const cluster: Cluster = {
+    id, hubNs, etcdEndpoint: ETCD_ENDPOINT, nodes, tmpDir,
+    etcdctl, startDaemon, stopDaemon, addPod, removePod, ping, logTail, destroy,
+  };
+
+  try {
+    await newNetns(hubNs);
+    await ipBatch([
+      ['link', 'add', 'br0', 'type', 'bridge'],
+      ['addr', 'add', `${HUB_IP}/24`, 'dev', 'br0'],
+      ['link', 'set', 'br0', 'up'],
+    ], { netns: hubNs });
+    etcd = await startEtcd({
+      netns: hubNs, host: HUB_IP, clientPort: 2379, dataDir: mkdtempSync(join(tmpDir, 'etcd-')),
+      ...(opts.stateDir ? { logFile: join(tmpDir, 'etcd.log') } : {}),
+    });
+    saveState();
+    await etcdctl(['put', '/coreos.com/network/config', JSON.stringify(opts.config)]);
+    for (const node of nodes) {
+      await newNetns(node.ns);
+      await ipBatch([
+        ['link', 'add', `v${node.index}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', node.ns],
+        ['link', 'set', `v${node.index}`, 'master', 'br0', 'up'],
+      ], { netns: hubNs });
+      await ipBatch([
+        ['addr', 'add', `${node.ip}/24`, 'dev', 'eth0'],
+        ['link', 'set', 'eth0', 'up'],
+      ], { netns: node.ns });
+      await run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1'], { netns: node.ns });
+    }
+    if (opts.startDaemons ?? true) {
+      const before = nodes.map((node) => fileVersion(node.subnetFile));
+      for (const node of nodes) spawnDaemon(node, []); // same tick: they race for subnets
+      await Promise.all(nodes.map((node, k) => waitEnvFile(node, before[k] ?? null)));
+      for (const node of nodes) for (let j = 0; j < (opts.podsPerNode ?? 1); j++) await addPod(node);
+    }
+  } catch (err) {
+    await destroy().catch(() => {});
+    throw new Error(`cluster ${id} could not be created (and was removed): ${(err as Error).message}`, { cause: err });
+  }
+  return cluster;
+}
+
+/** Resolves a path relative to the repository root. */
+export function repoPath(...parts: string[]): string {
+  return resolve(repoRoot(), ...parts);
+}

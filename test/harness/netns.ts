@@ -1,0 +1,113 @@
+// Network-namespace helpers for tests, benches and the demo: run a command (optionally inside a
+// namespace), create and delete namespaces. Commands are argv arrays; nothing goes through a shell.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+
+/** A short random id, so that names made by concurrent runs on this machine never clash. */
+export function runId(): string {
+  return randomBytes(3).toString('hex');
+}
+
+export interface RunOptions {
+  netns?: string;
+  input?: string;
+  /** Resolve with the exit code instead of rejecting when the command fails. */
+  allowFail?: boolean;
+  timeoutMs?: number;
+  env?: Record<string, string>;
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+export class RunError extends Error {
+  constructor(
+    readonly argv: readonly string[],
+    readonly result: RunResult,
+  ) {
+    super(`${argv.join(' ')} exited ${result.code}: ${(result.stderr || result.stdout).trim().slice(-2000)}`);
+    this.name = 'RunError';
+  }
+}
+
+/** Runs argv (inside `netns` via `ip netns exec` when given) and collects its output. */
+export function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const full = opts.netns ? ['ip', 'netns', 'exec', opts.netns, ...argv] : argv;
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  return new Promise((resolve, reject) => {
+    const child = spawn(full[0]!, full.slice(1), {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: opts.env ? { ...process.env, ...opts.env } : process.env,
+    });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot run ${full.join(' ')}: ${err.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (timedOut) stderr += `\n(killed after ${timeoutMs} ms)`;
+      const result = { stdout, stderr, code: code ?? (signal ? 128 : -1) };
+      if (result.code !== 0 && !opts.allowFail) reject(new RunError(full, result));
+      else resolve(result);
+    });
+    child.stdin.on('error', () => {}); // the command may exit without reading its input
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** Creates a namespace and brings its loopback up. */
+export async function addNetns(name: string): Promise<void> {
+  await run(['ip', 'netns', 'add', name]);
+  await run(['ip', '-n', name, 'link', 'set', 'lo', 'up']);
+}
+
+/** PIDs of the processes running inside a namespace. */
+export async function netnsPids(name: string): Promise<number[]> {
+  const res = await run(['ip', 'netns', 'pids', name], { allowFail: true });
+  if (res.code !== 0) return [];
+  return res.stdout.split(/\s+/).filter(Boolean).map(Number).filter((pid) => pid > 1 && pid !== process.pid);
+}
+
+export async function netnsExists(name: string): Promise<boolean> {
+  const res = await run(['ip', 'netns', 'list']);
+  return res.stdout.split('\n').some((line) => line.split(' ')[0] === name);
+}
+
+/** Kills every process still inside the namespace, then deletes it. A missing namespace is fine. */
+export async function delNetns(name: string): Promise<void> {
+  if (!(await netnsExists(name))) return;
+  for (const pid of await netnsPids(name)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  await run(['ip', 'netns', 'del', name], { allowFail: true });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `check` until it returns true or `timeoutMs` passes; returns the last result. */
+export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, intervalMs = 100): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(intervalMs);
+  }
+}

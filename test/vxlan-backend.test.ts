@@ -1,0 +1,263 @@
+// VxlanBackend driven directly (no daemon, no etcd leases) on harness nodes: the device it makes,
+// the tables it programs, pods pinging through it, and its repairs of kernel state.
+import { writeFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type { BackendContext } from '../src/backend/backend.js';
+import { VxlanBackend } from '../src/backend/vxlan/vxlan-backend.js';
+import { silentLogger } from '../src/daemon/log.js';
+import { listIp4Addrs } from '../src/routes/addr.js';
+import { fdbReplaceCommand, listFdb } from '../src/routes/fdb.js';
+import { bridgeBatch, ip, ipBatch } from '../src/routes/ip.js';
+import { readLink } from '../src/routes/link.js';
+import { listNeighbours, neighReplaceCommand } from '../src/routes/neigh.js';
+import { listRoutes, routeReplaceCommand } from '../src/routes/route.js';
+import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
+import { Ip4Net } from '../src/subnet/ip4.js';
+import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
+import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { waitFor } from './harness/netns.js';
+
+const NETWORK = { Network: '198.19.0.0/16', Backend: { Type: 'vxlan' } };
+let cluster: Cluster;
+const backends: VxlanBackend[] = [];
+
+function newBackend(node: ClusterNode, backend: Record<string, unknown> = NETWORK.Backend, resyncIntervalMs = 200): VxlanBackend {
+  const network = parseNetworkConfig(JSON.stringify({ ...NETWORK, Backend: backend }));
+  const ctx: BackendContext = { extIface: { name: 'eth0', ifaceIP: node.ip, publicIP: node.ip, mtu: 1500 }, network, log: silentLogger };
+  const b = new VxlanBackend(ctx, network.backend as VxlanBackendConfig, { netns: node.ns, resyncIntervalMs });
+  backends.push(b);
+  return b;
+}
+
+function lease(subnet: string, publicIP: string, backendData: Record<string, unknown> | null, backendType: 'vxlan' | 'udp' = 'vxlan'): Lease {
+  return { subnet: Ip4Net.parse(subnet), attrs: { publicIP, publicIPv6: null, backendType, backendData }, expiration: null };
+}
+
+const added = (l: Lease): LeaseEvent => ({ type: 'added', lease: l });
+const removed = (l: Lease): LeaseEvent => ({ type: 'removed', lease: l });
+
+function writeEnv(node: ClusterNode, subnet: string): void {
+  const first = subnet.replace(/\.0\/24$/, '.1/24');
+  writeFileSync(node.subnetFile, `FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET=${first}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n`);
+}
+
+async function tables(node: ClusterNode, dev = 'flannel.1') {
+  const [routes, neighs, fdb] = await Promise.all([listRoutes({}, { netns: node.ns }), listNeighbours(dev, { netns: node.ns }), listFdb(dev, { netns: node.ns })]);
+  return { routes: routes.filter((r) => r.dst.startsWith('198.19.') && r.protocol !== 'kernel'), neighs: neighs.filter((n) => n.permanent), fdb };
+}
+
+beforeAll(async () => {
+  cluster = await createCluster({ nodes: 3, config: NETWORK, startDaemons: false });
+});
+
+afterAll(async () => {
+  await Promise.all(backends.map((b) => b.close()));
+  await cluster?.destroy();
+});
+
+describe('device', () => {
+  test('flannel.1 has upstream attributes and its MAC is published', async () => {
+    const node = cluster.nodes[2]!;
+    const b = newBackend(node);
+    const ann = await b.prepare();
+    const link = await readLink('flannel.1', { netns: node.ns });
+    expect(link?.vxlan).toEqual({ vni: 1, local: node.ip, dev: 'eth0', port: 8472, learning: false, gbp: false });
+    expect(link?.mtu).toBe(1450);
+    expect(ann).toEqual({ backendData: { VNI: 1, VtepMAC: link!.address }, mtu: 1450 });
+    await b.setOwnLease(lease('198.19.3.0/24', node.ip, ann.backendData));
+    expect(await listIp4Addrs('flannel.1', { netns: node.ns })).toEqual([{ cidr: '198.19.3.0/32' }]);
+    expect((await readLink('flannel.1', { netns: node.ns }))?.up).toBe(true);
+    // A new lease replaces the old address.
+    await b.setOwnLease(lease('198.19.4.0/24', node.ip, ann.backendData));
+    expect(await listIp4Addrs('flannel.1', { netns: node.ns })).toEqual([{ cidr: '198.19.4.0/32' }]);
+    await b.close();
+  });
+
+  test('an existing compatible device keeps its MAC across restarts', async () => {
+    const node = cluster.nodes[2]!;
+    const before = (await readLink('flannel.1', { netns: node.ns }))!;
+    const ann = await newBackend(node).prepare();
+    expect(ann.backendData).toEqual({ VNI: 1, VtepMAC: before.address });
+    expect((await readLink('flannel.1', { netns: node.ns }))!.ifindex).toBe(before.ifindex);
+  });
+
+  test.each([
+    ['wrong VNI', ['id', '5', 'local', '198.18.0.3', 'dev', 'eth0', 'dstport', '8472', 'nolearning']],
+    ['wrong port', ['id', '1', 'local', '198.18.0.3', 'dev', 'eth0', 'dstport', '4789', 'nolearning']],
+    ['learning on, no local', ['id', '1', 'dev', 'eth0', 'dstport', '8472', 'learning']],
+    ['gbp set', ['id', '1', 'local', '198.18.0.3', 'dev', 'eth0', 'dstport', '8472', 'nolearning', 'gbp']],
+  ])('a pre-created device with %s is recreated correctly', async (_what, attrs) => {
+    const node = cluster.nodes[2]!;
+    await ip(['link', 'del', 'flannel.1'], { netns: node.ns });
+    await ip(['link', 'add', 'flannel.1', 'type', 'vxlan', ...attrs], { netns: node.ns });
+    const old = (await readLink('flannel.1', { netns: node.ns }))!;
+    const ann = await newBackend(node).prepare();
+    const link = (await readLink('flannel.1', { netns: node.ns }))!;
+    expect(link.vxlan).toEqual({ vni: 1, local: node.ip, dev: 'eth0', port: 8472, learning: false, gbp: false });
+    expect(link.ifindex).not.toBe(old.ifindex);
+    expect(ann.backendData).toEqual({ VNI: 1, VtepMAC: link.address });
+  });
+
+  test('VNI, port, GBP and MTU come from the config', async () => {
+    const node = cluster.nodes[2]!;
+    const ann = await newBackend(node, { Type: 'vxlan', VNI: 42, Port: 4789, GBP: true, MTU: 1400 }).prepare();
+    const link = (await readLink('flannel.42', { netns: node.ns }))!;
+    expect(link.vxlan).toEqual({ vni: 42, local: node.ip, dev: 'eth0', port: 4789, learning: false, gbp: true });
+    expect(ann).toEqual({ backendData: { VNI: 42, VtepMAC: link.address }, mtu: 1400 });
+    await ip(['link', 'del', 'flannel.42'], { netns: node.ns });
+  });
+});
+
+describe('peers', () => {
+  let b1: VxlanBackend;
+  let b2: VxlanBackend;
+  let l1: Lease;
+  let l2: Lease;
+
+  beforeAll(async () => {
+    const [n1, n2] = cluster.nodes as [ClusterNode, ClusterNode];
+    b1 = newBackend(n1);
+    b2 = newBackend(n2);
+    l1 = lease('198.19.1.0/24', n1.ip, (await b1.prepare()).backendData);
+    l2 = lease('198.19.2.0/24', n2.ip, (await b2.prepare()).backendData);
+    await b1.setOwnLease(l1);
+    await b2.setOwnLease(l2);
+    writeEnv(n1, '198.19.1.0/24');
+    writeEnv(n2, '198.19.2.0/24');
+    await cluster.addPod(n1);
+    await cluster.addPod(n2);
+  });
+
+  afterAll(async () => {
+    await b1.close();
+    await b2.close();
+  });
+
+  test('the first call removes state left by an earlier run and programs the given peers', async () => {
+    const n1 = cluster.nodes[0]!;
+    // Leftovers of a peer that vanished while we were down (and a stale direct route).
+    await bridgeBatch([fdbReplaceCommand('flannel.1', '0a:00:00:00:77:01', '198.18.0.77')], { netns: n1.ns });
+    await ipBatch([
+      neighReplaceCommand('flannel.1', '198.19.77.0', '0a:00:00:00:77:01'),
+      routeReplaceCommand({ dst: '198.19.77.0/24', via: '198.19.77.0', dev: 'flannel.1', onlink: true }),
+      routeReplaceCommand({ dst: '198.19.78.0/24', via: '198.18.0.78', dev: 'eth0' }),
+    ], { netns: n1.ns });
+    await b1.handleLeaseEvents([added(l2)]);
+    const mac2 = l2.attrs.backendData!['VtepMAC'];
+    expect(await tables(n1)).toEqual({
+      routes: [{ dst: '198.19.2.0/24', gateway: '198.19.2.0', dev: 'flannel.1', onlink: true, protocol: null }],
+      neighs: [{ ip: '198.19.2.0', mac: mac2, permanent: true }],
+      fdb: [{ mac: mac2, dst: '198.18.0.2', permanent: true }],
+    });
+  });
+
+  test('pods on the two nodes reach each other both ways', async () => {
+    await b2.handleLeaseEvents([added(l1)]);
+    const [p1, p2] = [cluster.nodes[0]!.pods[0]!, cluster.nodes[1]!.pods[0]!];
+    expect(await cluster.ping(p1, p2.ip, { count: 2 })).toBe(true);
+    expect(await cluster.ping(p2, p1.ip, { count: 2 })).toBe(true);
+    expect(b1.stats()).toMatchObject({ peers: 1, errors: 0 });
+  });
+
+  test('an FDB entry, neighbour and route deleted by hand come back on the next resync', async () => {
+    const n1 = cluster.nodes[0]!;
+    const mac2 = String(l2.attrs.backendData!['VtepMAC']);
+    const repairsBefore = b1.stats()['repairs']!;
+    await ip(['neigh', 'del', '198.19.2.0', 'dev', 'flannel.1'], { netns: n1.ns });
+    await ip(['route', 'del', '198.19.2.0/24'], { netns: n1.ns });
+    await bridgeBatch([['fdb', 'del', mac2, 'dev', 'flannel.1', 'dst', '198.18.0.2', 'self']], { netns: n1.ns });
+    expect((await tables(n1)).fdb).toEqual([]);
+    expect(await waitFor(async () => {
+      const t = await tables(n1);
+      return t.fdb.length === 1 && t.neighs.length === 1 && t.routes.length === 1;
+    }, 3000)).toBe(true);
+    expect(b1.stats()['repairs']!).toBeGreaterThanOrEqual(repairsBefore + 3);
+    expect(await cluster.ping(cluster.nodes[0]!.pods[0]!, cluster.nodes[1]!.pods[0]!.ip)).toBe(true);
+  });
+
+  test('a device set down or stripped of its address by hand is restored by the resync', async () => {
+    const n1 = cluster.nodes[0]!;
+    await ipBatch([['addr', 'flush', 'dev', 'flannel.1'], ['link', 'set', 'flannel.1', 'down']], { netns: n1.ns });
+    expect(await waitFor(async () => (await readLink('flannel.1', { netns: n1.ns }))?.up === true, 3000)).toBe(true);
+    expect(await listIp4Addrs('flannel.1', { netns: n1.ns })).toEqual([{ cidr: '198.19.1.0/32' }]);
+    // Routes through the device went with it going down; the same resync puts them back.
+    expect(await waitFor(() => cluster.ping(n1.pods[0]!, cluster.nodes[1]!.pods[0]!.ip, { timeoutS: 1 }), 3000, 0)).toBe(true);
+  });
+
+  test('a peer whose VtepMAC changed (restarted with a new device) is reprogrammed', async () => {
+    const [n1, n2] = cluster.nodes as [ClusterNode, ClusterNode];
+    await b2.close();
+    await ip(['link', 'del', 'flannel.1'], { netns: n2.ns });
+    const b2b = newBackend(n2);
+    const oldMac = l2.attrs.backendData!['VtepMAC'];
+    l2 = lease('198.19.2.0/24', n2.ip, (await b2b.prepare()).backendData);
+    expect(l2.attrs.backendData!['VtepMAC']).not.toBe(oldMac);
+    await b2b.setOwnLease(l2);
+    await b2b.handleLeaseEvents([added(l1)]);
+    b2 = b2b;
+    const mac2 = l2.attrs.backendData!['VtepMAC'];
+    await b1.handleLeaseEvents([added(l2)]);
+    const t = await tables(n1);
+    expect(t.fdb).toEqual([{ mac: mac2, dst: n2.ip, permanent: true }]);
+    expect(t.neighs).toEqual([{ ip: '198.19.2.0', mac: mac2, permanent: true }]);
+    expect(await cluster.ping(n1.pods[0]!, n2.pods[0]!.ip, { count: 2 })).toBe(true);
+  });
+
+  test('leases that are not usable vxlan leases are skipped with a warning, not fatal', async () => {
+    const n1 = cluster.nodes[0]!;
+    const skippedBefore = b1.stats()['skippedLeases']!;
+    await b1.handleLeaseEvents([
+      added(lease('198.19.5.0/24', '198.18.0.5', null, 'udp')),
+      added(lease('198.19.6.0/24', '198.18.0.6', { VNI: 1 })),
+      added(lease('198.19.7.0/24', '198.18.0.7', { VNI: 1, VtepMAC: 'not-a-mac' })),
+      added(lease('198.19.8.0/24', '198.18.0.8', { VNI: 1, VtepMAC: '01:00:5e:00:00:01' })),
+    ]);
+    expect(b1.stats()['skippedLeases']! - skippedBefore).toBe(4);
+    expect(b1.stats()).toMatchObject({ peers: 1, errors: 0 });
+    expect((await tables(n1)).routes.map((r) => r.dst)).toEqual(['198.19.2.0/24']);
+  });
+
+  test('a removal event deletes the route, neighbour and FDB entry', async () => {
+    const n1 = cluster.nodes[0]!;
+    await b1.handleLeaseEvents([removed(l2)]);
+    expect(await tables(n1)).toEqual({ routes: [], neighs: [], fdb: [] });
+    expect(b1.stats()).toMatchObject({ peers: 0 });
+    expect(await cluster.ping(n1.pods[0]!, cluster.nodes[1]!.pods[0]!.ip, { timeoutS: 1 })).toBe(false);
+  });
+
+  test('a deleted flannel.1 is recreated with the same MAC by the resync', async () => {
+    const n1 = cluster.nodes[0]!;
+    await b1.handleLeaseEvents([added(l2)]);
+    const mac1 = l1.attrs.backendData!['VtepMAC'];
+    await ip(['link', 'del', 'flannel.1'], { netns: n1.ns });
+    expect(await waitFor(async () => (await tables(n1).catch(() => null))?.fdb.length === 1, 3000)).toBe(true);
+    expect((await readLink('flannel.1', { netns: n1.ns }))?.address).toBe(mac1);
+    expect(await listIp4Addrs('flannel.1', { netns: n1.ns })).toEqual([{ cidr: '198.19.1.0/32' }]);
+    expect(await cluster.ping(n1.pods[0]!, cluster.nodes[1]!.pods[0]!.ip, { count: 2 })).toBe(true);
+  });
+});
+
+describe('DirectRouting', () => {
+  test('a peer on the same L2 segment is routed via its PublicIP, with no neighbour or FDB entry', async () => {
+    const [n1, n2] = cluster.nodes as [ClusterNode, ClusterNode];
+    const direct = { Type: 'vxlan', DirectRouting: true };
+    const d1 = newBackend(n1, direct);
+    const d2 = newBackend(n2, direct);
+    const dl1 = lease('198.19.1.0/24', n1.ip, (await d1.prepare()).backendData);
+    const dl2 = lease('198.19.2.0/24', n2.ip, (await d2.prepare()).backendData);
+    await d1.setOwnLease(dl1);
+    await d2.setOwnLease(dl2);
+    await d1.handleLeaseEvents([added(dl2)]);
+    await d2.handleLeaseEvents([added(dl1)]);
+    expect(await tables(n1)).toEqual({
+      routes: [{ dst: '198.19.2.0/24', gateway: n2.ip, dev: 'eth0', onlink: false, protocol: null }],
+      neighs: [],
+      fdb: [],
+    });
+    expect(d1.stats()).toMatchObject({ peers: 1, directPeers: 1 });
+    expect(await cluster.ping(n1.pods[0]!, n2.pods[0]!.ip, { count: 2 })).toBe(true);
+    expect(await cluster.ping(n2.pods[0]!, n1.pods[0]!.ip, { count: 2 })).toBe(true);
+    await d1.handleLeaseEvents([removed(dl2)]);
+    expect((await tables(n1)).routes).toEqual([]);
+  });
+});
