@@ -2,10 +2,19 @@
   "targets": [
     {
       "target_name": "flannel_native",
-      "sources": ["src/native/addon.cc"],
+      "sources": [
+        "src/native/addon.cc",
+        "src/native/devices.cc",
+        "src/native/forwarder.cc",
+        "src/native/rx_path.cc",
+        "src/native/tx_path.cc",
+        "src/native/worker.cc"
+      ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
-      "cflags_cc": ["-O2", "-std=c++17"]
+      "cflags": ["-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+      "cflags_cc": ["-O2", "-std=c++17", "-pthread"],
+      "ldflags": ["-pthread"]
     }
   ]
 }

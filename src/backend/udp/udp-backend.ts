@@ -1,17 +1,210 @@
-// PLACEHOLDER: replaced by the real udp backend.
+// The udp backend, wire-compatible with upstream flanneld's: TUN flannel0 (no packet info, MTU =
+// underlay MTU - 28), one route for the whole Network through it, and each IP packet sent whole
+// as one UDP datagram (port 8285 by default) to the PublicIP of the lease covering its
+// destination. The forwarding runs in the native addon's threads (src/native/); this class keeps
+// its table in step with the leases. See docs/udp.md.
 import type { Backend, BackendAnnouncement, BackendContext } from '../backend.js';
+import { ip, ipBatch, ipJson } from '../../routes/ip.js';
 import type { UdpBackendConfig } from '../../subnet/config.js';
+import { formatIp4, isIp4, parseIp4 } from '../../subnet/ip4.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
+import { UdpForwarder, type ForwarderFeatures } from './native.js';
+
+/** IPv4 header (20) + UDP header (8): what encapsulation adds to each packet. */
+export const UDP_ENCAP_OVERHEAD = 28;
+export const UDP_DEVICE = 'flannel0';
+
+export interface UdpBackendOptions {
+  /** Create the device and run `ip` inside this named network namespace (tests); default: ours. */
+  netns?: string;
+  /** Forwarding threads (each with its own TUN queue); default 1, which measured fastest here. */
+  workers?: number;
+  /** How often flannel0, its address and the Network route are checked and repaired; default 5 s. */
+  resyncIntervalMs?: number;
+}
+
+interface AddrInfo {
+  family: string;
+  local: string;
+  prefixlen: number;
+}
 
 export class UdpBackend implements Backend {
+  readonly mtu: number;
+  private forwarder: UdpForwarder | null = null;
+  private own: Lease | null = null;
+  /** Remote udp leases by subnet key; the forwarding table is rebuilt from this on every change. */
+  private readonly remotes = new Map<string, Lease>();
+  /** Leases we cannot use, by subnet key, so that each is reported once, not at every renewal. */
+  private readonly ignored = new Set<string>();
+  private synced = false;
+  private resyncTimer: NodeJS.Timeout | null = null;
+  /** Serialises kernel changes (lease handling vs. the periodic repair). */
+  private serial: Promise<unknown> = Promise.resolve();
+
   constructor(
     readonly ctx: BackendContext,
     readonly config: UdpBackendConfig,
-  ) {}
-  async prepare(): Promise<BackendAnnouncement> {
-    throw new Error('udp backend not implemented yet');
+    private readonly options: UdpBackendOptions = {},
+  ) {
+    this.mtu = ctx.extIface.mtu - UDP_ENCAP_OVERHEAD;
   }
-  async setOwnLease(_lease: Lease): Promise<void> {}
-  async handleLeaseEvents(_events: readonly LeaseEvent[]): Promise<void> {}
-  async close(): Promise<void> {}
+
+  private get ipOpts(): { netns?: string } {
+    return this.options.netns ? { netns: this.options.netns } : {};
+  }
+
+  async prepare(): Promise<BackendAnnouncement> {
+    if (this.mtu < 68) {
+      throw new Error(`udp backend: ${this.ctx.extIface.name} MTU ${this.ctx.extIface.mtu} leaves ${this.mtu} for ${UDP_DEVICE}, below the IPv4 minimum of 68`);
+    }
+    if (!isIp4(this.ctx.extIface.ifaceIP)) throw new Error(`udp backend: interface address "${this.ctx.extIface.ifaceIP}" is not IPv4`);
+    await this.exclusive(async () => {
+      if (!this.forwarder) this.startForwarder();
+      await this.ensureNetworkRoute();
+    });
+    if (!this.resyncTimer) {
+      this.resyncTimer = setInterval(() => void this.exclusive(() => this.resync()), this.options.resyncIntervalMs ?? 5000);
+      this.resyncTimer.unref();
+    }
+    return { backendData: null, mtu: this.mtu };
+  }
+
+  async setOwnLease(lease: Lease): Promise<void> {
+    this.own = lease;
+    this.remotes.delete(lease.subnet.toKey());
+    this.pushTable();
+    await this.exclusive(() => this.addressDevice());
+    this.ctx.log.info({ device: UDP_DEVICE, address: this.ownAddress(), subnet: lease.subnet.toString() }, 'udp backend: own lease set');
+  }
+
+  async handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void> {
+    if (!this.synced) {
+      // The first batch lists every lease there is: whatever we knew before is superseded.
+      this.remotes.clear();
+      this.synced = true;
+    }
+    for (const event of events) {
+      const lease = event.lease;
+      const key = lease.subnet.toKey();
+      if (this.own && lease.subnet.equals(this.own.subnet)) continue;
+      if (event.type === 'removed') {
+        this.ignored.delete(key);
+        if (this.remotes.delete(key)) this.ctx.log.info({ subnet: lease.subnet.toString() }, 'udp backend: subnet removed');
+        continue;
+      }
+      const reason = this.unusable(lease);
+      if (reason) {
+        this.remotes.delete(key);
+        if (!this.ignored.has(key)) this.ctx.log.warn({ subnet: lease.subnet.toString(), publicIP: lease.attrs.publicIP, reason }, 'udp backend: ignoring lease');
+        this.ignored.add(key);
+        continue;
+      }
+      this.ignored.delete(key);
+      const known = this.remotes.get(key);
+      this.remotes.set(key, lease);
+      if (known?.attrs.publicIP !== lease.attrs.publicIP) {
+        this.ctx.log.info({ subnet: lease.subnet.toString(), publicIP: lease.attrs.publicIP }, 'udp backend: subnet added');
+      }
+    }
+    this.pushTable();
+  }
+
+  stats(): Record<string, number> {
+    return this.forwarder ? { ...this.forwarder.stats(), leases: this.remotes.size } : {};
+  }
+
+  async close(): Promise<void> {
+    if (this.resyncTimer) clearInterval(this.resyncTimer);
+    this.resyncTimer = null;
+    await this.exclusive(async () => {
+      // Joins the forwarding threads; closing the TUN removes flannel0 and its route, as upstream.
+      this.forwarder?.close();
+      this.forwarder = null;
+    });
+  }
+
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.serial.then(work, work);
+    this.serial = next.catch(() => undefined);
+    return next;
+  }
+
+  private startForwarder(): void {
+    // The TUN exists only while we hold it open (as upstream's): a restart recreates it.
+    this.forwarder = new UdpForwarder({
+      tunName: UDP_DEVICE,
+      mtu: this.mtu,
+      bindAddress: parseIp4(this.ctx.extIface.ifaceIP),
+      port: this.config.port,
+      workers: this.options.workers ?? 1,
+      ...(this.options.netns ? { netns: this.options.netns } : {}),
+    });
+    const features: ForwarderFeatures = this.forwarder.features();
+    this.ctx.log.info(
+      { device: UDP_DEVICE, mtu: this.mtu, bind: `${this.ctx.extIface.ifaceIP}:${this.config.port}`, ...features },
+      'udp backend: data path started',
+    );
+    this.pushTable();
+  }
+
+  /** Rebuilds the data path if flannel0 went away, and puts back its address and route. */
+  private async resync(): Promise<void> {
+    if (!this.resyncTimer) return; // closed meanwhile
+    try {
+      const failure = this.forwarder ? this.forwarder.failure() : 'not running';
+      if (failure) {
+        this.ctx.log.warn({ device: UDP_DEVICE, failure }, 'udp backend: data path down; recreating flannel0');
+        this.forwarder?.close();
+        this.forwarder = null;
+        this.startForwarder();
+      }
+      await this.addressDevice();
+    } catch (err) {
+      this.ctx.log.error({ err: (err as Error).message }, 'udp backend: repair failed; retrying later');
+    }
+  }
+
+  private ownAddress(): string | null {
+    // Like upstream: the subnet's network address as a /32 (no broadcast routes), used as the
+    // source of host -> pod traffic.
+    return this.own ? `${formatIp4(this.own.subnet.ip)}/32` : null;
+  }
+
+  /** flannel0 carries exactly our address, and the Network route points at it. */
+  private async addressDevice(): Promise<void> {
+    const want = this.ownAddress();
+    if (want) {
+      const links = await ipJson<{ addr_info?: AddrInfo[] }>(['addr', 'show', 'dev', UDP_DEVICE], this.ipOpts);
+      const have = (links[0]?.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`);
+      const stale = have.filter((a) => a !== want);
+      if (stale.length > 0 || !have.includes(want)) {
+        await ipBatch([...stale.map((a) => ['addr', 'del', a, 'dev', UDP_DEVICE]), ['addr', 'replace', want, 'dev', UDP_DEVICE]], this.ipOpts);
+      }
+    }
+    await this.ensureNetworkRoute();
+  }
+
+  private unusable(lease: Lease): string | null {
+    if (lease.attrs.backendType !== 'udp') return `backend type is ${lease.attrs.backendType}, not udp`;
+    if (!isIp4(lease.attrs.publicIP)) return 'PublicIP is not IPv4';
+    if (!this.ctx.network.network.covers(lease.subnet)) return `subnet is outside Network ${this.ctx.network.network}`;
+    return null;
+  }
+
+  private pushTable(): void {
+    this.forwarder?.setTable({
+      own: this.own?.subnet ?? null,
+      // Upstream sends its ICMP errors from flannel0's own address, which the kernel then drops
+      // as a martian (a local source arriving from outside); the Network's base address is no
+      // node's address (the first subnet is never leased by default) and routes back via flannel0.
+      icmpSource: this.own ? this.ctx.network.network.ip : null,
+      routes: [...this.remotes.values()].map((l) => ({ subnet: l.subnet, peer: parseIp4(l.attrs.publicIP), port: this.config.port })),
+    });
+  }
+
+  /** One route for the whole Network via flannel0 (scope global, as upstream), added even if one exists. */
+  private async ensureNetworkRoute(): Promise<void> {
+    await ip(['route', 'replace', this.ctx.network.network.toString(), 'dev', UDP_DEVICE, 'scope', 'global'], this.ipOpts);
+  }
 }

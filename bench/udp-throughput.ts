@@ -1,0 +1,240 @@
+// Pod -> pod TCP throughput through the udp backend's data path, against kernel VXLAN set up by
+// hand on the same two-node topology in the same run (the machine is shared and noisy: only
+// figures from one run compare). Also prints ping RTT for both.
+//
+//   npm install && npm run build
+//   node dist/bench/udp-throughput.js [--seconds 10] [--rounds 3] [--steps] [--workers N] [--daemon]
+//
+// Default: the bench process hosts both nodes' forwarders (UdpForwarder, the code UdpBackend runs),
+// each inside its node's namespace, on bench/udp-topology.ts (the cluster harness's topology
+// without etcd). --daemon runs the real bin/flanneld on the cluster harness instead.
+// --steps measures each data-path optimisation on its own (docs/udp.md lists the results).
+import { UdpForwarder, type UdpForwarderOptions } from '../src/backend/udp/native.js';
+import { ipBatch } from '../src/routes/ip.js';
+import { Ip4Net, formatIp4, parseIp4 } from '../src/subnet/ip4.js';
+import { createCluster, type Cluster } from '../test/harness/cluster.js';
+import { run, sleep } from '../test/harness/netns.js';
+import { OVERLAY, addressFlannel0, createTopology, type Topology } from '../test/harness/udp-topology.js';
+
+interface Args {
+  seconds: number;
+  rounds: number;
+  steps: boolean;
+  workers: number;
+  daemon: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { seconds: 10, rounds: 3, steps: false, workers: 1, daemon: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = (): number => {
+      const v = Number(argv[++i]);
+      if (!Number.isInteger(v) || v < 1) throw new Error(`${a} needs a positive integer`);
+      return v;
+    };
+    if (a === '--seconds') args.seconds = value();
+    else if (a === '--rounds') args.rounds = value();
+    else if (a === '--workers') args.workers = value();
+    else if (a === '--steps') args.steps = true;
+    else if (a === '--daemon') args.daemon = true;
+    else throw new Error(`unknown argument ${a} (see the header of bench/udp-throughput.ts)`);
+  }
+  return args;
+}
+
+/** One node of whichever topology is in use. */
+interface BenchNode {
+  ns: string;
+  ip: string;
+  subnet: Ip4Net;
+  podNs: string;
+  podIp: string;
+  /** The pod's veth end inside the node namespace (a port of cni0). */
+  podPort: string;
+}
+
+interface Measurement {
+  label: string;
+  mbits: number[];
+  retransmits: number[];
+  rttMs: number | null;
+  /** CPU seconds the forwarders used per second of transfer (in-process mode only). */
+  cpu: number[];
+}
+
+async function iperf(from: BenchNode, to: BenchNode, seconds: number): Promise<{ mbits: number; retransmits: number }> {
+  const server = run(['iperf3', '-s', '-1', '-p', '5201'], { netns: to.podNs, allowFail: true, timeoutMs: (seconds + 30) * 1000 });
+  try {
+    for (let attempt = 0; ; attempt++) {
+      await sleep(200);
+      const res = await run(['iperf3', '-c', to.podIp, '-p', '5201', '-t', String(seconds), '-J'], {
+        netns: from.podNs,
+        allowFail: true,
+        timeoutMs: (seconds + 20) * 1000,
+      });
+      if (res.code === 0) {
+        const j = JSON.parse(res.stdout) as { end: { sum_received: { bits_per_second: number }; sum_sent: { retransmits?: number } } };
+        return { mbits: j.end.sum_received.bits_per_second / 1e6, retransmits: j.end.sum_sent.retransmits ?? 0 };
+      }
+      if (attempt >= 10 || !/refused/i.test(res.stdout + res.stderr)) throw new Error(`iperf3 failed: ${(res.stdout + res.stderr).slice(-500)}`);
+    }
+  } finally {
+    await server;
+  }
+}
+
+async function pingRtt(from: BenchNode, to: BenchNode): Promise<number | null> {
+  const res = await run(['ping', '-n', '-q', '-c', '20', '-i', '0.05', '-W', '1', to.podIp], { netns: from.podNs, allowFail: true });
+  const m = /= [\d.]+\/([\d.]+)\//.exec(res.stdout);
+  return m ? Number(m[1]) : null;
+}
+
+async function reachable(from: BenchNode, to: BenchNode): Promise<boolean> {
+  for (let i = 0; i < 20; i++) {
+    const res = await run(['ping', '-n', '-q', '-c', '1', '-W', '1', to.podIp], { netns: from.podNs, allowFail: true });
+    if (res.code === 0) return true;
+    await sleep(200);
+  }
+  return false;
+}
+
+async function measure(label: string, a: BenchNode, b: BenchNode, args: Args, cpuOf?: () => number): Promise<Measurement> {
+  if (!(await reachable(a, b))) throw new Error(`${label}: pod ${a.podIp} cannot reach ${b.podIp}`);
+  const m: Measurement = { label, mbits: [], retransmits: [], rttMs: await pingRtt(a, b), cpu: [] };
+  for (let r = 0; r < args.rounds; r++) {
+    const cpu0 = cpuOf?.() ?? 0;
+    const res = await iperf(a, b, args.seconds);
+    if (cpuOf) m.cpu.push((cpuOf() - cpu0) / args.seconds);
+    m.mbits.push(res.mbits);
+    m.retransmits.push(res.retransmits);
+    process.stderr.write(`  ${label}: ${res.mbits.toFixed(0)} Mbit/s (${res.retransmits} retransmits)\n`);
+  }
+  return m;
+}
+
+async function setPodMtu(n: BenchNode, mtu: number): Promise<void> {
+  await ipBatch([['link', 'set', n.podPort, 'mtu', String(mtu)], ['link', 'set', 'cni0', 'mtu', String(mtu)]], { netns: n.ns });
+  await ipBatch([['link', 'set', 'eth0', 'mtu', String(mtu)]], { netns: n.podNs });
+}
+
+/** Kernel VXLAN exactly as upstream's vxlan backend programs it (flannel.1, VNI 1, port 8472). */
+async function kernelVxlan(nodes: BenchNode[]): Promise<void> {
+  const macs = nodes.map((_, i) => `0e:00:00:00:00:${(i + 1).toString(16).padStart(2, '0')}`);
+  for (const [i, n] of nodes.entries()) {
+    await setPodMtu(n, 1450);
+    const cmds: string[][] = [
+      ['link', 'add', 'flannel.1', 'address', macs[i]!, 'mtu', '1450', 'type', 'vxlan', 'id', '1', 'local', n.ip, 'dev', 'eth0', 'dstport', '8472', 'nolearning'],
+      ['addr', 'add', `${formatIp4(n.subnet.ip)}/32`, 'dev', 'flannel.1'],
+      ['link', 'set', 'flannel.1', 'up'],
+    ];
+    for (const [j, p] of nodes.entries()) {
+      if (j === i) continue;
+      const gw = formatIp4(p.subnet.ip);
+      cmds.push(['neigh', 'replace', gw, 'lladdr', macs[j]!, 'dev', 'flannel.1', 'nud', 'permanent']);
+      cmds.push(['route', 'replace', p.subnet.toString(), 'via', gw, 'dev', 'flannel.1', 'onlink']);
+    }
+    await ipBatch(cmds, { netns: n.ns });
+    for (const [j, p] of nodes.entries()) {
+      if (j !== i) await run(['bridge', 'fdb', 'append', macs[j]!, 'dev', 'flannel.1', 'dst', p.ip, 'self', 'permanent'], { netns: n.ns });
+    }
+  }
+}
+
+const STEPS: { label: string; opts: Partial<UdpForwarderOptions> }[] = [
+  {
+    label: 'one packet per syscall, default socket buffers (upstream design)',
+    opts: { batch: false, tunOffload: false, udpGso: false, udpGro: false, tunCoalesce: false, socketBufferBytes: 212992 },
+  },
+  { label: '+ 4 MiB socket buffers', opts: { batch: false, tunOffload: false, udpGso: false, udpGro: false, tunCoalesce: false } },
+  { label: '+ batching (recvmmsg/sendmmsg)', opts: { tunOffload: false, udpGso: false, udpGro: false, tunCoalesce: false } },
+  { label: '+ TUN TSO (split super-packets ourselves)', opts: { udpGso: false, udpGro: false, tunCoalesce: false } },
+  { label: '+ UDP GSO (UDP_SEGMENT)', opts: { udpGro: false, tunCoalesce: false } },
+  { label: '+ UDP GRO', opts: { tunCoalesce: false } },
+  { label: '+ TCP coalescing into TUN writes (all on)', opts: {} },
+  // Ablations: all on except one, to see what each still brings once the others are there.
+  { label: 'all on except UDP GSO', opts: { udpGso: false } },
+  { label: 'all on except UDP GRO', opts: { udpGro: false } },
+];
+
+async function runInProcess(args: Args): Promise<Measurement[]> {
+  const topo: Topology = await createTopology({ nodes: 2, podMtu: 1472, prefix: 'udpb' });
+  const nodes: BenchNode[] = topo.nodes.map((n) => ({ ns: n.ns, ip: n.ip, subnet: n.subnet, podNs: n.pod.ns, podIp: n.pod.ip, podPort: 'vp1' }));
+  const results: Measurement[] = [];
+  try {
+    const steps = args.steps
+      ? [...STEPS, { label: `all on, ${Math.max(2, args.workers)} workers (multi-queue TUN)`, opts: { workers: Math.max(2, args.workers) } }]
+      : [{ label: `udp backend data path (${args.workers} worker${args.workers > 1 ? 's' : ''})`, opts: { workers: args.workers } }];
+    for (const step of steps) {
+      const fwds: UdpForwarder[] = [];
+      try {
+        for (const n of topo.nodes) {
+          fwds.push(new UdpForwarder({ tunName: 'flannel0', mtu: 1472, bindAddress: parseIp4(n.ip), port: 8285, netns: n.ns, ...step.opts }));
+          await addressFlannel0(n);
+        }
+        topo.nodes.forEach((n, i) => {
+          const peer = topo.nodes[1 - i]!;
+          fwds[i]!.setTable({ own: n.subnet, icmpSource: OVERLAY.ip, routes: [{ subnet: peer.subnet, peer: parseIp4(peer.ip), port: 8285 }] });
+        });
+        const cpu = (): number => {
+          const u = process.cpuUsage();
+          return (u.user + u.system) / 1e6;
+        };
+        results.push(await measure(step.label, nodes[0]!, nodes[1]!, args, cpu));
+      } finally {
+        for (const f of fwds) f.close(); // removes flannel0 and its route
+      }
+    }
+    await kernelVxlan(nodes);
+    results.push(await measure('kernel VXLAN by hand, MTU 1450', nodes[0]!, nodes[1]!, args));
+  } finally {
+    await topo.destroy();
+  }
+  return results;
+}
+
+async function runDaemons(args: Args): Promise<Measurement[]> {
+  const cluster: Cluster = await createCluster({ nodes: 2, config: { Network: OVERLAY.toString(), Backend: { Type: 'udp' } } });
+  const results: Measurement[] = [];
+  try {
+    const nodes: BenchNode[] = [];
+    for (const n of cluster.nodes) {
+      const env = await n.env();
+      const pod = n.pods[0]!;
+      nodes.push({ ns: n.ns, ip: n.ip, subnet: Ip4Net.parse(env['FLANNEL_SUBNET']!, true), podNs: pod.ns, podIp: pod.ip, podPort: 'vp1' });
+    }
+    results.push(await measure('flanneld (this project), udp backend', nodes[0]!, nodes[1]!, args));
+    for (const n of cluster.nodes) await cluster.stopDaemon(n); // flannel0 goes with the process
+    await kernelVxlan(nodes);
+    results.push(await measure('kernel VXLAN by hand, MTU 1450', nodes[0]!, nodes[1]!, args));
+  } finally {
+    await cluster.destroy();
+  }
+  return results;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+function report(results: Measurement[], args: Args): void {
+  const vxlan = results[results.length - 1]!;
+  const ref = median(vxlan.mbits);
+  const fmt = (n: number): string => n.toFixed(0).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+  console.log(`\niperf3 TCP pod -> pod, ${args.rounds} x ${args.seconds} s per row, same run (${new Date().toISOString()})`);
+  console.log('| path | Mbit/s median | range | retransmits | ratio vs kernel VXLAN | ping RTT | forwarder CPU |');
+  console.log('|---|---|---|---|---|---|---|');
+  for (const m of results) {
+    const med = median(m.mbits);
+    const range = `${fmt(Math.min(...m.mbits))} – ${fmt(Math.max(...m.mbits))}`;
+    const cpu = m.cpu.length ? `${(median(m.cpu) * 100).toFixed(0)} %` : '';
+    const rtt = m.rttMs === null ? 'n/a' : `${m.rttMs.toFixed(2)} ms`;
+    console.log(`| ${m.label} | ${fmt(med)} | ${range} | ${m.retransmits.join(', ')} | ${(med / ref).toFixed(2)} | ${rtt} | ${cpu} |`);
+  }
+}
+
+const args = parseArgs(process.argv.slice(2));
+const results = args.daemon ? await runDaemons(args) : await runInProcess(args);
+report(results, args);
