@@ -135,6 +135,16 @@ describe('flanneld in a network namespace', () => {
     await stopDaemon(d);
   }, 60_000);
 
+  it('chooses the underlay interface by --iface-regex and by --iface-can-reach', async () => {
+    for (const [flag, envFile] of [['--iface-regex=^eth[0-9]$', 'regex.env'], ['--iface-can-reach=198.18.0.77', 'reach.env']] as const) {
+      const before = log().length;
+      const d = startDaemon([flag, `--subnet-file=${join(dir, envFile)}`, '--iptables-forward-rules=false']);
+      await waitForFile(join(dir, envFile));
+      expect(log().slice(before)).toMatch(/"iface":"eth0","ifaceIP":"198\.18\.0\.1","publicIP":"198\.18\.0\.1"/);
+      await stopDaemon(d);
+    }
+  }, 60_000);
+
   it('says clearly that the network is full, and keeps running', async () => {
     const prefix = '/full-network';
     await etcdctl('put', `${prefix}/config`, '{"Network":"198.19.0.0/26","Backend":{"Type":"vxlan"}}');

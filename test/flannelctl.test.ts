@@ -67,3 +67,22 @@ describe('flannelctl leases', () => {
     expect(json.leases.map((l) => [l.subnet, l.reserved])).toEqual([['198.19.22.0/24', false], ['198.19.5.0/24', true]]);
   });
 });
+
+describe('etcd authentication', () => {
+  it('uses --etcd-username/--etcd-password, and says why it is refused without them', async () => {
+    const secured = await startEtcd();
+    try {
+      const admin = (...args: string[]) => run(['etcdctl', '--endpoints', secured.endpoint, ...args], { env: { ETCDCTL_API: '3' } });
+      await admin('user', 'add', 'root:rootpw');
+      await admin('auth', 'enable');
+      const withAuth = [ctl, `--etcd-endpoints=${secured.endpoint}`, '--etcd-username=root', '--etcd-password=rootpw'];
+      expect((await run([...withAuth, 'config', 'set', '{"Network":"198.19.0.0/16"}'], { allowFail: true })).code).toBe(0);
+      expect((await run([...withAuth, 'config', 'get'])).stdout.trim()).toBe('{"Network":"198.19.0.0/16"}');
+      const anonymous = await run([ctl, `--etcd-endpoints=${secured.endpoint}`, 'config', 'get'], { allowFail: true });
+      expect(anonymous.code).toBe(1);
+      expect(anonymous.stderr).toMatch(/user name is empty|permission denied|not authenticated|authentication/i);
+    } finally {
+      await secured.stop();
+    }
+  }, 30_000);
+});
