@@ -28,16 +28,21 @@ export function normalizeGoStyleFlags(argv: readonly string[]): string[] {
   return argv.map((a) => (/^-[a-z][a-z0-9-]+(=.*)?$/.test(a) ? `-${a}` : a));
 }
 
+// A flag given more than once keeps its last value, as with Go's flag package (yargs would make an array).
+const lastString = (v: string | string[]): string => (Array.isArray(v) ? v[v.length - 1]! : v);
+const lastNumber = (v: number | number[]): number => (Array.isArray(v) ? v[v.length - 1]! : v);
+const lastBoolean = (v: boolean | boolean[]): boolean => (Array.isArray(v) ? v[v.length - 1]! : v);
+
 /** The etcd connection flags, shared by flanneld and flannelctl. */
 export function withEtcdFlags<T>(y: Argv<T>) {
   return y
-    .option('etcd-endpoints', { type: 'string', default: 'http://127.0.0.1:4001,http://127.0.0.1:2379', describe: 'comma-separated etcd client URLs' })
-    .option('etcd-prefix', { type: 'string', default: '/coreos.com/network', describe: 'etcd key prefix of the network' })
-    .option('etcd-cafile', { type: 'string', describe: 'CA certificate for TLS to etcd' })
-    .option('etcd-certfile', { type: 'string', describe: 'client certificate for TLS to etcd' })
-    .option('etcd-keyfile', { type: 'string', describe: 'client key for TLS to etcd' })
-    .option('etcd-username', { type: 'string', describe: 'etcd user name' })
-    .option('etcd-password', { type: 'string', describe: 'etcd password' });
+    .option('etcd-endpoints', { type: 'string', default: 'http://127.0.0.1:4001,http://127.0.0.1:2379', coerce: lastString, describe: 'comma-separated etcd client URLs' })
+    .option('etcd-prefix', { type: 'string', default: '/coreos.com/network', coerce: lastString, describe: 'etcd key prefix of the network' })
+    .option('etcd-cafile', { type: 'string', coerce: lastString, describe: 'CA certificate for TLS to etcd' })
+    .option('etcd-certfile', { type: 'string', coerce: lastString, describe: 'client certificate for TLS to etcd' })
+    .option('etcd-keyfile', { type: 'string', coerce: lastString, describe: 'client key for TLS to etcd' })
+    .option('etcd-username', { type: 'string', coerce: lastString, describe: 'etcd user name' })
+    .option('etcd-password', { type: 'string', coerce: lastString, describe: 'etcd password' });
 }
 
 export function etcdOptionsFrom(argv: {
@@ -67,18 +72,18 @@ export function parseDaemonFlags(argv: readonly string[]): DaemonOptions {
     .env('FLANNELD')
     .option('iface', { type: 'string', array: true, default: [] as string[], describe: 'interface (name or IP) for inter-node traffic; repeatable, first usable wins' })
     .option('iface-regex', { type: 'string', array: true, default: [] as string[], describe: 'regex matched against interface names and IPs; repeatable' })
-    .option('iface-can-reach', { type: 'string', describe: 'use the interface that routes to this IP' })
-    .option('public-ip', { type: 'string', describe: 'IP other nodes use to reach this one (default: the interface IP)' })
-    .option('subnet-file', { type: 'string', default: '/run/flannel/subnet.env', describe: 'where to write the subnet env file' })
-    .option('subnet-lease-renew-margin', { type: 'number', default: 60, describe: 'renew the lease this many minutes before it expires' })
-    .option('subnet-lease-ttl', { type: 'number', default: 86400, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' })
-    .option('ip-masq', { type: 'boolean', default: false, describe: 'masquerade traffic leaving the flannel network' })
-    .option('iptables-forward-rules', { type: 'boolean', default: true, describe: 'add FORWARD accept rules for the network' })
-    .option('iptables-resync', { type: 'number', default: 5, describe: 'seconds between checks of the iptables rules' })
-    .option('healthz-ip', { type: 'string', default: '0.0.0.0', describe: 'address of the health endpoint' })
-    .option('healthz-port', { type: 'number', default: 0, describe: 'port of /healthz, /readyz and /metrics (0 disables)' })
-    .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' as LogLevel })
-    .option('kube-subnet-mgr', { type: 'boolean', default: false, hidden: true })
+    .option('iface-can-reach', { type: 'string', coerce: lastString, describe: 'use the interface that routes to this IP' })
+    .option('public-ip', { type: 'string', coerce: lastString, describe: 'IP other nodes use to reach this one (default: the interface IP)' })
+    .option('subnet-file', { type: 'string', default: '/run/flannel/subnet.env', coerce: lastString, describe: 'where to write the subnet env file' })
+    .option('subnet-lease-renew-margin', { type: 'number', default: 60, coerce: lastNumber, describe: 'renew the lease this many minutes before it expires' })
+    .option('subnet-lease-ttl', { type: 'number', default: 86400, coerce: lastNumber, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' })
+    .option('ip-masq', { type: 'boolean', default: false, coerce: lastBoolean, describe: 'masquerade traffic leaving the flannel network' })
+    .option('iptables-forward-rules', { type: 'boolean', default: true, coerce: lastBoolean, describe: 'add FORWARD accept rules for the network' })
+    .option('iptables-resync', { type: 'number', default: 5, coerce: lastNumber, describe: 'seconds between checks of the iptables rules' })
+    .option('healthz-ip', { type: 'string', default: '0.0.0.0', coerce: lastString, describe: 'address of the health endpoint' })
+    .option('healthz-port', { type: 'number', default: 0, coerce: lastNumber, describe: 'port of /healthz, /readyz and /metrics (0 disables)' })
+    .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' as LogLevel, coerce: (v: LogLevel | LogLevel[]): LogLevel => (Array.isArray(v) ? v[v.length - 1]! : v) })
+    .option('kube-subnet-mgr', { type: 'boolean', default: false, hidden: true, coerce: lastBoolean })
     .version(VERSION)
     .strict()
     .check((a) => {
