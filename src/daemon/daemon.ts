@@ -3,7 +3,7 @@
 import type { Server } from 'node:http';
 import type { Backend, ExternalInterface } from '../backend/backend.js';
 import { createBackend } from '../backend/index.js';
-import { EtcdRegistry, type Stoppable } from '../etcd/registry.js';
+import { EtcdRegistry, type Stoppable, etcdErrorFields } from '../etcd/registry.js';
 import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
 import { ConfigError, type NetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
 import { previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
@@ -20,7 +20,8 @@ const RETRY_MAX_MS = 30_000;
 const CONFIG_POLL_MS = 5_000;
 
 export class Daemon {
-  private readonly registry: EtcdRegistry;
+  /** Made in run(), so that a bad TLS file is reported like any other start-up failure. */
+  private etcd: EtcdRegistry | null = null;
   private health: Server | null = null;
   private configWatch: Stoppable | null = null;
   private backend: Backend | null = null;
@@ -37,11 +38,15 @@ export class Daemon {
   constructor(
     private readonly opts: DaemonOptions,
     private readonly log: Logger,
-  ) {
-    this.registry = new EtcdRegistry(opts.etcd, log);
+  ) {}
+
+  private get registry(): EtcdRegistry {
+    if (!this.etcd) throw new Error('the daemon is not running');
+    return this.etcd;
   }
 
   async run(): Promise<void> {
+    this.etcd = new EtcdRegistry(this.opts.etcd, this.log);
     const extIface = await findExternalInterface(this.opts);
     this.log.info({ iface: extIface.name, ifaceIP: extIface.ifaceIP, publicIP: extIface.publicIP, mtu: extIface.mtu }, 'using underlay interface');
     if (this.opts.healthzPort > 0) {
@@ -97,9 +102,9 @@ export class Daemon {
       } catch (err) {
         const message = (err as Error).message;
         if (err instanceof NetworkFullError) this.problem('error', message, {});
-        else this.problem('warn', 'could not claim a subnet lease; retrying', { err: message });
+        else this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
         await manager.stop();
-        await new Promise((r) => setTimeout(r, err instanceof NetworkFullError ? RETRY_MAX_MS : delay));
+        await this.registry.backoff(err instanceof NetworkFullError ? RETRY_MAX_MS : delay);
       }
     }
   }
@@ -118,8 +123,7 @@ export class Daemon {
   }
 
   /** Logs a problem once, not on every retry; a different problem is logged again. */
-  private problem(level: 'warn' | 'error', msg: string, fields: Record<string, unknown>): void {
-    const key = msg + JSON.stringify(fields);
+  private problem(level: 'warn' | 'error', msg: string, fields: Record<string, unknown>, key = msg + JSON.stringify(fields)): void {
     if (key === this.lastProblem) return;
     this.lastProblem = key;
     this.log[level](fields, msg);
@@ -129,8 +133,10 @@ export class Daemon {
   private async waitForConfig(): Promise<NetworkConfig> {
     for (let delay = RETRY_MIN_MS; !this.stopping; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
       try {
-        if (!this.configWatch) this.configWatch = await this.registry.watchConfig((text) => this.onConfigChange(text));
+        // Read first: it fails within the call deadline when etcd is unreachable, where creating
+        // the watch would wait longer. A change between the two is caught by the poll below.
         const text = await this.registry.getConfig();
+        if (!this.configWatch) this.configWatch = await this.registry.watchConfig((t) => this.onConfigChange(t));
         if (text === null) {
           this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
         } else {
@@ -140,8 +146,9 @@ export class Daemon {
         if (err instanceof ConfigError) {
           this.problem('error', 'invalid network config; waiting for a fixed one', { field: err.field, reason: err.reason });
         } else {
-          this.problem('warn', 'cannot read the network config from etcd; retrying', { err: (err as Error).message });
-          await new Promise((r) => setTimeout(r, delay));
+          // Keyed without the error text: gRPC stamps each failure with the time.
+          this.problem('warn', 'cannot read the network config from etcd; retrying', etcdErrorFields(err), 'read config');
+          await this.registry.backoff(delay);
           continue;
         }
       }
@@ -184,6 +191,7 @@ export class Daemon {
       ready: this.ready,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       subnet: this.manager?.ownLease?.subnet.toString() ?? null,
+      etcd: this.etcd ? { reachable: this.etcd.reachable, outages: this.etcd.outages } : null,
       leases: this.manager?.stats() ?? {},
       backend: this.backend?.stats?.() ?? {},
     };
@@ -200,6 +208,6 @@ export class Daemon {
     await this.iptables?.stop({ removeRules: false });
     await this.backend?.close();
     await new Promise<void>((r) => (this.health ? this.health.close(() => r()) : r()));
-    this.registry.close();
+    this.etcd?.close();
   }
 }

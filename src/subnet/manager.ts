@@ -5,7 +5,7 @@
 // that starts while others are claiming misses none of them. All work runs through one queue so
 // events, renewals and re-claims never interleave.
 import type { Logger } from '../daemon/log.js';
-import type { EtcdRegistry, InvalidLeaseKey, LeaseChange, LeaseRecord, Stoppable } from '../etcd/registry.js';
+import { type EtcdRegistry, type InvalidLeaseKey, type LeaseChange, type LeaseRecord, type Stoppable, isConnectivityError } from '../etcd/registry.js';
 import { type NetworkConfig, candidateSubnets } from './config.js';
 import { Ip4Net, formatIp4 } from './ip4.js';
 import { type Lease, type LeaseAttrs, type LeaseEvent, sameAttrs } from './lease.js';
@@ -45,6 +45,8 @@ interface OwnLease {
   /** null for a reservation, which has no etcd lease and never expires. */
   leaseId: string | null;
   expiration: Date | null;
+  /** The etcd revision of our write: watch events on our key from before it are history, not news. */
+  revision: bigint;
 }
 
 const MAX_CLAIM_ATTEMPTS = 100;
@@ -120,6 +122,21 @@ export class LeaseManager {
     return this.opts.network.network.covers(subnet);
   }
 
+  /** A remote lease we can hand to the backend; logs why not otherwise. */
+  private usable(subnet: Ip4Net): boolean {
+    if (!this.inNetwork(subnet)) {
+      this.log.warn({ subnet: subnet.toString() }, 'skipping a lease outside the network');
+      return false;
+    }
+    // A key such as <our net>-23 or -25 claims our pods' addresses: routing it away would cut them off.
+    if (this.own && subnet.overlaps(this.own.subnet)) {
+      this.counters.invalidLeases++;
+      this.log.warn({ subnet: subnet.toString(), ownSubnet: this.own.subnet.toString() }, 'skipping a lease that overlaps our own subnet');
+      return false;
+    }
+    return true;
+  }
+
   /** A subnet we may lease under this config. */
   private isCandidate(subnet: Ip4Net): boolean {
     const c = this.opts.network;
@@ -133,6 +150,7 @@ export class LeaseManager {
   private async claim(
     preferred: Ip4Net | null,
     avoid: Ip4Net | null,
+    reclaiming = false,
   ): Promise<{ records: LeaseRecord[]; invalid: InvalidLeaseKey[]; revision: string }> {
     const { registry, attrs, ttlSeconds } = this.opts;
     for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
@@ -142,10 +160,10 @@ export class LeaseManager {
         (r) => r.attrs.publicIP === attrs.publicIP && this.isCandidate(r.subnet) && !(avoid && r.subnet.equals(avoid)),
       );
       if (mine) {
-        const leaseId = await registry.takeOverLease(mine, attrs, ttlSeconds);
-        if (leaseId !== null) {
-          this.setOwn(mine.subnet, leaseId === '' ? null : leaseId);
-          this.log.info({ subnet: mine.subnet.toString(), reservation: leaseId === '' }, 'reusing the lease that carries our public IP');
+        const written = await registry.takeOverLease(mine, attrs, ttlSeconds);
+        if (written !== null) {
+          this.setOwn(mine.subnet, written.leaseId === '' ? null : written.leaseId, written.revision);
+          this.log.info({ subnet: mine.subnet.toString(), reservation: written.leaseId === '' }, 'reusing the lease that carries our public IP');
           return listing;
         }
         continue;
@@ -153,16 +171,19 @@ export class LeaseManager {
       const occupancy = new Occupancy(records, invalid, this.opts.network.subnetLen);
       const isFree = (sn: Ip4Net) => occupancy.isFree(sn) && !(avoid && sn.equals(avoid));
       let choice: Ip4Net | null = null;
-      if (preferred && this.isCandidate(preferred) && isFree(preferred)) {
+      // Re-claiming the subnet we just held, only its own key can stand in the way: keys of another
+      // length that overlap it were skipped while we held it, and do not win it by our loss.
+      const preferredFree = preferred !== null && this.isCandidate(preferred) && (reclaiming ? !occupancy.hasKey(preferred) : isFree(preferred));
+      if (preferredFree) {
         choice = preferred;
       } else {
         const free = [...candidateSubnets(this.opts.network)].filter(isFree);
         if (free.length === 0) throw new NetworkFullError(this.opts.network, records.length + invalid.length);
         choice = free[Math.floor(Math.random() * free.length)]!;
       }
-      const leaseId = await registry.createLease(choice, attrs, ttlSeconds);
-      if (leaseId !== null) {
-        this.setOwn(choice, leaseId);
+      const written = await registry.createLease(choice, attrs, ttlSeconds);
+      if (written !== null) {
+        this.setOwn(choice, written.leaseId, written.revision);
         this.counters.claims++;
         this.log.info({ subnet: choice.toString(), attempt }, choice === preferred ? 'claimed our previous subnet' : 'claimed a new subnet');
         return listing;
@@ -173,9 +194,9 @@ export class LeaseManager {
     throw new Error(`could not claim a subnet after ${MAX_CLAIM_ATTEMPTS} attempts (too much contention)`);
   }
 
-  private setOwn(subnet: Ip4Net, leaseId: string | null): void {
+  private setOwn(subnet: Ip4Net, leaseId: string | null, revision: string): void {
     const expiration = leaseId === null ? null : new Date(Date.now() + this.opts.ttlSeconds * 1000);
-    this.own = { subnet, leaseId, expiration };
+    this.own = { subnet, leaseId, expiration, revision: BigInt(revision) };
   }
 
   /** Rebuilds the known set from a full list and returns the differences as events. */
@@ -184,10 +205,7 @@ export class LeaseManager {
     const next = new Map<string, Lease>();
     for (const r of records) {
       if (this.own && r.subnet.equals(this.own.subnet)) continue;
-      if (!this.inNetwork(r.subnet)) {
-        this.log.warn({ subnet: r.subnet.toString() }, 'skipping a lease outside the network');
-        continue;
-      }
+      if (!this.usable(r.subnet)) continue;
       next.set(r.subnet.toKey(), { subnet: r.subnet, attrs: r.attrs, expiration: null });
     }
     const events: LeaseEvent[] = [];
@@ -211,10 +229,11 @@ export class LeaseManager {
     this.watch = await this.opts.registry.watchLeases(from, {
       onChanges: (changes) => this.enqueue(() => this.applyChanges(changes)),
       onReset: (reason) => this.enqueue(() => this.resync(reason)),
+      // The registry logs the outage itself, once; these only trace the watch.
       onDisconnect: (reason) => {
         if (this.disconnected) return;
         this.disconnected = true;
-        this.log.warn({ reason }, 'lost the etcd watch; the data plane keeps forwarding while we reconnect');
+        this.log.debug({ reason }, 'lost the etcd watch; it resumes from its last revision when etcd is back');
       },
       onReconnect: () => {
         if (!this.disconnected) return;
@@ -231,6 +250,10 @@ export class LeaseManager {
     const own = this.own;
     const isOwn = (subnet: Ip4Net | null) => own !== null && subnet !== null && subnet.equals(own.subnet);
     for (const change of changes) {
+      // A change to our key from before our latest write (e.g. the deletion of the expired lease
+      // we have since re-claimed, delivered late by a resumed watch) says nothing about the key now.
+      const revision = change.type === 'put' ? change.record.modRevision : change.revision;
+      if (own && isOwn(change.type === 'put' ? change.record.subnet : change.subnet) && BigInt(revision) <= own.revision) continue;
       if (change.type === 'invalid') {
         this.warnInvalid(change);
         if (isOwn(change.subnet)) lostReason = 'our key was overwritten with an invalid value';
@@ -245,8 +268,8 @@ export class LeaseManager {
           if (!sameAttrs(attrs, this.opts.attrs) || leaseId !== own!.leaseId) lostReason = `our key was overwritten (PublicIP ${attrs.publicIP})`;
           continue;
         }
-        if (!this.inNetwork(subnet)) {
-          this.log.warn({ subnet: subnet.toString() }, 'skipping a lease outside the network');
+        if (!this.usable(subnet)) {
+          this.forget(subnet, events);
           continue;
         }
         const key = subnet.toKey();
@@ -274,6 +297,7 @@ export class LeaseManager {
     const old = this.own!;
     this.log.warn({ subnet: old.subnet.toString(), reason }, 'our subnet lease was lost; claiming again');
     this.counters.reclaims++;
+    let listing: { records: LeaseRecord[]; invalid: InvalidLeaseKey[] } | null = null;
     for (let delay = RETRY_MIN_MS; !this.stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
       try {
         const { records, invalid } = await this.opts.registry.listLeases();
@@ -281,15 +305,16 @@ export class LeaseManager {
         const occupiedByOther =
           (holder !== undefined && holder.attrs.publicIP !== this.opts.attrs.publicIP) ||
           invalid.some((bad) => bad.subnet?.equals(old.subnet));
-        await this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null);
+        listing = await this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, !occupiedByOther);
         break;
       } catch (err) {
         if (err instanceof NetworkFullError) this.log.error({ err: err.message }, 'cannot claim a subnet');
-        else this.log.warn({ err: (err as Error).message, retryInMs: delay }, 're-claim failed; retrying');
-        await sleep(delay);
+        else this.logRetry('re-claim failed; retrying', err, delay);
+        await this.opts.registry.backoff(delay);
       }
     }
-    if (this.stopped) return;
+    if (this.stopped || !listing) return;
+    this.scheduleRenewal();
     const own = this.own!;
     if (own.subnet.equals(old.subnet)) {
       this.log.info({ subnet: own.subnet.toString() }, 're-claimed our subnet');
@@ -301,11 +326,17 @@ export class LeaseManager {
       this.known.delete(own.subnet.toKey());
       await this.listener!.onOwnLease(this.toLease(own), 'moved');
     }
-    // The full list brings the old subnet's new holder (and anything missed) into the known set.
-    const listing = await this.opts.registry.listLeases();
+    // The list the claim was made from brings the old subnet's new holder (and anything missed)
+    // into the known set; the watch delivers whatever changed after it.
     const events = this.replaceKnown(listing.records, listing.invalid);
     if (events.length > 0) await this.listener!.onLeaseEvents(events);
-    this.scheduleRenewal();
+  }
+
+  /** Retry messages: debug while etcd is unreachable (the registry has said so once), warn otherwise. */
+  private logRetry(msg: string, err: unknown, retryInMs: number): void {
+    const fields = { err: (err as Error).message, retryInMs };
+    if (isConnectivityError(err)) this.log.debug(fields, msg);
+    else this.log.warn(fields, msg);
   }
 
   /** The watch could not continue (compaction, cancel): re-list, emit the differences, watch again. */
@@ -327,8 +358,8 @@ export class LeaseManager {
         if (!stillOurs) await this.reclaim(holder ? 'our key was overwritten' : 'our key is gone');
         return;
       } catch (err) {
-        this.log.warn({ err: (err as Error).message, retryInMs: delay }, 're-list failed; retrying');
-        await sleep(delay);
+        this.logRetry('re-list failed; retrying', err, delay);
+        await this.opts.registry.backoff(delay);
       }
     }
   }
@@ -359,13 +390,16 @@ export class LeaseManager {
         this.scheduleRenewal();
         return;
       } catch (err) {
-        if (failures++ === 0) this.log.warn({ err: (err as Error).message }, 'lease renewal failed; retrying with backoff');
+        failures++;
         const left = own.expiration!.getTime() - Date.now();
         if (left <= 0) {
           await this.reclaim('our etcd lease expired while etcd was unreachable');
           return;
         }
-        await sleep(Math.min(RETRY_MIN_MS * 2 ** failures, RETRY_MAX_MS, Math.max(left / 2, RETRY_MIN_MS)));
+        const delay = Math.min(RETRY_MIN_MS * 2 ** failures, RETRY_MAX_MS, Math.max(left / 2, RETRY_MIN_MS));
+        this.logRetry('lease renewal failed; retrying', err, delay);
+        // Wakes early when etcd is back, so the renewal follows its return within a moment.
+        await this.opts.registry.backoff(delay);
       }
     }
   }
@@ -383,6 +417,11 @@ class Occupancy {
       if (net.prefixLen === subnetLen) this.sameLength.add(net.toKey());
       else this.others.push(net);
     }
+  }
+
+  /** A key for exactly this subnet exists (valid or not). */
+  hasKey(subnet: Ip4Net): boolean {
+    return this.sameLength.has(subnet.toKey());
   }
 
   isFree(subnet: Ip4Net): boolean {

@@ -1,0 +1,214 @@
+// How we talk to etcd when the network misbehaves: client options with deadlines and keepalives,
+// which failures mean "etcd is out of reach", and the reachability tracker that logs an outage
+// once when it starts and once when it ends, however many retries happen in between.
+import { readFileSync } from 'node:fs';
+import { EtcdWatchStreamEnded, type IOptions, castGrpcError, isRecoverableError } from 'etcd3';
+import type { Logger } from '../daemon/log.js';
+
+export interface EtcdConnectionOptions {
+  endpoints: string[];
+  prefix: string;
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  username?: string;
+  password?: string;
+}
+
+/** Every unary call gets this deadline: without one a call to an etcd behind a black hole never returns. */
+export const CALL_TIMEOUT_MS = 5_000;
+/** Reconnection attempts (watch streams, probes, TCP connects) back off up to this much, so a
+ *  returning etcd is noticed within seconds rather than after a long exponential wait. */
+export const RECONNECT_MIN_MS = 250;
+export const RECONNECT_MAX_MS = 2_000;
+/** A connection that comes back within this long (a member failover, a reset stream) is no outage. */
+const OUTAGE_GRACE_MS = 3_000;
+
+export class EtcdTimeoutError extends Error {
+  constructor(what: string, ms: number) {
+    super(`${what}: no answer from etcd within ${ms} ms`);
+    this.name = 'EtcdTimeoutError';
+  }
+}
+
+/** A failure that means "etcd cannot be reached right now" (as opposed to a refusal or bad data). */
+export function isConnectivityError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  if (isRecoverableError(err) || 'isBrokenCircuitError' in err || err instanceof EtcdTimeoutError || err instanceof EtcdWatchStreamEnded) return true;
+  // Streams (watch, keepalive) report raw gRPC errors, which etcd3 does not classify.
+  return 'code' in err && typeof err.code === 'number' && isRecoverableError(castGrpcError(err));
+}
+
+/** TLS handshake failures surface as "unavailable"; say which flags to check. */
+function tlsHint(message: string): string | undefined {
+  return /certificate|ssl|tls|handshake|alert|self.signed|verify/i.test(message)
+    ? 'TLS handshake with etcd failed: check --etcd-cafile, --etcd-certfile and --etcd-keyfile, and that etcd trusts the CA that signed our client certificate'
+    : undefined;
+}
+
+/** Log fields for an etcd failure: the error, and what to check when it is a TLS problem. */
+export function etcdErrorFields(err: unknown): { err: string; hint?: string } {
+  const message = err instanceof Error ? err.message : String(err);
+  const hint = tlsHint(message);
+  return hint ? { err: message, hint } : { err: message };
+}
+
+type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>;
+
+/** Exponential backoff with jitter for etcd3's watch reconnects, capped at RECONNECT_MAX_MS. */
+class CappedBackoff implements WatchBackoff {
+  readonly duration: number;
+  constructor(private readonly attempt = 0) {
+    const base = Math.min(RECONNECT_MIN_MS * 2 ** attempt, RECONNECT_MAX_MS);
+    this.duration = Math.round(base * (0.75 + Math.random() * 0.5));
+  }
+  next(): CappedBackoff {
+    return new CappedBackoff(Math.min(this.attempt + 1, 16));
+  }
+}
+
+export function buildClientOptions(opts: EtcdConnectionOptions): IOptions {
+  const hosts = opts.endpoints.map((e) => e.trim()).filter((e) => e !== '');
+  if (hosts.length === 0) throw new Error('--etcd-endpoints: at least one endpoint is required');
+  const options: IOptions = {
+    hosts,
+    // Streams (watch, keepalive) have no deadline; keepalive pings find a dead connection instead.
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + CALL_TIMEOUT_MS }),
+    grpcOptions: {
+      // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+      'grpc.keepalive_time_ms': 10_000,
+      'grpc.keepalive_timeout_ms': 5_000,
+      'grpc.initial_reconnect_backoff_ms': RECONNECT_MIN_MS * 2,
+      'grpc.max_reconnect_backoff_ms': RECONNECT_MAX_MS,
+      // A channel closed after a failure takes its half-open TCP connect with it, so the next
+      // attempt dials afresh instead of waiting out SYN retransmissions to a black hole.
+      'grpc.use_local_subchannel_pool': 1,
+    },
+    faultHandling: { watchBackoff: new CappedBackoff() },
+  };
+  const secure = hosts.some((h) => h.startsWith('https://'));
+  if (secure || opts.caFile) {
+    if (!opts.caFile) throw new Error('--etcd-cafile is required for https endpoints');
+    const read = (flag: string, path: string) => {
+      try {
+        return readFileSync(path);
+      } catch (err) {
+        throw new Error(`${flag}: cannot read ${path}: ${(err as Error).message}`);
+      }
+    };
+    if (Boolean(opts.certFile) !== Boolean(opts.keyFile)) throw new Error('--etcd-certfile and --etcd-keyfile must be given together');
+    options.credentials = {
+      rootCertificate: read('--etcd-cafile', opts.caFile),
+      ...(opts.keyFile ? { privateKey: read('--etcd-keyfile', opts.keyFile) } : {}),
+      ...(opts.certFile ? { certChain: read('--etcd-certfile', opts.certFile) } : {}),
+    };
+  }
+  if (opts.username) options.auth = { username: opts.username, password: opts.password ?? '' };
+  return options;
+}
+
+/**
+ * Whether etcd answers, as seen from every call and watch of one registry. A dropped connection
+ * that comes back within OUTAGE_GRACE_MS (a member failover) is logged at info; a longer one is
+ * an outage, logged once as a warning when it starts and once when it ends. While it lasts a probe
+ * keeps trying (with backoff), so that the end is noticed promptly even when nothing else calls.
+ */
+export class Reachability {
+  private down: { since: number; op: string; err: string; warned: boolean } | null = null;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private graceTimer: NodeJS.Timeout | null = null;
+  private probeDelay = RECONNECT_MIN_MS;
+  private readonly waiters = new Set<() => void>();
+  private closed = false;
+  outages = 0;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly endpoints: string[],
+    private readonly probe: () => Promise<unknown>,
+    /** Called when etcd answers again after a failure. */
+    private readonly onBack: () => void = () => undefined,
+  ) {}
+
+  get reachable(): boolean {
+    return this.down === null;
+  }
+
+  failed(op: string, err: unknown): void {
+    if (!isConnectivityError(err) || this.closed) return;
+    const message = (err as Error).message;
+    if (this.down) {
+      this.down.err = message;
+      this.log.debug({ op, err: message }, 'etcd still unreachable');
+      return;
+    }
+    this.down = { since: Date.now(), op, err: message, warned: false };
+    this.log.debug({ op, err: message }, 'lost the connection to etcd; reconnecting');
+    this.graceTimer = setTimeout(() => this.warn(), OUTAGE_GRACE_MS);
+    this.graceTimer.unref();
+    this.probeDelay = RECONNECT_MIN_MS;
+    this.scheduleProbe();
+  }
+
+  private warn(): void {
+    this.graceTimer = null;
+    if (!this.down || this.closed) return;
+    this.down.warned = true;
+    this.outages++;
+    this.log.warn(
+      { endpoints: this.endpoints, op: this.down.op, ...etcdErrorFields(new Error(this.down.err)), since: new Date(this.down.since).toISOString() },
+      'etcd is unreachable; the data plane keeps forwarding with the leases it has, retrying with backoff',
+    );
+  }
+
+  succeeded(): void {
+    if (!this.down || this.closed) return;
+    const { since, warned, op } = this.down;
+    this.down = null;
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    this.probeTimer = this.graceTimer = null;
+    if (warned) this.log.info({ outageMs: Date.now() - since }, 'etcd is reachable again');
+    else this.log.info({ op, downMs: Date.now() - since }, 'etcd connection dropped and re-established');
+    this.onBack();
+    for (const wake of [...this.waiters]) wake();
+  }
+
+  private scheduleProbe(): void {
+    if (this.probeTimer || this.closed) return;
+    const delay = this.probeDelay;
+    this.probeDelay = Math.min(this.probeDelay * 2, RECONNECT_MAX_MS);
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = null;
+      this.probe().then(
+        () => this.succeeded(),
+        (err: unknown) => {
+          if (!this.down || this.closed) return;
+          this.log.debug({ err: (err as Error).message, retryInMs: this.probeDelay }, 'etcd still unreachable; retrying');
+          this.scheduleProbe();
+        },
+      );
+    }, delay);
+    this.probeTimer.unref();
+  }
+
+  /** Waits `ms`, or less if etcd comes back meanwhile. */
+  pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      if (this.down) this.waiters.add(done);
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    for (const wake of [...this.waiters]) wake();
+  }
+}
