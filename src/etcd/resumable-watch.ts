@@ -145,18 +145,21 @@ export class ResumableWatch {
     this.attemptTimer = null;
   }
 
-  /** Forgets the current watcher and closes its client (which takes its connections along). */
-  private discardClient(): void {
-    const watcher = this.watcher;
-    const client = this.client;
+  /** Takes the current watcher and client out of use; the watcher's late events are ignored. */
+  private detach(): { watcher: Watcher | null; client: Etcd3 | null } {
+    const { watcher, client } = this;
     this.watcher = null;
     this.client = null;
-    if (watcher) {
-      watcher.removeAllListeners();
-      watcher.on('error', () => undefined);
-      // Off the client's list first, or its manager would keep re-establishing a stream for it.
-      void watcher.cancel().catch(() => undefined);
-    }
+    watcher?.removeAllListeners();
+    watcher?.on('error', () => undefined);
+    return { watcher, client };
+  }
+
+  /** Forgets the current watcher and closes its client (which takes its connections along). */
+  private discardClient(): void {
+    const { watcher, client } = this.detach();
+    // Off the client's list first, or its manager would keep re-establishing a stream for it.
+    void watcher?.cancel().catch(() => undefined);
     client?.close();
   }
 
@@ -172,13 +175,8 @@ export class ResumableWatch {
     this.clearAttemptTimer();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
-    const watcher = this.watcher;
-    const client = this.client;
-    this.watcher = null;
-    this.client = null;
+    const { watcher, client } = this.detach();
     if (watcher) {
-      watcher.removeAllListeners();
-      watcher.on('error', () => undefined);
       if (wasConnected) {
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([
