@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { ipBatch } from '../../src/routes/ip.js';
 import { Ip4Net, formatIp4 } from '../../src/subnet/ip4.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
-import { addNetns, delNetns, run, runId, sleep } from './netns.js';
+import { addNetns, delNetns, run, runId, sleep, waitFor } from './netns.js';
 
 export const HUB_IP = '198.18.0.254';
 export const ETCD_ENDPOINT = `http://${HUB_IP}:2379`;
@@ -393,4 +393,21 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
 /** Resolves a path relative to the repository root. */
 export function repoPath(...parts: string[]): string {
   return resolve(repoRoot(), ...parts);
+}
+
+/**
+ * Pings from every node's first pod to every other node's first pod, retrying each pair for up to
+ * `timeoutMs` while the leases converge. Returns the pairs that never got an answer.
+ */
+export async function unreachablePodPairs(cluster: Cluster, timeoutMs = 10_000): Promise<string[]> {
+  const pods = cluster.nodes.map((n) => n.pods[0]!);
+  const failed: string[] = [];
+  for (const from of pods) {
+    for (const to of pods) {
+      if (from === to) continue;
+      const ok = await waitFor(() => cluster.ping(from, to.ip, { timeoutS: 1 }), timeoutMs, 0);
+      if (!ok) failed.push(`pod on node ${from.node.index} -> pod on node ${to.node.index} (${to.ip})`);
+    }
+  }
+  return failed;
 }
