@@ -6,7 +6,7 @@
 //   node dist/bench/udp-throughput.js [--seconds 10] [--rounds 3] [--steps] [--workers N] [--daemon]
 //
 // Default: the bench process hosts both nodes' forwarders (UdpForwarder, the code UdpBackend runs),
-// each inside its node's namespace, on bench/udp-topology.ts (the cluster harness's topology
+// each inside its node's namespace, on test/harness/udp-topology.ts (the cluster harness's topology
 // without etcd). --daemon runs the real bin/flanneld on the cluster harness instead.
 // --steps measures each data-path optimisation on its own (docs/udp.md lists the results).
 import { UdpForwarder, type UdpForwarderOptions } from '../src/backend/udp/native.js';

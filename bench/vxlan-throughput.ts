@@ -132,7 +132,7 @@ async function convergence(): Promise<void> {
       // Make node 2 brand new: no daemon, no lease, no kernel state, no pod; node 1 has forgotten it.
       const old = await subnetOf(n2);
       await cluster.stopDaemon(n2);
-      await cluster.etcdctl(['del', `/coreos.com/network/subnets/${old.toString().replace('/', '-')}`]);
+      await cluster.etcdctl(['del', `/coreos.com/network/subnets/${old.toKey()}`]);
       for (const pod of [...n2.pods]) await cluster.removePod(pod);
       await ipBatch([['link', 'del', 'flannel.1'], ['link', 'del', 'cni0']], { netns: n2.ns, force: true }).catch(() => {});
       rmSync(n2.subnetFile, { force: true });

@@ -44,5 +44,3 @@ export interface Backend {
   /** Stops threads and timers. Kernel state is left in place so traffic keeps flowing across a restart. */
   close(): Promise<void>;
 }
-
-export type BackendFactory = (ctx: BackendContext) => Backend;

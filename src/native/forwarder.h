@@ -72,8 +72,8 @@ class Forwarder {
   std::vector<pthread_t> threads_;
   std::atomic<bool> stopping_{false};
   bool stopped_ = false;
-  std::atomic<bool> gsoUsable_{true};
-  std::atomic<int> tunFailure_{0};  // cleared if the egress device turns out not to support it
+  std::atomic<bool> gsoUsable_{true};  // cleared if the egress device turns out not to support it
+  std::atomic<int> tunFailure_{0};     // errno of the first failed TUN read; 0 while the TUN works
 
   // Table publication: the version is read lock-free on every batch; the mutex is taken only
   // by a worker that saw a new version, to copy the pointer.

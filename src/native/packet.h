@@ -116,15 +116,22 @@ inline bool ipDecrementTtl(uint8_t* ip) {
 enum class Malformed { None, Short, Version, Header, Length, Checksum };
 
 /**
- * Validates one IPv4 packet of exactly `len` bytes (a UDP payload or a TUN read): long enough,
- * version 4, IHL between 5 and what fits, total length equal to `len`, header checksum correct.
+ * The shape of one IPv4 packet of exactly `len` bytes: long enough, version 4, IHL between 5 and
+ * what fits, total length equal to `len`. Enough for a TUN read, which the kernel wrote.
  */
-inline Malformed checkIpv4(const uint8_t* ip, size_t len) {
+inline Malformed checkIpv4Shape(const uint8_t* ip, size_t len) {
   if (len < kIpv4HeaderMin) return Malformed::Short;
   if (ipVersion(ip) != 4) return Malformed::Version;
   unsigned ihl = ipHeaderLen(ip);
   if (ihl < kIpv4HeaderMin || ihl > len) return Malformed::Header;
   if (ipTotalLen(ip) != len) return Malformed::Length;
+  return Malformed::None;
+}
+
+/** checkIpv4Shape plus a correct header checksum: for what a peer sent (a UDP payload). */
+inline Malformed checkIpv4(const uint8_t* ip, size_t len) {
+  const Malformed shape = checkIpv4Shape(ip, len);
+  if (shape != Malformed::None) return shape;
   if (!ipChecksumOk(ip)) return Malformed::Checksum;
   return Malformed::None;
 }

@@ -80,8 +80,7 @@ void Worker::txPacket(uint8_t* buf, size_t n) {
     len -= kVnetLen;
   }
   // The kernel wrote this packet, so only its shape is checked (IPv6 and such are dropped here).
-  if (len < kIpv4HeaderMin || ipVersion(pkt) != 4 || ipHeaderLen(pkt) < kIpv4HeaderMin || ipHeaderLen(pkt) > len ||
-      ipTotalLen(pkt) != len) {
+  if (checkIpv4Shape(pkt, len) != Malformed::None) {
     bump(c_.dropTunInvalid);
     return;
   }

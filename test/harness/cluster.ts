@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ipBatch } from '../../src/routes/ip.js';
+import { parseEnvText } from '../../src/subnet/envfile.js';
 import { Ip4Net, formatIp4 } from '../../src/subnet/ip4.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
 import { addNetns, delNetns, run, runId, sleep, waitFor } from './netns.js';
@@ -92,15 +93,6 @@ export function repoRoot(): string {
     dir = up;
   }
   return dir;
-}
-
-export function parseEnvFile(text: string): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const line of text.split('\n')) {
-    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim());
-    if (m) env[m[1]!] = m[2]!;
-  }
-  return env;
 }
 
 function fileVersion(path: string): string | null {
@@ -191,7 +183,7 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
       logFile: join(dir, 'flanneld.log'),
       pid: null,
       pods: [],
-      env: async () => parseEnvFile(readFileSync(subnetFile, 'utf8')),
+      env: async () => parseEnvText(readFileSync(subnetFile, 'utf8')),
     });
   }
 
@@ -243,7 +235,7 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
     for (;;) {
       const now = fileVersion(node.subnetFile);
       if (now !== null && now !== before) {
-        const env = parseEnvFile(readFileSync(node.subnetFile, 'utf8'));
+        const env = parseEnvText(readFileSync(node.subnetFile, 'utf8'));
         if (env['FLANNEL_SUBNET']) return; // written completely
       }
       if (node.pid === null) throw new Error(`node ${node.index}: flanneld exited before writing ${node.subnetFile}; log tail:\n${logTail(node)}`);

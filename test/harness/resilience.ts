@@ -2,7 +2,7 @@
 // of a node's vxlan kernel tables, the leases in etcd as the kernel should see them, the daemon's
 // JSON log, and its resident memory.
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { listFdb } from '../../src/routes/fdb.js';
 import { listNeighbours } from '../../src/routes/neigh.js';
 import { listRoutes } from '../../src/routes/route.js';
@@ -157,7 +157,8 @@ export interface LogLine {
 /** The daemon's pino JSON lines (anything else in the file is ignored). */
 export function readLog(file: string, fromOffset = 0): LogLine[] {
   if (!existsSync(file)) return [];
-  const text = readFileSync(file, 'utf8').slice(fromOffset);
+  // fromOffset is a byte offset (logSize): slice the bytes, not the decoded characters.
+  const text = readFileSync(file).subarray(fromOffset).toString('utf8');
   const out: LogLine[] = [];
   for (const line of text.split('\n')) {
     if (!line.startsWith('{')) continue;
@@ -171,7 +172,7 @@ export function readLog(file: string, fromOffset = 0): LogLine[] {
 }
 
 export function logSize(file: string): number {
-  return existsSync(file) ? readFileSync(file).length : 0;
+  return existsSync(file) ? statSync(file).size : 0;
 }
 
 export const WARN = 40;

@@ -4,7 +4,8 @@
 // destination. The forwarding runs in the native addon's threads (src/native/); this class keeps
 // its table in step with the leases. See docs/udp.md.
 import type { Backend, BackendAnnouncement, BackendContext } from '../backend.js';
-import { ip, ipBatch, ipJson } from '../../routes/ip.js';
+import { addrDeleteCommand, addrReplaceCommand, listIp4Addrs } from '../../routes/addr.js';
+import { ip, ipBatch } from '../../routes/ip.js';
 import type { UdpBackendConfig } from '../../subnet/config.js';
 import { formatIp4, isIp4, parseIp4 } from '../../subnet/ip4.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
@@ -21,12 +22,6 @@ export interface UdpBackendOptions {
   workers?: number;
   /** How often flannel0, its address and the Network route are checked and repaired; default 5 s. */
   resyncIntervalMs?: number;
-}
-
-interface AddrInfo {
-  family: string;
-  local: string;
-  prefixlen: number;
 }
 
 export class UdpBackend implements Backend {
@@ -161,7 +156,7 @@ export class UdpBackend implements Backend {
       }
       await this.addressDevice();
     } catch (err) {
-      this.ctx.log.error({ err: (err as Error).message }, 'udp backend: repair failed; retrying later');
+      this.ctx.log.error({ err: err instanceof Error ? err.message : String(err) }, 'udp backend: repair failed; retrying later');
     }
   }
 
@@ -175,11 +170,10 @@ export class UdpBackend implements Backend {
   private async addressDevice(): Promise<void> {
     const want = this.ownAddress();
     if (want) {
-      const links = await ipJson<{ addr_info?: AddrInfo[] }>(['addr', 'show', 'dev', UDP_DEVICE], this.ipOpts);
-      const have = (links[0]?.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`);
+      const have = (await listIp4Addrs(UDP_DEVICE, this.ipOpts)).map((a) => a.cidr);
       const stale = have.filter((a) => a !== want);
       if (stale.length > 0 || !have.includes(want)) {
-        await ipBatch([...stale.map((a) => ['addr', 'del', a, 'dev', UDP_DEVICE]), ['addr', 'replace', want, 'dev', UDP_DEVICE]], this.ipOpts);
+        await ipBatch([...stale.map((a) => addrDeleteCommand(UDP_DEVICE, a)), addrReplaceCommand(UDP_DEVICE, want)], this.ipOpts);
       }
     }
     await this.ensureNetworkRoute();

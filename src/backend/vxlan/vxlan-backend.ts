@@ -76,7 +76,12 @@ export class VxlanBackend implements Backend {
 
   async setOwnLease(lease: Lease): Promise<void> {
     this.ownLease = lease;
-    await this.serialized(() => this.addressDevice(lease), { rethrow: true });
+    await this.serialized(async () => {
+      // After a move our new subnet may still be known as a peer's (the manager drops it from its
+      // known set without a 'removed' event): it must not be routed into the overlay.
+      this.peers.delete(lease.subnet.toString());
+      await this.addressDevice(lease);
+    }, { rethrow: true });
   }
 
   // The subnet's network address as /32: a source address for host-to-pod traffic that creates no
