@@ -135,6 +135,21 @@ describe('flanneld in a network namespace', () => {
     await stopDaemon(d);
   }, 60_000);
 
+  it('keeps its iptables rules after a clean stop unless --iptables-cleanup asks to remove them', async () => {
+    const rules = async () => (await run(['iptables-save'], { netns: ns })).stdout;
+    await etcdctl('put', '/coreos.com/network/config', '{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}');
+    for (const cleanup of [false, true]) {
+      const d = startDaemon(['--iface=eth0', `--subnet-file=${join(dir, 'ipt.env')}`, '--ip-masq', `--iptables-cleanup=${cleanup}`]);
+      await waitForFile(join(dir, 'ipt.env'));
+      expect(await waitFor(async () => /-A FLANNEL-POSTRTG .*MASQUERADE/.test(await rules()) && /-A FLANNEL-FWD -s 198\.19\.0\.0\/16/.test(await rules()), 10_000)).toBe(true);
+      expect(await stopDaemon(d)).toBe(0);
+      const after = await rules();
+      expect(after.includes('FLANNEL-POSTRTG'), `cleanup=${cleanup}: ${log().slice(-1500)}`).toBe(!cleanup);
+      expect(after.includes('FLANNEL-FWD'), `cleanup=${cleanup}`).toBe(!cleanup);
+      unlinkSync(join(dir, 'ipt.env'));
+    }
+  }, 60_000);
+
   it('chooses the underlay interface by --iface-regex and by --iface-can-reach', async () => {
     for (const [flag, envFile] of [['--iface-regex=^eth[0-9]$', 'regex.env'], ['--iface-can-reach=198.18.0.77', 'reach.env']] as const) {
       const before = log().length;

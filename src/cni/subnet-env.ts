@@ -23,11 +23,17 @@ export function cidrToString(c: Cidr4): string {
   return `${c.network}/${c.prefixLen}`;
 }
 
+function toUint32(dotted: string): number {
+  return dotted.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+}
+
+function toDotted(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
 /** The first host address of a network: host-local's default gateway, the bridge's address. */
 export function firstHost(c: Cidr4): string {
-  const parts = c.network.split('.').map(Number);
-  const n = (parts.reduce((acc, o) => acc * 256 + o, 0) + 1) >>> 0;
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+  return toDotted((toUint32(c.network) + 1) >>> 0);
 }
 
 /** Parses "a.b.c.d/len", allowing host bits, which are cleared. Returns null when malformed. */
@@ -36,10 +42,8 @@ export function parseCidr4(text: string): Cidr4 | null {
   if (!m || !isIPv4(m[1]!)) return null;
   const prefixLen = Number(m[2]);
   if (prefixLen > 32) return null;
-  const n = m[1]!.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
   const mask = prefixLen === 0 ? 0 : (0xffffffff << (32 - prefixLen)) >>> 0;
-  const net = (n & mask) >>> 0;
-  return { network: [net >>> 24, (net >>> 16) & 255, (net >>> 8) & 255, net & 255].join('.'), prefixLen };
+  return { network: toDotted((toUint32(m[1]!) & mask) >>> 0), prefixLen };
 }
 
 /** KEY=VALUE lines as written by flanneld (ours or upstream's); surrounding quotes are tolerated. */
@@ -60,11 +64,12 @@ export function parseFlannelSubnetEnv(text: string, path: string): FlannelSubnet
   }
   const bad = (key: string, why: string): CniError =>
     new CniError(CNI_ERR.invalidNetworkConfig, `${path}: ${key}="${vars.get(key)}" ${why}`);
-  const networks = vars
-    .get('FLANNEL_NETWORK')!
-    .split(',')
-    .map((t) => parseCidr4(t));
-  if (networks.some((n) => n === null)) throw bad('FLANNEL_NETWORK', 'is not an IPv4 CIDR (or a comma-separated list of them)');
+  const networks: Cidr4[] = [];
+  for (const text of vars.get('FLANNEL_NETWORK')!.split(',')) {
+    const n = parseCidr4(text);
+    if (!n) throw bad('FLANNEL_NETWORK', 'is not an IPv4 CIDR (or a comma-separated list of them)');
+    networks.push(n);
+  }
   const subnet = parseCidr4(vars.get('FLANNEL_SUBNET')!);
   if (!subnet) throw bad('FLANNEL_SUBNET', 'is not an IPv4 address/prefix');
   const mtuText = vars.get('FLANNEL_MTU')!;
@@ -72,7 +77,7 @@ export function parseFlannelSubnetEnv(text: string, path: string): FlannelSubnet
   if (!/^\d+$/.test(mtuText) || mtu < 68 || mtu > 65535) throw bad('FLANNEL_MTU', 'is not an MTU (68-65535)');
   const masq = vars.get('FLANNEL_IPMASQ')!;
   if (masq !== 'true' && masq !== 'false') throw bad('FLANNEL_IPMASQ', 'is not true or false');
-  return { networks: networks as Cidr4[], subnet, mtu, ipMasq: masq === 'true' };
+  return { networks, subnet, mtu, ipMasq: masq === 'true' };
 }
 
 export function readFlannelSubnetEnv(path: string): FlannelSubnetEnv {

@@ -1,10 +1,9 @@
 // `flannelctl docker-opts`: upstream's mk-docker-opts.sh. Turns flanneld's subnet env file into Docker
 // daemon options (--bip, --mtu, --ip-masq) in an env file that docker.service reads (EnvironmentFile=)
 // and expands into dockerd's command line ($DOCKER_OPTS).
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import type { CommandModule } from 'yargs';
-import { parseEnvText } from '../subnet/envfile.js';
+import { parseEnvText, writeFileAtomic } from '../subnet/envfile.js';
 
 export const DEFAULT_SUBNET_FILE = '/run/flannel/subnet.env';
 export const DEFAULT_DOCKER_ENV_FILE = '/run/docker_opts.env';
@@ -77,13 +76,6 @@ export function readFlannelEnv(path: string): Record<string, string> {
   return env;
 }
 
-export function writeDockerOptsFile(path: string, content: string): void {
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
-  writeFileSync(tmp, content, { mode: 0o644 });
-  renameSync(tmp, path);
-}
-
 interface DockerOptsArgs {
   'subnet-file': string;
   'docker-env-file': string;
@@ -112,6 +104,6 @@ export const dockerOptsCommand: CommandModule<object, DockerOptsArgs> = {
       ipMasq: !argv['skip-ip-masq'],
       environment: process.env,
     });
-    writeDockerOptsFile(argv['docker-env-file'], content);
+    writeFileAtomic(argv['docker-env-file'], content);
   },
 };

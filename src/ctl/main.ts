@@ -99,7 +99,9 @@ await withEtcdFlags(yargs(normalizeGoStyleFlags(process.argv.slice(2))))
           ttlSeconds,
           reserved: ttlSeconds === null,
         }));
-        process.stdout.write(JSON.stringify({ leases: out, invalid }, null, 2) + '\n');
+        // Subnets as "a.b.c.d/len", like the leases' (an Ip4Net would serialise as its uint32 fields).
+        const bad = invalid.map(({ key, reason, subnet }) => ({ key, reason, subnet: subnet?.toString() ?? null }));
+        process.stdout.write(JSON.stringify({ leases: out, invalid: bad }, null, 2) + '\n');
       } else {
         process.stdout.write(renderLeaseTable(rows, invalid));
       }

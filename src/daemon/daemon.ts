@@ -29,6 +29,7 @@ export class Daemon {
   private iptables: IptablesRules | null = null;
   private network: NetworkConfig | null = null;
   private ready = false;
+  private startup: Promise<void> | null = null;
   private stopping = false;
   /** Wakes the config wait when the config key changes. */
   private configChanged: (() => void) | null = null;
@@ -45,7 +46,13 @@ export class Daemon {
     return this.etcd;
   }
 
-  async run(): Promise<void> {
+  /** Starts the daemon; resolves once it is ready (or stopped before that). */
+  run(): Promise<void> {
+    this.startup ??= this.start();
+    return this.startup;
+  }
+
+  private async start(): Promise<void> {
     this.etcd = new EtcdRegistry(this.opts.etcd, this.log);
     const extIface = await findExternalInterface(this.opts);
     this.log.info({ iface: extIface.name, ifaceIP: extIface.ifaceIP, publicIP: extIface.publicIP, mtu: extIface.mtu }, 'using underlay interface');
@@ -56,7 +63,7 @@ export class Daemon {
       });
     }
     const network = await this.waitForConfig();
-    if (this.stopping) return;
+    if (network === null || this.stopping) return;
     this.network = network;
     this.log.info({ network: network.network.toString(), subnetLen: network.subnetLen, backend: network.backend.type }, 'network config');
 
@@ -129,8 +136,11 @@ export class Daemon {
     this.log[level](fields, msg);
   }
 
-  /** Returns the first valid config, logging each distinct problem once while waiting for a fix. */
-  private async waitForConfig(): Promise<NetworkConfig> {
+  /**
+   * Returns the first valid config, logging each distinct problem once while waiting for a fix;
+   * null when the daemon is stopped meanwhile (a clean stop, not a failure to start).
+   */
+  private async waitForConfig(): Promise<NetworkConfig | null> {
     for (let delay = RETRY_MIN_MS; !this.stopping; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
       try {
         // Read first: it fails within the call deadline when etcd is unreachable, where creating
@@ -161,7 +171,7 @@ export class Daemon {
       });
       this.configChanged = null;
     }
-    throw new Error('stopped');
+    return null;
   }
 
   /** While running, a config change is checked but never half-applied: a new network needs a restart. */
@@ -203,9 +213,13 @@ export class Daemon {
     this.stopping = true;
     this.ready = false;
     this.configChanged?.();
+    this.etcd?.interruptBackoffs();
+    // A stop during start-up waits for the step in flight (each checks `stopping`), so that what it
+    // was creating (a lease, iptables rules) exists and is stopped like the rest.
+    await this.startup?.catch(() => undefined);
     await this.manager?.stop();
     await this.configWatch?.stop().catch(() => undefined);
-    await this.iptables?.stop({ removeRules: false });
+    await this.iptables?.stop({ removeRules: this.opts.iptablesCleanup });
     await this.backend?.close();
     await new Promise<void>((r) => (this.health ? this.health.close(() => r()) : r()));
     this.etcd?.close();

@@ -18,6 +18,7 @@ export interface DaemonOptions {
   ipMasq: boolean;
   iptablesForwardRules: boolean;
   iptablesResyncSeconds: number;
+  iptablesCleanup: boolean;
   healthzIP: string;
   healthzPort: number;
   logLevel: LogLevel;
@@ -79,6 +80,7 @@ export function parseDaemonFlags(argv: readonly string[]): DaemonOptions {
     .option('subnet-lease-ttl', { type: 'number', default: 86400, coerce: lastNumber, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' })
     .option('ip-masq', { type: 'boolean', default: false, coerce: lastBoolean, describe: 'masquerade traffic leaving the flannel network' })
     .option('iptables-forward-rules', { type: 'boolean', default: true, coerce: lastBoolean, describe: 'add FORWARD accept rules for the network' })
+    .option('iptables-cleanup', { type: 'boolean', default: false, coerce: lastBoolean, describe: 'remove our iptables rules on a clean stop (extension; by default they stay)' })
     .option('iptables-resync', { type: 'number', default: 5, coerce: lastNumber, describe: 'seconds between checks of the iptables rules' })
     .option('healthz-ip', { type: 'string', default: '0.0.0.0', coerce: lastString, describe: 'address of the health endpoint' })
     .option('healthz-port', { type: 'number', default: 0, coerce: lastNumber, describe: 'port of /healthz, /readyz and /metrics (0 disables)' })
@@ -116,6 +118,7 @@ export function parseDaemonFlags(argv: readonly string[]): DaemonOptions {
     ipMasq: parsed.ipMasq,
     iptablesForwardRules: parsed.iptablesForwardRules,
     iptablesResyncSeconds: parsed.iptablesResync,
+    iptablesCleanup: parsed.iptablesCleanup,
     healthzIP: parsed.healthzIp,
     healthzPort: parsed.healthzPort,
     logLevel: parsed.logLevel as LogLevel,

@@ -26,6 +26,15 @@ function toExternal(link: IpAddrLink, ip: string, publicIP: string | null): Exte
   return { name: link.ifname, ifaceIP: ip, publicIP: publicIP ?? ip, mtu: link.mtu };
 }
 
+/** The interface of the first route `ip <routeArgs>` prints, with the route's source address or the interface's. */
+async function viaRoute(links: IpAddrLink[], routeArgs: string[], publicIP: string | null, notFound: string): Promise<ExternalInterface> {
+  const [route] = await ipJson<{ dev: string; prefsrc?: string }>(routeArgs);
+  const link = route && links.find((l) => l.ifname === route.dev);
+  const ip = link && (route.prefsrc ?? ipv4Of(link));
+  if (!link || !ip) throw new Error(notFound);
+  return toExternal(link, ip, publicIP);
+}
+
 export async function findExternalInterface(sel: IfaceSelection): Promise<ExternalInterface> {
   if (sel.publicIP !== null && !isIp4(sel.publicIP)) throw new Error(`--public-ip "${sel.publicIP}" is not an IPv4 address`);
   const links = await ipJson<IpAddrLink>(['addr', 'show']);
@@ -56,16 +65,8 @@ export async function findExternalInterface(sel: IfaceSelection): Promise<Extern
 
   if (sel.ifaceCanReach !== null) {
     if (!isIp4(sel.ifaceCanReach)) throw new Error(`--iface-can-reach "${sel.ifaceCanReach}" is not an IPv4 address`);
-    const [route] = await ipJson<{ dev: string; prefsrc?: string }>(['route', 'get', sel.ifaceCanReach]);
-    const link = route && links.find((l) => l.ifname === route.dev);
-    const ip = link && (route.prefsrc ?? ipv4Of(link));
-    if (!link || !ip) throw new Error(`--iface-can-reach: no interface with an IPv4 address routes to ${sel.ifaceCanReach}`);
-    return toExternal(link, ip, sel.publicIP);
+    return viaRoute(links, ['route', 'get', sel.ifaceCanReach], sel.publicIP, `--iface-can-reach: no interface with an IPv4 address routes to ${sel.ifaceCanReach}`);
   }
 
-  const [route] = await ipJson<{ dev: string; prefsrc?: string }>(['-4', 'route', 'show', 'default']);
-  const link = route && links.find((l) => l.ifname === route.dev);
-  const ip = link && (route.prefsrc ?? ipv4Of(link));
-  if (!link || !ip) throw new Error('no default route with an IPv4 address: choose the interface with --iface');
-  return toExternal(link, ip, sel.publicIP);
+  return viaRoute(links, ['-4', 'route', 'show', 'default'], sel.publicIP, 'no default route with an IPv4 address: choose the interface with --iface');
 }

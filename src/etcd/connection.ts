@@ -120,6 +120,7 @@ export class Reachability {
   private probeDelay = RECONNECT_MIN_MS;
   private readonly waiters = new Set<() => void>();
   private closed = false;
+  private interrupted = false;
   outages = 0;
 
   constructor(
@@ -192,8 +193,9 @@ export class Reachability {
     this.probeTimer.unref();
   }
 
-  /** Waits `ms`, or less if etcd comes back meanwhile. */
+  /** Waits `ms`, or less if etcd comes back meanwhile or the owner is stopping. */
   pause(ms: number): Promise<void> {
+    if (this.interrupted) return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);
@@ -201,14 +203,20 @@ export class Reachability {
         resolve();
       };
       const timer = setTimeout(done, ms);
-      if (this.down) this.waiters.add(done);
+      this.waiters.add(done);
     });
+  }
+
+  /** Ends every pause now, and makes later ones return at once: the owner is stopping. */
+  interrupt(): void {
+    this.interrupted = true;
+    for (const wake of [...this.waiters]) wake();
   }
 
   close(): void {
     this.closed = true;
     if (this.probeTimer) clearTimeout(this.probeTimer);
     if (this.graceTimer) clearTimeout(this.graceTimer);
-    for (const wake of [...this.waiters]) wake();
+    this.interrupt();
   }
 }

@@ -10,7 +10,7 @@ import {
 } from './connection.js';
 import { ResumableWatch } from './resumable-watch.js';
 
-export { type EtcdConnectionOptions, buildClientOptions, etcdErrorFields, isConnectivityError } from './connection.js';
+export { type EtcdConnectionOptions, etcdErrorFields, isConnectivityError } from './connection.js';
 
 /** A lease as read from etcd. */
 export interface LeaseRecord {
@@ -135,7 +135,7 @@ export class EtcdRegistry {
     };
   }
 
-  subnetKey(subnet: Ip4Net): string {
+  private subnetKey(subnet: Ip4Net): string {
     return this.subnetsPrefix + subnet.toKey();
   }
 
@@ -149,9 +149,14 @@ export class EtcdRegistry {
     return this.reach.outages;
   }
 
-  /** Waits `ms` before a retry, or less if etcd comes back meanwhile. */
+  /** Waits `ms` before a retry, or less if etcd comes back meanwhile or interruptBackoffs() is called. */
   backoff(ms: number): Promise<void> {
     return this.reach.pause(ms);
+  }
+
+  /** Ends every backoff now and makes later ones return at once, so retry loops see a stop promptly. */
+  interruptBackoffs(): void {
+    this.reach.interrupt();
   }
 
   /** Runs one etcd operation, recording whether etcd answered. */
@@ -250,14 +255,6 @@ export class EtcdRegistry {
     return { records, invalid, revision: String(res.header.revision) };
   }
 
-  async getLease(subnet: Ip4Net): Promise<LeaseRecord | null> {
-    const res = await this.call('get lease', () => this.client.get(this.subnetKey(subnet)).exec());
-    const kv = res.kvs[0];
-    if (!kv) return null;
-    const parsed = this.parseKv(kv);
-    return 'reason' in parsed ? null : parsed;
-  }
-
   private async grant(ttlSeconds: number): Promise<string> {
     const res = await this.call('grant lease', () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }));
     if (res.error) throw new Error(`etcd lease grant failed: ${res.error}`);
@@ -335,10 +332,6 @@ export class EtcdRegistry {
   async leaseTimeToLive(leaseId: string): Promise<number> {
     const res = await this.call('lease time to live', () => this.client.leaseClient.leaseTimeToLive({ ID: leaseId, keys: false }));
     return Number(res.TTL);
-  }
-
-  async deleteLease(subnet: Ip4Net): Promise<void> {
-    await this.call('delete lease', () => this.client.delete().key(this.subnetKey(subnet)).exec());
   }
 
   /**

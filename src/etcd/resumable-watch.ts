@@ -44,11 +44,6 @@ export class ResumableWatch {
     this.next = fromRevision ?? undefined;
   }
 
-  /** Connected or trying to be (false once connected, cancelled or stopped). */
-  get disconnected(): boolean {
-    return this.state === 'connecting' || this.state === 'waiting';
-  }
-
   /** Starts watching and waits (bounded) until etcd confirms the watch; retries meanwhile. */
   async start(): Promise<void> {
     let timer: NodeJS.Timeout | undefined;

@@ -7,8 +7,6 @@ import type { Ip4Net } from '../subnet/ip4.js';
 import { forwardRules, masqRules, ownChains, restoreLine, type IptablesRule, type IptablesTable } from './rules.js';
 import { iptablesRestore, iptablesSupportsRandomFully, runIptables, type IptablesRunOptions } from './runner.js';
 
-export { forwardRules, masqRules } from './rules.js';
-
 export interface IptablesOptions {
   network: Ip4Net;
   /** This node's leased subnet. */
@@ -31,17 +29,14 @@ export interface IptablesRules {
 
 const DEFAULT_RESYNC_MS = 5_000;
 
-/** True when every rule (and so every chain of ours) is present. */
-async function allPresent(rules: readonly IptablesRule[], run: IptablesRunOptions): Promise<boolean> {
-  for (const rule of rules) {
-    const r = await runIptables(['-t', rule.table, '-C', rule.chain, ...rule.spec], run);
-    if (r.code !== 0) return false;
-  }
-  return true;
-}
-
 async function exists(rule: IptablesRule, run: IptablesRunOptions): Promise<boolean> {
   return (await runIptables(['-t', rule.table, '-C', rule.chain, ...rule.spec], run)).code === 0;
+}
+
+/** True when every rule (and so every chain of ours) is present. */
+async function allPresent(rules: readonly IptablesRule[], run: IptablesRunOptions): Promise<boolean> {
+  for (const rule of rules) if (!(await exists(rule, run))) return false;
+  return true;
 }
 
 /**
@@ -135,7 +130,7 @@ export async function startIptablesRules(opts: IptablesOptions): Promise<Iptable
 
   return {
     async updateSubnet(next: Ip4Net): Promise<void> {
-      if (next.toString() === subnet.toString()) return;
+      if (next.equals(subnet)) return;
       subnet = next;
       // The masquerade chain is refilled as a whole, which also drops the rule for the old subnet.
       await ensure();

@@ -50,13 +50,6 @@ function run([file, argv]: [string, string[]]): Promise<IptablesResult> {
   });
 }
 
-/** Runs iptables and rejects on a non-zero exit. */
-export async function iptablesOrThrow(args: readonly string[], opts: IptablesRunOptions = {}): Promise<string> {
-  const r = await runIptables(args, opts);
-  if (r.code !== 0) throw new IptablesError(['iptables', ...args], r.code, r.stderr);
-  return r.stdout;
-}
-
 /** Applies `input` in one `iptables-restore --noflush` transaction: all of it or none of it. */
 export function iptablesRestore(input: string, opts: IptablesRunOptions = {}): Promise<void> {
   const [file, argv] = command('iptables-restore', [...WAIT, '--noflush'], opts);

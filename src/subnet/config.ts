@@ -132,12 +132,11 @@ export function parseNetworkConfig(text: string): NetworkConfig {
   }
 
   const subnetSize = 2 ** (32 - subnetLen);
-  const mask = (0xffffffff << (32 - subnetLen)) >>> 0;
   const checkBound = (key: 'SubnetMin' | 'SubnetMax', fallback: Ip4): Ip4 => {
     const ip = optionalIp(raw, key);
     if (ip === undefined) return fallback;
     if (!network.contains(ip)) throw new ConfigError(key, `${formatIp4(ip)} is not inside Network ${network}`);
-    if (((ip & mask) >>> 0) !== ip) throw new ConfigError(key, `${formatIp4(ip)} is not on a /${subnetLen} boundary`);
+    if (new Ip4Net(ip, subnetLen).ip !== ip) throw new ConfigError(key, `${formatIp4(ip)} is not on a /${subnetLen} boundary`);
     return ip;
   };
   // The first subnet is skipped by default: its network address would clash with the Network's own.

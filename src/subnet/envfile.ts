@@ -24,9 +24,14 @@ export function formatSubnetEnv(env: SubnetEnv): string {
 }
 
 export function writeSubnetEnvFile(path: string, env: SubnetEnv): void {
+  writeFileAtomic(path, formatSubnetEnv(env));
+}
+
+/** Writes a file (mode 0644, its directory created) through a synced temporary file and a rename. */
+export function writeFileAtomic(path: string, content: string): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
-  writeFileSync(tmp, formatSubnetEnv(env), { mode: 0o644 });
+  writeFileSync(tmp, content, { mode: 0o644 });
   const fd = openSync(tmp, 'r');
   try {
     fsyncSync(fd);

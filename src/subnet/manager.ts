@@ -40,6 +40,8 @@ export class NetworkFullError extends Error {
   }
 }
 
+type Listing = Awaited<ReturnType<EtcdRegistry['listLeases']>>;
+
 interface OwnLease {
   subnet: Ip4Net;
   /** null for a reservation, which has no etcd lease and never expires. */
@@ -52,6 +54,8 @@ interface OwnLease {
 const MAX_CLAIM_ATTEMPTS = 100;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 30_000;
+/** setTimeout's longest delay (2^31 - 1 ms, about 24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2_147_483_647;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -70,11 +74,6 @@ export class LeaseManager {
 
   get ownLease(): Lease | null {
     return this.own ? this.toLease(this.own) : null;
-  }
-
-  /** Remote leases currently known, keyed by subnet. */
-  get remoteLeases(): ReadonlyMap<string, Lease> {
-    return this.known;
   }
 
   stats(): Record<string, number> {
@@ -145,16 +144,13 @@ export class LeaseManager {
 
   /**
    * Picks and claims a subnet: a lease that already carries our PublicIP, else `preferred` if it is
-   * free, else a random free one. Retries from a fresh list when another node wins a race.
+   * free, else a random free one. Retries from a fresh list when another node wins a race; the first
+   * attempt uses `listing` when the caller has just read one.
    */
-  private async claim(
-    preferred: Ip4Net | null,
-    avoid: Ip4Net | null,
-    reclaiming = false,
-  ): Promise<{ records: LeaseRecord[]; invalid: InvalidLeaseKey[]; revision: string }> {
+  private async claim(preferred: Ip4Net | null, avoid: Ip4Net | null, reclaiming = false, listing: Listing | null = null): Promise<Listing> {
     const { registry, attrs, ttlSeconds } = this.opts;
-    for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
-      const listing = await registry.listLeases();
+    for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++, listing = null) {
+      listing ??= await registry.listLeases();
       const { records, invalid } = listing;
       const mine = records.find(
         (r) => r.attrs.publicIP === attrs.publicIP && this.isCandidate(r.subnet) && !(avoid && r.subnet.equals(avoid)),
@@ -297,15 +293,16 @@ export class LeaseManager {
     const old = this.own!;
     this.log.warn({ subnet: old.subnet.toString(), reason }, 'our subnet lease was lost; claiming again');
     this.counters.reclaims++;
-    let listing: { records: LeaseRecord[]; invalid: InvalidLeaseKey[] } | null = null;
+    let listing: Listing | null = null;
     for (let delay = RETRY_MIN_MS; !this.stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
       try {
-        const { records, invalid } = await this.opts.registry.listLeases();
-        const holder = records.find((r) => r.subnet.equals(old.subnet));
+        const current = await this.opts.registry.listLeases();
+        const holder = current.records.find((r) => r.subnet.equals(old.subnet));
         const occupiedByOther =
           (holder !== undefined && holder.attrs.publicIP !== this.opts.attrs.publicIP) ||
-          invalid.some((bad) => bad.subnet?.equals(old.subnet));
-        listing = await this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, !occupiedByOther);
+          current.invalid.some((bad) => bad.subnet?.equals(old.subnet));
+        // The claim's first attempt chooses from this same list rather than reading another.
+        listing = await this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, !occupiedByOther, current);
         break;
       } catch (err) {
         if (err instanceof NetworkFullError) this.log.error({ err: err.message }, 'cannot claim a subnet');
@@ -323,7 +320,11 @@ export class LeaseManager {
         { oldSubnet: old.subnet.toString(), newSubnet: own.subnet.toString() },
         'OUR SUBNET NOW BELONGS TO ANOTHER NODE: moved to a new subnet and rewrote the env file; pods on this node keep old addresses and must be restarted',
       );
-      this.known.delete(own.subnet.toKey());
+      // Our new subnet may still be known as a peer whose lease ran out unseen: remove it from the
+      // backend first, or the backend would route our own subnet into the overlay.
+      const stale: LeaseEvent[] = [];
+      this.forget(own.subnet, stale);
+      if (stale.length > 0) await this.listener!.onLeaseEvents(stale);
       await this.listener!.onOwnLease(this.toLease(own), 'moved');
     }
     // The list the claim was made from brings the old subnet's new holder (and anything missed)
@@ -370,7 +371,8 @@ export class LeaseManager {
     const own = this.own;
     if (this.stopped || !own || own.expiration === null) return;
     const dueIn = own.expiration.getTime() - Date.now() - this.opts.renewMarginSeconds * 1000;
-    this.renewTimer = setTimeout(() => this.enqueue(() => this.renew()), Math.max(dueIn, 1000));
+    // Capped: with a TTL beyond setTimeout's range the timer would fire at once, and again after each renewal.
+    this.renewTimer = setTimeout(() => this.enqueue(() => this.renew()), Math.min(Math.max(dueIn, 1000), MAX_TIMER_MS));
   }
 
   private async renew(): Promise<void> {
