@@ -8,15 +8,13 @@ import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
 import { ConfigError, type NetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
 import { previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
 import type { Lease } from '../subnet/lease.js';
-import { LeaseManager, NetworkFullError } from '../subnet/manager.js';
+import { LeaseManager, NetworkFullError, RETRY_MAX_MS, RETRY_MIN_MS } from '../subnet/manager.js';
 import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
 import type { Logger } from './log.js';
 import { notifySystemd } from './sdnotify.js';
 
-const RETRY_MIN_MS = 500;
-const RETRY_MAX_MS = 30_000;
 const CONFIG_POLL_MS = 5_000;
 
 export class Daemon {

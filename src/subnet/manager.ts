@@ -52,8 +52,9 @@ interface OwnLease {
 }
 
 const MAX_CLAIM_ATTEMPTS = 100;
-const RETRY_MIN_MS = 500;
-const RETRY_MAX_MS = 30_000;
+/** Retry policy for etcd work (the daemon's start-up uses it too): 0.5 s doubling up to 30 s. */
+export const RETRY_MIN_MS = 500;
+export const RETRY_MAX_MS = 30_000;
 /** setTimeout's longest delay (2^31 - 1 ms, about 24.8 days); a longer one fires at once. */
 const MAX_TIMER_MS = 2_147_483_647;
 
