@@ -3,7 +3,7 @@
 // figures from one run compare). Also prints ping RTT for both.
 //
 //   npm install && npm run build
-//   node dist/bench/udp-throughput.js [--seconds 10] [--rounds 3] [--steps] [--workers N] [--daemon]
+//   npx tsx bench/udp-throughput.ts [--seconds 10] [--rounds 3] [--steps] [--workers N] [--daemon]
 //
 // Default: the bench process hosts both nodes' forwarders (UdpForwarder, the code UdpBackend runs),
 // each inside its node's namespace, on test/harness/udp-topology.ts (the cluster harness's topology

@@ -2,7 +2,7 @@
 //   1. Pod -> pod TCP throughput (iperf3) through flanneld's vxlan backend; then flanneld's state is
 //      torn down and the same kernel VXLAN set up by hand; then flanneld again. Ratio = ours / hand.
 //   2. Convergence: from a new node's daemon start until a pod on another node pings its pod (median).
-// Run: npm run build && node dist/bench/vxlan-throughput.js [--seconds=8] [--rounds=2] [--samples=10]
+// Run: npm run build && npx tsx bench/vxlan-throughput.ts [--seconds=8] [--rounds=2] [--samples=10]
 import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { bridgeBatch, ipBatch } from '../src/routes/ip.js';

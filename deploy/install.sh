@@ -36,7 +36,7 @@ act() {
   if [ "$dry" = no ]; then "$@"; fi
 }
 
-for required in dist/src/daemon/main.js dist/src/ctl/main.js dist/src/cni/main.js bin/flanneld bin/flannelctl bin/flannel; do
+for required in dist/daemon/main.js dist/ctl/main.js dist/cni/main.js bin/flanneld bin/flannelctl bin/flannel; do
   if [ ! -e "$src/$required" ]; then
     echo "install.sh: $src/$required is missing: build first (npm ci && npm run build)" >&2
     exit 1

@@ -10,11 +10,10 @@ cd "$(dirname "$0")/.."
 case "${1:-up}" in
   up)
     if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; else npm run build; fi
-    exec node dist/test/harness/demo.js up
+    exec npx tsx test/harness/demo.ts up
     ;;
   down)
-    if [ ! -f dist/test/harness/demo.js ]; then npm run build; fi
-    exec node dist/test/harness/demo.js down
+    exec npx tsx test/harness/demo.ts down
     ;;
   *)
     echo "usage: $0 [up|down]" >&2

@@ -35,6 +35,16 @@ fi
 
 # Debian's etcd-server enables and starts a system etcd on 127.0.0.1:2379; tests and the demo start
 # their own, so leave the system one alone but never depend on it.
-npm ci --no-audit --no-fund
+
+# npm ci (which also builds the native addon) only when the lock file or the native sources changed
+# since the last install here; a fresh clone always installs.
+stamp=node_modules/.flanneld-ts-install
+want=$(cat package-lock.json binding.gyp src/native/* | sha256sum | cut -d' ' -f1)
+if [ ! -f build/Release/flannel_native.node ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  npm ci --no-audit --no-fund
+  echo "$want" > "$stamp"
+else
+  echo "setup: node_modules and the native addon are up to date"
+fi
 npm run build
 echo "setup: done ($(node --version), $(etcd --version | head -1))"

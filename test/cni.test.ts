@@ -12,7 +12,7 @@ import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
 const PLUGIN = repoPath('bin', 'flannel');
 const CNI_PATH = '/usr/lib/cni';
-const built = existsSync(repoPath('dist', 'src', 'cni', 'main.js'));
+const built = existsSync(repoPath('dist', 'cni', 'main.js'));
 
 interface CniCall {
   command: 'ADD' | 'DEL' | 'CHECK' | 'VERSION';

@@ -10,6 +10,7 @@ import { parseAllDocuments } from 'yaml';
 import { buildDelegateConf } from '../src/cni/delegate.js';
 import { parseFlannelNetConf } from '../src/cni/netconf.js';
 import { SUPPORTED_VERSIONS } from '../src/cni/plugin.js';
+import { Ip4Net } from '../src/subnet/ip4.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
 import { createCluster, repoPath, type Cluster } from './harness/cluster.js';
 import { run } from './harness/netns.js';
@@ -29,7 +30,7 @@ interface Container {
 }
 
 const KUBE_DIR = repoPath('deploy', 'kubernetes');
-const built = existsSync(repoPath('dist', 'src', 'daemon', 'main.js')) && existsSync(repoPath('dist', 'src', 'cni', 'main.js'));
+const built = existsSync(repoPath('dist', 'daemon', 'main.js')) && existsSync(repoPath('dist', 'cni', 'main.js'));
 
 // install.sh copies node_modules and prunes it (seconds): done once, shared by the tests that need a tree.
 let installRoot: string | null = null;
@@ -135,8 +136,8 @@ describe('Kubernetes manifests', () => {
     // What a runtime passes the plugin: the entry plus the list's name and cniVersion.
     const conf = parseFlannelNetConf(JSON.stringify({ ...list.plugins[0], name: list.name, cniVersion: list.cniVersion }));
     const delegate = buildDelegateConf(conf, {
-      networks: [{ network: '10.244.0.0', prefixLen: 16 }],
-      subnet: { network: '10.244.3.0', prefixLen: 24 },
+      networks: [Ip4Net.parse('10.244.0.0/16')],
+      subnet: Ip4Net.parse('10.244.3.0/24'),
       mtu: 1450,
       ipMasq: true,
     });
@@ -307,7 +308,7 @@ describe('install.sh', () => {
     chmodSync(join(fake, 'deploy', 'install.sh'), 0o755);
     const res = spawnSync(join(fake, 'deploy', 'install.sh'), ['--dry-run'], { env: { ...process.env, DESTDIR: join(dir, 'x') }, encoding: 'utf8' });
     expect(res.status).toBe(1);
-    expect(res.stderr).toMatch(/dist\/src\/daemon\/main\.js is missing: build first/);
+    expect(res.stderr).toMatch(/dist\/daemon\/main\.js is missing: build first/);
     const bad = spawnSync(repoPath('deploy', 'install.sh'), ['--frobnicate'], { encoding: 'utf8' });
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/unknown option --frobnicate/);

@@ -22,7 +22,7 @@ describe('docker-opts', () => {
     const network = Ip4Net.parse('198.19.0.0/16');
     for (const [name, mtu, ipMasq] of [['udp', 1472, false], ['vxlan', 1450, false], ['vxlan-masq', 1450, true]] as const) {
       envFiles[name] = join(dir, `${name}.env`);
-      writeSubnetEnvFile(envFiles[name]!, { network, subnet: Ip4Net.parse('198.19.46.0/24'), mtu, ipMasq });
+      writeSubnetEnvFile(envFiles[name]!, { networks: [network], subnet: Ip4Net.parse('198.19.46.0/24'), mtu, ipMasq });
     }
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -79,8 +79,8 @@ describe('docker-opts', () => {
   // Through the real flannelctl binary once the lead has registered the command there.
   const flannelctl = repoPath('bin', 'flannelctl');
   const registered =
-    existsSync(repoPath('dist', 'src', 'ctl', 'main.js')) &&
-    readFileSync(repoPath('dist', 'src', 'ctl', 'main.js'), 'utf8').includes('dockerOptsCommand');
+    existsSync(repoPath('dist', 'ctl', 'main.js')) &&
+    readFileSync(repoPath('dist', 'ctl', 'main.js'), 'utf8').includes('dockerOptsCommand');
   it.skipIf(!registered)('flannelctl docker-opts writes the file systemd reads', () => {
     const out = join(dir, 'ctl_docker_opts.env');
     const res = spawnSync(flannelctl, ['docker-opts', '-f', envFiles['udp']!, '-d', out], { encoding: 'utf8', env: { PATH: process.env['PATH'] ?? '' } });

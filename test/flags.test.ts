@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { normalizeGoStyleFlags, parseDaemonFlags } from '../src/daemon/flags.js';
+import { normalizeGoStyleFlags } from '../src/common/cli.js';
+import { parseDaemonFlags } from '../src/daemon/flags.js';
 
 const saved = { ...process.env };
 afterEach(() => {

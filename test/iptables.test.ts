@@ -6,7 +6,7 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { startIptablesRules, type IptablesRules } from '../src/iptables/index.js';
-import { silentLogger } from '../src/daemon/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { Ip4Net } from '../src/subnet/ip4.js';
 import { addNetns, delNetns, run, runId, sleep, waitFor } from './harness/netns.js';
 

@@ -55,7 +55,7 @@ describe('subnet env file', () => {
 
   it('is written in upstream format, atomically, and read back', () => {
     const path = join(dir, 'sub', 'subnet.env');
-    writeSubnetEnvFile(path, { network: Ip4Net.parse('198.19.0.0/16'), subnet: Ip4Net.parse('198.19.46.0/24'), mtu: 1450, ipMasq: false });
+    writeSubnetEnvFile(path, { networks: [Ip4Net.parse('198.19.0.0/16')], subnet: Ip4Net.parse('198.19.46.0/24'), mtu: 1450, ipMasq: false });
     expect(readFileSync(path, 'utf8')).toBe('FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET=198.19.46.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n');
     expect(readdirSync(join(dir, 'sub'))).toEqual(['subnet.env']); // no temp file left behind
     const env = readSubnetEnvFile(path);

@@ -2,7 +2,7 @@
 // loss and re-claim, and watch continuity across an etcd restart.
 import { spawnSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/daemon/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { EtcdRegistry } from '../src/etcd/registry.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/subnet/ip4.js';

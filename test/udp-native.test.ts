@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { BackendContext } from '../src/backend/backend.js';
 import { UdpForwarder, type ForwarderStats } from '../src/backend/udp/native.js';
 import { UdpBackend } from '../src/backend/udp/udp-backend.js';
-import { silentLogger } from '../src/daemon/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { ip, ipBatch, ipJson } from '../src/routes/ip.js';
 import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.js';
 import { formatIp4, parseIp4 } from '../src/subnet/ip4.js';

@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { BackendContext } from '../src/backend/backend.js';
 import { VxlanBackend } from '../src/backend/vxlan/vxlan-backend.js';
-import { silentLogger } from '../src/daemon/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { listIp4Addrs } from '../src/routes/addr.js';
 import { fdbReplaceCommand, listFdb } from '../src/routes/fdb.js';
 import { bridgeBatch, ip, ipBatch } from '../src/routes/ip.js';

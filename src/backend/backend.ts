@@ -1,6 +1,6 @@
 // The one interface between the lease manager and the data planes. Backends see leases, never etcd:
 // the manager owns etcd, claims our subnet, and hands every remote lease change over as events.
-import type { Logger } from '../daemon/log.js';
+import type { Logger } from '../common/log.js';
 import type { BackendConfig, NetworkConfig } from '../subnet/config.js';
 import type { Lease, LeaseEvent } from '../subnet/lease.js';
 

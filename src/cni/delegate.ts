@@ -5,14 +5,15 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CNI_ERR, CniError } from './errors.js';
 import { isObject, type FlannelNetConf, type JsonObject } from './netconf.js';
-import { cidrToString, firstHost, type FlannelSubnetEnv } from './subnet-env.js';
+import { formatIp4 } from '../subnet/ip4.js';
+import type { SubnetEnv } from '../subnet/envfile.js';
 
 /**
  * The delegate conf: `delegate` from the flannel conf, completed with defaults: type bridge (with
  * isGateway), ipMasq when flanneld does not masquerade itself, flanneld's MTU, and host-local IPAM
  * over this node's subnet with a route to the whole flannel network.
  */
-export function buildDelegateConf(conf: FlannelNetConf, env: FlannelSubnetEnv): JsonObject {
+export function buildDelegateConf(conf: FlannelNetConf, env: SubnetEnv): JsonObject {
   const d: JsonObject = { ...(conf.delegate ?? {}) };
   if (conf.runtimeConfig) d['runtimeConfig'] = conf.runtimeConfig;
   d['name'] = conf.name;
@@ -25,14 +26,14 @@ export function buildDelegateConf(conf: FlannelNetConf, env: FlannelSubnetEnv): 
 
   const ipam: JsonObject = { ...(conf.ipam ?? {}) };
   if (!('type' in ipam)) ipam['type'] = 'host-local';
-  ipam['ranges'] = [[{ subnet: cidrToString(env.subnet) }]];
+  ipam['ranges'] = [[{ subnet: env.subnet.toString() }]];
   const routes = Array.isArray(ipam['routes']) ? [...(ipam['routes'] as unknown[])] : [];
   // Upstream writes {dst} alone, and plugins route it via the IPAM gateway, which for host-local over
   // our range is the subnet's first address. Naming that gateway gives the same kernel route, and lets
   // CHECK pass with containernetworking-plugins before v1.3.0, whose route check cannot match a route
   // without a gateway against the kernel's (containernetworking/plugins#887).
-  const gw = ipam['type'] === 'host-local' ? { gw: firstHost(env.subnet) } : {};
-  for (const n of env.networks) routes.push({ dst: cidrToString(n), ...gw });
+  const gw = ipam['type'] === 'host-local' ? { gw: formatIp4(env.subnet.ip + 1) } : {};
+  for (const n of env.networks) routes.push({ dst: n.toString(), ...gw });
   ipam['routes'] = routes;
   d['ipam'] = ipam;
   return d;

@@ -1,10 +1,10 @@
 // The flannel plugin's own network configuration (what the runtime passes on stdin), checked
 // field by field so that a mistake is reported by name rather than surfacing later in a delegate.
+import { DEFAULT_SUBNET_FILE } from '../subnet/envfile.js';
 import { CNI_ERR, CniError } from './errors.js';
 
 export type JsonObject = Record<string, unknown>;
 
-export const DEFAULT_SUBNET_FILE = '/run/flannel/subnet.env';
 export const DEFAULT_DATA_DIR = '/var/lib/cni/flannel';
 
 export interface FlannelNetConf {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { CNI_ERR, CniError } from './errors.js';
 import { buildDelegateConf, findPlugin, invokeDelegate, type CniCommand } from './delegate.js';
 import { isObject, parseFlannelNetConf, type FlannelNetConf, type JsonObject } from './netconf.js';
-import { cidrToString, readFlannelSubnetEnv } from './subnet-env.js';
+import { readFlannelSubnetEnv } from './subnet-env.js';
 
 export const SUPPORTED_VERSIONS = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0'] as const;
 const LATEST_VERSION = '1.0.0';
@@ -143,7 +143,7 @@ async function cmdCheck(conf: FlannelNetConf, env: Env): Promise<void> {
   // runtime recreates the pod. When flanneld is (re)starting the file may be absent; that is no error.
   let current: string | null = null;
   try {
-    current = cidrToString(readFlannelSubnetEnv(conf.subnetFile).subnet);
+    current = readFlannelSubnetEnv(conf.subnetFile).subnet.toString();
   } catch {
     current = null;
   }

@@ -1,11 +1,10 @@
 // `flannelctl docker-opts`: upstream's mk-docker-opts.sh. Turns flanneld's subnet env file into Docker
 // daemon options (--bip, --mtu, --ip-masq) in an env file that docker.service reads (EnvironmentFile=)
 // and expands into dockerd's command line ($DOCKER_OPTS).
-import { readFileSync } from 'node:fs';
 import type { CommandModule } from 'yargs';
-import { parseEnvText, writeFileAtomic } from '../subnet/envfile.js';
+import { writeFileAtomic } from '../common/atomic-file.js';
+import { DEFAULT_SUBNET_FILE, SubnetEnvError, bridgeAddress, readSubnetEnvFile } from '../subnet/envfile.js';
 
-export const DEFAULT_SUBNET_FILE = '/run/flannel/subnet.env';
 export const DEFAULT_DOCKER_ENV_FILE = '/run/docker_opts.env';
 export const DEFAULT_COMBINED_KEY = 'DOCKER_OPTS';
 
@@ -62,18 +61,21 @@ export function formatDockerOpts(flannelEnv: Record<string, string>, opts: Docke
   return lines.map((l) => l + '\n').join('');
 }
 
-/** Reads the subnet env file; a missing one is an error (Docker must not start with a wrong --bip). */
+/**
+ * The subnet env file's values as docker-opts uses them. Parsed (and so validated) by the shared
+ * reader; a missing or malformed file is an error, since Docker must not start with a wrong --bip.
+ */
 export function readFlannelEnv(path: string): Record<string, string> {
-  let text: string;
+  let env;
   try {
-    text = readFileSync(path, 'utf8');
+    env = readSubnetEnvFile(path);
   } catch (err) {
-    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist (is flanneld running and has it written it?)' : (err as Error).message;
-    throw new Error(`subnet file ${path} ${why}`);
+    if (!(err instanceof SubnetEnvError)) throw err;
+    if (err.kind === 'missing') throw new Error(`subnet file ${path} does not exist (is flanneld running and has it written it?)`);
+    if (err.missingVars.length > 0) throw new Error(`subnet file ${path} has no ${err.missingVars.join(', ')}`);
+    throw err;
   }
-  const env = parseEnvText(text);
-  if (!env['FLANNEL_SUBNET']) throw new Error(`subnet file ${path} has no FLANNEL_SUBNET`);
-  return env;
+  return { FLANNEL_SUBNET: bridgeAddress(env.subnet), FLANNEL_MTU: String(env.mtu), FLANNEL_IPMASQ: String(env.ipMasq) };
 }
 
 interface DockerOptsArgs {

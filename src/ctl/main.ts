@@ -2,8 +2,10 @@
 // FLANNELD_* environment variables.
 import { readFileSync } from 'node:fs';
 import yargs from 'yargs';
-import { silentLogger } from '../daemon/log.js';
-import { VERSION, etcdOptionsFrom, normalizeGoStyleFlags, withEtcdFlags } from '../daemon/flags.js';
+import { silentLogger } from '../common/log.js';
+import { normalizeGoStyleFlags } from '../common/cli.js';
+import { VERSION } from '../common/version.js';
+import { etcdOptionsFrom, withEtcdFlags } from '../etcd/flags.js';
 import { EtcdRegistry } from '../etcd/registry.js';
 import { ConfigError, type NetworkConfig, parseNetworkConfig } from '../subnet/config.js';
 import { formatIp4 } from '../subnet/ip4.js';

@@ -12,7 +12,7 @@ import { LeaseManager, NetworkFullError, RETRY_MAX_MS, RETRY_MIN_MS } from '../s
 import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../common/log.js';
 import { notifySystemd } from './sdnotify.js';
 
 const CONFIG_POLL_MS = 5_000;
@@ -96,7 +96,7 @@ export class Daemon {
       try {
         await manager.start({
           onOwnLease: async (lease, change) => {
-            writeSubnetEnvFile(this.opts.subnetFile, { network: network.network, subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq });
+            writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq });
             this.log.info({ subnet: lease.subnet.toString(), publicIP: extIface.publicIP, change }, 'subnet lease held; env file written');
             await backend.setOwnLease(lease);
             await this.applyIptables(lease, network);

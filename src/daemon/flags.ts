@@ -1,10 +1,12 @@
 // Command-line flags with upstream flanneld's names and meanings; each is also read from
 // FLANNELD_<NAME> (dashes as underscores), as upstream does.
-import yargs, { type Argv } from 'yargs';
-import { LOG_LEVELS, type LogLevel } from './log.js';
-import type { EtcdConnectionOptions } from '../etcd/registry.js';
-
-export const VERSION = '0.1.0';
+import yargs from 'yargs';
+import { lastBoolean, lastNumber, lastString, normalizeGoStyleFlags } from '../common/cli.js';
+import { LOG_LEVELS, type LogLevel } from '../common/log.js';
+import { VERSION } from '../common/version.js';
+import type { EtcdConnectionOptions } from '../etcd/connection.js';
+import { etcdOptionsFrom, withEtcdFlags } from '../etcd/flags.js';
+import { DEFAULT_SUBNET_FILE } from '../subnet/envfile.js';
 
 export interface DaemonOptions {
   etcd: EtcdConnectionOptions;
@@ -24,48 +26,6 @@ export interface DaemonOptions {
   logLevel: LogLevel;
 }
 
-/** Go's flag package accepts `-flag`; yargs would read it as single-letter flags, so rewrite it. */
-export function normalizeGoStyleFlags(argv: readonly string[]): string[] {
-  return argv.map((a) => (/^-[a-z][a-z0-9-]+(=.*)?$/.test(a) ? `-${a}` : a));
-}
-
-// A flag given more than once keeps its last value, as with Go's flag package (yargs would make an array).
-const lastString = (v: string | string[]): string => (Array.isArray(v) ? v[v.length - 1]! : v);
-const lastNumber = (v: number | number[]): number => (Array.isArray(v) ? v[v.length - 1]! : v);
-const lastBoolean = (v: boolean | boolean[]): boolean => (Array.isArray(v) ? v[v.length - 1]! : v);
-
-/** The etcd connection flags, shared by flanneld and flannelctl. */
-export function withEtcdFlags<T>(y: Argv<T>) {
-  return y
-    .option('etcd-endpoints', { type: 'string', default: 'http://127.0.0.1:4001,http://127.0.0.1:2379', coerce: lastString, describe: 'comma-separated etcd client URLs' })
-    .option('etcd-prefix', { type: 'string', default: '/coreos.com/network', coerce: lastString, describe: 'etcd key prefix of the network' })
-    .option('etcd-cafile', { type: 'string', coerce: lastString, describe: 'CA certificate for TLS to etcd' })
-    .option('etcd-certfile', { type: 'string', coerce: lastString, describe: 'client certificate for TLS to etcd' })
-    .option('etcd-keyfile', { type: 'string', coerce: lastString, describe: 'client key for TLS to etcd' })
-    .option('etcd-username', { type: 'string', coerce: lastString, describe: 'etcd user name' })
-    .option('etcd-password', { type: 'string', coerce: lastString, describe: 'etcd password' });
-}
-
-export function etcdOptionsFrom(argv: {
-  etcdEndpoints: string;
-  etcdPrefix: string;
-  etcdCafile?: string | undefined;
-  etcdCertfile?: string | undefined;
-  etcdKeyfile?: string | undefined;
-  etcdUsername?: string | undefined;
-  etcdPassword?: string | undefined;
-}): EtcdConnectionOptions {
-  return {
-    endpoints: argv.etcdEndpoints.split(',').map((e) => e.trim()).filter((e) => e !== ''),
-    prefix: argv.etcdPrefix,
-    ...(argv.etcdCafile ? { caFile: argv.etcdCafile } : {}),
-    ...(argv.etcdCertfile ? { certFile: argv.etcdCertfile } : {}),
-    ...(argv.etcdKeyfile ? { keyFile: argv.etcdKeyfile } : {}),
-    ...(argv.etcdUsername ? { username: argv.etcdUsername } : {}),
-    ...(argv.etcdPassword ? { password: argv.etcdPassword } : {}),
-  };
-}
-
 /** Parses flanneld's flags. Exits with usage on a bad flag, and prints the version for --version. */
 export function parseDaemonFlags(argv: readonly string[]): DaemonOptions {
   const parsed = withEtcdFlags(yargs(normalizeGoStyleFlags(argv)))
@@ -75,7 +35,7 @@ export function parseDaemonFlags(argv: readonly string[]): DaemonOptions {
     .option('iface-regex', { type: 'string', array: true, default: [] as string[], describe: 'regex matched against interface names and IPs; repeatable' })
     .option('iface-can-reach', { type: 'string', coerce: lastString, describe: 'use the interface that routes to this IP' })
     .option('public-ip', { type: 'string', coerce: lastString, describe: 'IP other nodes use to reach this one (default: the interface IP)' })
-    .option('subnet-file', { type: 'string', default: '/run/flannel/subnet.env', coerce: lastString, describe: 'where to write the subnet env file' })
+    .option('subnet-file', { type: 'string', default: DEFAULT_SUBNET_FILE, coerce: lastString, describe: 'where to write the subnet env file' })
     .option('subnet-lease-renew-margin', { type: 'number', default: 60, coerce: lastNumber, describe: 'renew the lease this many minutes before it expires' })
     .option('subnet-lease-ttl', { type: 'number', default: 86400, coerce: lastNumber, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' })
     .option('ip-masq', { type: 'boolean', default: false, coerce: lastBoolean, describe: 'masquerade traffic leaving the flannel network' })

@@ -1,7 +1,7 @@
 // flanneld entry point.
 import { Daemon } from './daemon.js';
 import { parseDaemonFlags } from './flags.js';
-import { createLogger } from './log.js';
+import { createLogger } from '../common/log.js';
 
 const opts = parseDaemonFlags(process.argv.slice(2));
 const log = createLogger(opts.logLevel);

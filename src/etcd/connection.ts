@@ -3,7 +3,7 @@
 // once when it starts and once when it ends, however many retries happen in between.
 import { readFileSync } from 'node:fs';
 import { EtcdWatchStreamEnded, type IOptions, castGrpcError, isRecoverableError } from 'etcd3';
-import type { Logger } from '../daemon/log.js';
+import type { Logger } from '../common/log.js';
 
 export interface EtcdConnectionOptions {
   endpoints: string[];

@@ -2,7 +2,7 @@
 // <prefix>/config holds the network config; <prefix>/subnets/<a.b.c.d>-<len> holds one lease each,
 // bound to an etcd lease (or to none: a reservation).
 import { Etcd3, type IKeyValue, type IOptions, type IWatchResponse } from 'etcd3';
-import type { Logger } from '../daemon/log.js';
+import type { Logger } from '../common/log.js';
 import { Ip4Net } from '../subnet/ip4.js';
 import { type LeaseAttrs, decodeLeaseAttrs, encodeLeaseAttrs } from '../subnet/lease.js';
 import {

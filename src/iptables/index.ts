@@ -2,7 +2,8 @@
 // nat masquerade rules (--ip-masq). Rules are checked with `iptables -C` every resync period; when any is
 // missing (another program flushed a table, an administrator deleted one), our chains are emptied and
 // refilled in one iptables-restore transaction, because the order of the rules matters.
-import type { Logger } from '../daemon/log.js';
+import { SerialQueue } from '../common/serial-queue.js';
+import type { Logger } from '../common/log.js';
 import type { Ip4Net } from '../subnet/ip4.js';
 import { forwardRules, masqRules, ownChains, restoreLine, type IptablesRule, type IptablesTable } from './rules.js';
 import { iptablesRestore, iptablesSupportsRandomFully, runIptables, type IptablesRunOptions } from './runner.js';
@@ -93,13 +94,9 @@ export async function startIptablesRules(opts: IptablesOptions): Promise<Iptable
     ...(opts.ipMasq ? masqRules(opts.network, subnet, randomFully) : []),
   ];
 
-  // Every change to the tables goes through this chain of promises, so checks never overlap.
-  let queue: Promise<void> = Promise.resolve();
-  const serial = (task: () => Promise<void>): Promise<void> => {
-    const next = queue.then(task, task);
-    queue = next.catch(() => {});
-    return next;
-  };
+  // Every change to the tables goes through one queue, so checks never overlap.
+  const queue = new SerialQueue();
+  const serial = (task: () => Promise<void>): Promise<void> => queue.run(task);
 
   let lastFailure = '';
   let stopped = false;
@@ -148,7 +145,7 @@ export async function startIptablesRules(opts: IptablesOptions): Promise<Iptable
           }
         });
       } else {
-        await queue;
+        await queue.idle();
       }
     },
   };

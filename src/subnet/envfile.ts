@@ -1,22 +1,44 @@
-// The subnet env file that Docker (--bip/--mtu via docker-opts) and the CNI plugin read, in
-// upstream's format. Written with write + rename so a reader never sees half a file.
-import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync } from 'node:fs';
-import { dirname, basename, join } from 'node:path';
-import { Ip4Net, formatIp4, parseIp4 } from './ip4.js';
+// The subnet env file that Docker (--bip/--mtu via docker-opts) and the CNI plugin read, in upstream's
+// format. The one reader and writer of it: the daemon, the CNI plugin and `flannelctl docker-opts` all
+// parse it here, with the same strictness. Free of npm dependencies, so the CNI plugin (started for
+// every pod) loads fast.
+import { readFileSync } from 'node:fs';
+import { writeFileAtomic } from '../common/atomic-file.js';
+import { Ip4Net, formatIp4 } from './ip4.js';
+
+export const DEFAULT_SUBNET_FILE = '/run/flannel/subnet.env';
 
 export interface SubnetEnv {
-  network: Ip4Net;
-  /** This node's subnet. */
+  /** FLANNEL_NETWORK; a comma-separated list is read too (later upstream versions write one). */
+  networks: Ip4Net[];
+  /** This node's subnet (FLANNEL_SUBNET with its host part, the bridge address, cleared). */
   subnet: Ip4Net;
   mtu: number;
   ipMasq: boolean;
 }
 
-/** FLANNEL_SUBNET is the subnet's first host address with the subnet's prefix: the bridge's address. */
+/** Why an env file cannot be used: `missing` when the file does not exist, `invalid` otherwise. */
+export class SubnetEnvError extends Error {
+  constructor(
+    message: string,
+    readonly kind: 'missing' | 'unreadable' | 'invalid',
+    /** The variables the file lacks, when that is what is wrong. */
+    readonly missingVars: string[] = [],
+  ) {
+    super(message);
+    this.name = 'SubnetEnvError';
+  }
+}
+
+/** The bridge's address: the subnet's first host address, with the subnet's prefix (FLANNEL_SUBNET). */
+export function bridgeAddress(subnet: Ip4Net): string {
+  return `${formatIp4(subnet.ip + 1)}/${subnet.prefixLen}`;
+}
+
 export function formatSubnetEnv(env: SubnetEnv): string {
   return [
-    `FLANNEL_NETWORK=${env.network}`,
-    `FLANNEL_SUBNET=${formatIp4(env.subnet.ip + 1)}/${env.subnet.prefixLen}`,
+    `FLANNEL_NETWORK=${env.networks.join(',')}`,
+    `FLANNEL_SUBNET=${bridgeAddress(env.subnet)}`,
     `FLANNEL_MTU=${env.mtu}`,
     `FLANNEL_IPMASQ=${env.ipMasq}`,
     '',
@@ -25,20 +47,6 @@ export function formatSubnetEnv(env: SubnetEnv): string {
 
 export function writeSubnetEnvFile(path: string, env: SubnetEnv): void {
   writeFileAtomic(path, formatSubnetEnv(env));
-}
-
-/** Writes a file (mode 0644, its directory created) through a synced temporary file and a rename. */
-export function writeFileAtomic(path: string, content: string): void {
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
-  writeFileSync(tmp, content, { mode: 0o644 });
-  const fd = openSync(tmp, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
 }
 
 /** Parses KEY=VALUE lines (shell-style quotes stripped); comments and blank lines ignored. */
@@ -52,30 +60,46 @@ export function parseEnvText(text: string): Record<string, string> {
   return vars;
 }
 
-/** Reads an env file written by us or upstream; throws naming the variable that is missing or wrong. */
-export function readSubnetEnvFile(path: string): SubnetEnv {
-  const vars = parseEnvText(readFileSync(path, 'utf8'));
-  const need = (name: string): string => {
-    const v = vars[name];
-    if (v === undefined || v === '') throw new Error(`${path}: ${name} is missing`);
-    return v;
-  };
-  const subnetText = need('FLANNEL_SUBNET');
-  const [addr, len] = subnetText.split('/');
+/** Parses an env file's text written by us or upstream; throws naming the variable that is missing or wrong. */
+export function parseSubnetEnv(text: string, source: string): SubnetEnv {
+  const vars = parseEnvText(text);
+  const missing = ['FLANNEL_NETWORK', 'FLANNEL_SUBNET', 'FLANNEL_MTU', 'FLANNEL_IPMASQ'].filter((k) => !vars[k]);
+  if (missing.length > 0) throw new SubnetEnvError(`${source}: ${missing.map((k) => `${k} is missing`).join('; ')}`, 'invalid', missing);
+  const bad = (key: string, why: string) => new SubnetEnvError(`${source}: ${key}="${vars[key]}" ${why}`, 'invalid');
+  const networks: Ip4Net[] = [];
+  for (const part of vars['FLANNEL_NETWORK']!.split(',')) {
+    try {
+      networks.push(Ip4Net.parse(part, true));
+    } catch {
+      throw bad('FLANNEL_NETWORK', 'is not an IPv4 CIDR (or a comma-separated list of them)');
+    }
+  }
   let subnet: Ip4Net;
   try {
-    subnet = new Ip4Net(parseIp4(addr ?? ''), Number(len));
+    subnet = Ip4Net.parse(vars['FLANNEL_SUBNET']!, true);
   } catch {
-    throw new Error(`${path}: FLANNEL_SUBNET "${subnetText}" is not an address/prefix`);
+    throw bad('FLANNEL_SUBNET', 'is not an IPv4 address/prefix');
   }
-  const mtu = Number(need('FLANNEL_MTU'));
-  if (!Number.isInteger(mtu) || mtu <= 0) throw new Error(`${path}: FLANNEL_MTU "${vars['FLANNEL_MTU']}" is not a positive integer`);
-  return {
-    network: Ip4Net.parse(need('FLANNEL_NETWORK'), true),
-    subnet,
-    mtu,
-    ipMasq: (vars['FLANNEL_IPMASQ'] ?? 'false') === 'true',
-  };
+  const mtuText = vars['FLANNEL_MTU']!;
+  const mtu = Number(mtuText);
+  if (!/^\d+$/.test(mtuText) || mtu < 68 || mtu > 65535) throw bad('FLANNEL_MTU', 'is not an MTU (68-65535)');
+  const masq = vars['FLANNEL_IPMASQ']!;
+  if (masq !== 'true' && masq !== 'false') throw bad('FLANNEL_IPMASQ', 'is not true or false');
+  return { networks, subnet, mtu, ipMasq: masq === 'true' };
+}
+
+/** Reads and parses an env file; a missing file is a SubnetEnvError of kind `missing`. */
+export function readSubnetEnvFile(path: string): SubnetEnv {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new SubnetEnvError(`subnet file ${path} does not exist (flanneld writes it once it holds a subnet lease)`, 'missing');
+    }
+    throw new SubnetEnvError(`cannot read subnet file ${path}: ${(err as Error).message}`, 'unreadable');
+  }
+  return parseSubnetEnv(text, path);
 }
 
 /** The subnet recorded by a previous run, or null when there is no usable file. */

@@ -4,7 +4,7 @@
 // The list that chose our subnet and the watch that follows start from one etcd revision, so a node
 // that starts while others are claiming misses none of them. All work runs through one queue so
 // events, renewals and re-claims never interleave.
-import type { Logger } from '../daemon/log.js';
+import type { Logger } from '../common/log.js';
 import { type EtcdRegistry, type InvalidLeaseKey, type LeaseChange, type LeaseRecord, type Stoppable, isConnectivityError } from '../etcd/registry.js';
 import { type NetworkConfig, candidateSubnets } from './config.js';
 import { Ip4Net, formatIp4 } from './ip4.js';

@@ -84,7 +84,7 @@ export interface ClusterState {
   dirs: string[];
 }
 
-/** The repository root (this file runs from test/harness or from dist/test/harness). */
+/** The repository root (this file runs from test/harness). */
 export function repoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, 'package.json'))) {

@@ -2,7 +2,6 @@
 // build/Release/flannel_native.node). The addon runs its own threads; JS only configures it.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Ip4, Ip4Net } from '../../subnet/ip4.js';
 
@@ -110,13 +109,14 @@ interface NativeAddon {
 
 let addon: NativeAddon | null = null;
 
-/** Loads the addon from build/Release, found from both src/ (vitest) and dist/src/ (daemon). */
+/**
+ * Loads the addon where node-gyp builds it: <package root>/build/Release. This file sits at the same
+ * depth in src/ (tests) and dist/ (the daemon), so one relative path serves both.
+ */
 export function loadAddon(): NativeAddon {
   if (addon) return addon;
-  const here = dirname(fileURLToPath(import.meta.url));
-  const candidates = [3, 4].map((up) => join(here, ...Array<string>(up).fill('..'), 'build', 'Release', 'flannel_native.node'));
-  const path = candidates.find((p) => existsSync(p));
-  if (!path) throw new Error(`native addon not built (looked for ${candidates.join(', ')}): run \`npm install\``);
+  const path = fileURLToPath(new URL('../../../build/Release/flannel_native.node', import.meta.url));
+  if (!existsSync(path)) throw new Error(`native addon not built (no ${path}): run \`npm install\``);
   addon = createRequire(import.meta.url)(path) as NativeAddon;
   return addon;
 }

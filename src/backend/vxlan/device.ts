@@ -1,6 +1,6 @@
 // The flannel.<VNI> device: created with upstream flannel's attributes, kept (with its MAC, which
 // peers have in their FDB) when it already matches, deleted and recreated when it does not.
-import type { Logger } from '../../daemon/log.js';
+import type { Logger } from '../../common/log.js';
 import { ip, type IpOptions } from '../../routes/ip.js';
 import { linkDeleteCommand, linkSetCommand, readLink, vxlanAddCommand, vxlanMismatches, type LinkInfo, type VxlanSpec } from '../../routes/link.js';
 
