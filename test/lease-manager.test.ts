@@ -66,7 +66,7 @@ class Recorder {
 
 function manager(prefix: string, publicIP: string, overrides: Partial<LeaseManagerOptions> = {}, config = '{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}') {
   const m = new LeaseManager({
-    registry: registry(prefix),
+    store: registry(prefix),
     network: parseNetworkConfig(config),
     attrs: { publicIP, publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:01' } },
     ttlSeconds: 3600,
@@ -247,7 +247,7 @@ describe('etcd restart', () => {
     cleanups.push(() => reg.close());
     const rec = new Recorder();
     const m = new LeaseManager({
-      registry: reg,
+      store: reg,
       network: parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'),
       attrs: { publicIP: '198.18.0.1', publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:01' } },
       ttlSeconds: 3600,

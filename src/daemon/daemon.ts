@@ -8,7 +8,8 @@ import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
 import { ConfigError, type NetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
 import { previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
 import type { Lease } from '../subnet/lease.js';
-import { LeaseManager, NetworkFullError, RETRY_MAX_MS, RETRY_MIN_MS } from '../subnet/manager.js';
+import { Backoff, RETRY_MAX_MS } from '../common/retry.js';
+import { LeaseManager, NetworkFullError } from '../subnet/manager.js';
 import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
@@ -69,7 +70,7 @@ export class Daemon {
     this.backend = backend;
     const announcement = await backend.prepare();
     const manager = new LeaseManager({
-      registry: this.registry,
+      store: this.registry,
       network,
       attrs: {
         publicIP: extIface.publicIP,
@@ -92,7 +93,8 @@ export class Daemon {
 
   private async startLeasing(manager: LeaseManager, extIface: ExternalInterface, network: NetworkConfig, mtu: number): Promise<void> {
     const backend = this.backend!;
-    for (let delay = RETRY_MIN_MS; !this.stopping; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+    const backoff = new Backoff();
+    while (!this.stopping) {
       try {
         await manager.start({
           onOwnLease: async (lease, change) => {
@@ -109,7 +111,7 @@ export class Daemon {
         if (err instanceof NetworkFullError) this.problem('error', message, {});
         else this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
         await manager.stop();
-        await this.registry.backoff(err instanceof NetworkFullError ? RETRY_MAX_MS : delay);
+        await this.registry.backoff(err instanceof NetworkFullError ? RETRY_MAX_MS : backoff.next());
       }
     }
   }
@@ -139,7 +141,8 @@ export class Daemon {
    * null when the daemon is stopped meanwhile (a clean stop, not a failure to start).
    */
   private async waitForConfig(): Promise<NetworkConfig | null> {
-    for (let delay = RETRY_MIN_MS; !this.stopping; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+    const backoff = new Backoff();
+    while (!this.stopping) {
       try {
         // Read first: it fails within the call deadline when etcd is unreachable, where creating
         // the watch would wait longer. A change between the two is caught by the poll below.
@@ -156,7 +159,7 @@ export class Daemon {
         } else {
           // Keyed without the error text: gRPC stamps each failure with the time.
           this.problem('warn', 'cannot read the network config from etcd; retrying', etcdErrorFields(err), 'read config');
-          await this.registry.backoff(delay);
+          await this.registry.backoff(backoff.next());
           continue;
         }
       }

@@ -4,6 +4,8 @@
 import { readFileSync } from 'node:fs';
 import { EtcdWatchStreamEnded, type IOptions, castGrpcError, isRecoverableError } from 'etcd3';
 import type { Logger } from '../common/log.js';
+import { etcdMetrics } from '../common/metrics.js';
+import { Backoff } from '../common/retry.js';
 
 export interface EtcdConnectionOptions {
   endpoints: string[];
@@ -83,6 +85,9 @@ export function buildClientOptions(opts: EtcdConnectionOptions): IOptions {
       // A channel closed after a failure takes its half-open TCP connect with it, so the next
       // attempt dials afresh instead of waiting out SYN retransmissions to a black hole.
       'grpc.use_local_subchannel_pool': 1,
+      // gRPC's default 4 MiB would let a few huge values under subnets/ make every listing fail;
+      // listings are paged, and a page too big for this is read again in smaller pages.
+      'grpc.max_receive_message_length': 64 * 1024 * 1024,
     },
     faultHandling: { watchBackoff: new CappedBackoff() },
   };
@@ -117,7 +122,7 @@ export class Reachability {
   private down: { since: number; op: string; err: string; warned: boolean } | null = null;
   private probeTimer: NodeJS.Timeout | null = null;
   private graceTimer: NodeJS.Timeout | null = null;
-  private probeDelay = RECONNECT_MIN_MS;
+  private readonly probeBackoff = new Backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
   private readonly waiters = new Set<() => void>();
   private closed = false;
   private interrupted = false;
@@ -144,10 +149,11 @@ export class Reachability {
       return;
     }
     this.down = { since: Date.now(), op, err: message, warned: false };
+    etcdMetrics.up.set(0);
     this.log.debug({ op, err: message }, 'lost the connection to etcd; reconnecting');
     this.graceTimer = setTimeout(() => this.warn(), OUTAGE_GRACE_MS);
     this.graceTimer.unref();
-    this.probeDelay = RECONNECT_MIN_MS;
+    this.probeBackoff.reset();
     this.scheduleProbe();
   }
 
@@ -156,6 +162,7 @@ export class Reachability {
     if (!this.down || this.closed) return;
     this.down.warned = true;
     this.outages++;
+    etcdMetrics.outages.inc();
     this.log.warn(
       { endpoints: this.endpoints, op: this.down.op, ...etcdErrorFields(new Error(this.down.err)), since: new Date(this.down.since).toISOString() },
       'etcd is unreachable; the data plane keeps forwarding with the leases it has, retrying with backoff',
@@ -166,6 +173,7 @@ export class Reachability {
     if (!this.down || this.closed) return;
     const { since, warned, op } = this.down;
     this.down = null;
+    etcdMetrics.up.set(1);
     if (this.probeTimer) clearTimeout(this.probeTimer);
     if (this.graceTimer) clearTimeout(this.graceTimer);
     this.probeTimer = this.graceTimer = null;
@@ -177,15 +185,14 @@ export class Reachability {
 
   private scheduleProbe(): void {
     if (this.probeTimer || this.closed) return;
-    const delay = this.probeDelay;
-    this.probeDelay = Math.min(this.probeDelay * 2, RECONNECT_MAX_MS);
+    const delay = this.probeBackoff.next();
     this.probeTimer = setTimeout(() => {
       this.probeTimer = null;
       this.probe().then(
         () => this.succeeded(),
         (err: unknown) => {
           if (!this.down || this.closed) return;
-          this.log.debug({ err: (err as Error).message, retryInMs: this.probeDelay }, 'etcd still unreachable; retrying');
+          this.log.debug({ err: (err as Error).message, retryInMs: this.probeBackoff.peek() }, 'etcd still unreachable; retrying');
           this.scheduleProbe();
         },
       );

@@ -1,138 +1,73 @@
-// The etcd v3 registry: the only module that knows how flannel's data is laid out in etcd.
-// <prefix>/config holds the network config; <prefix>/subnets/<a.b.c.d>-<len> holds one lease each,
-// bound to an etcd lease (or to none: a reservation).
-import { Etcd3, type IKeyValue, type IOptions, type IWatchResponse } from 'etcd3';
+// The etcd v3 registry: the only module that knows how flannel's data is laid out in etcd, and the
+// etcd implementation of the lease manager's LeaseStore. <prefix>/config holds the network config;
+// <prefix>/subnets/<a.b.c.d>-<len> holds one lease each, bound to an etcd lease (or to none: a
+// reservation). The client's lifecycle (reconnects, reachability, backoff) is src/etcd/client.ts.
+import type { Etcd3, IKeyValue, IRangeResponse, IWatchResponse } from 'etcd3';
 import type { Logger } from '../common/log.js';
+import { Backoff } from '../common/retry.js';
 import { Ip4Net } from '../subnet/ip4.js';
 import { type LeaseAttrs, decodeLeaseAttrs, encodeLeaseAttrs } from '../subnet/lease.js';
-import {
-  CALL_TIMEOUT_MS, type EtcdConnectionOptions, EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS, Reachability, buildClientOptions,
-} from './connection.js';
+import type {
+  InvalidLeaseKey, LeaseChange, LeaseListing, LeaseRecord, LeaseStore, LeaseWatchHandlers, Stoppable, WrittenLease,
+} from '../subnet/lease-store.js';
+import { EtcdClient } from './client.js';
+import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS } from './connection.js';
 import { ResumableWatch } from './resumable-watch.js';
 
 export { type EtcdConnectionOptions, etcdErrorFields, isConnectivityError } from './connection.js';
-
-/** A lease as read from etcd. */
-export interface LeaseRecord {
-  subnet: Ip4Net;
-  attrs: LeaseAttrs;
-  /** etcd lease ID (decimal string), or null for a reservation. */
-  leaseId: string | null;
-  modRevision: string;
-}
-
-/** A key under subnets/ whose name or value we could not use. */
-export interface InvalidLeaseKey {
-  key: string;
-  reason: string;
-  /** The subnet named by the key, when the key itself is well-formed (the key still occupies it). */
-  subnet: Ip4Net | null;
-}
-
-export type LeaseChange =
-  | { type: 'put'; record: LeaseRecord }
-  /** `revision` is the revision of the deletion. */
-  | { type: 'delete'; subnet: Ip4Net; revision: string }
-  | ({ type: 'invalid'; revision: string } & InvalidLeaseKey);
-
-export interface LeaseWatchHandlers {
-  onChanges(changes: LeaseChange[], revision: string): void;
-  /** The watch can't continue from its revision (e.g. compacted): the caller must re-list. */
-  onReset(reason: string): void;
-  onDisconnect?(reason: string): void;
-  onReconnect?(): void;
-}
-
-export interface Stoppable {
-  stop(): Promise<void>;
-}
-
-/** A key written by us: the etcd lease it is bound to ('' for none) and the revision of the write. */
-export interface WrittenLease {
-  leaseId: string;
-  revision: string;
-}
+export type { InvalidLeaseKey, LeaseChange, LeaseRecord, Stoppable } from '../subnet/lease-store.js';
 
 /** etcd lease IDs are int64; a zero or absent ID means no lease. */
 function leaseIdOf(kv: IKeyValue): string | null {
   return kv.lease && kv.lease !== '0' ? String(kv.lease) : null;
 }
 
-/** A probe needs no long deadline: a healthy etcd answers a read in milliseconds. */
-const PROBE_TIMEOUT_MS = 2_000;
+/** Keys per page when listing: bounded responses whatever the number of leases. */
+const LIST_PAGE_SIZE = 1000;
 
-export class EtcdRegistry {
-  private readonly options: IOptions;
-  /** Replaced when etcd comes back after a failure (see reconnected()). */
-  private client: Etcd3;
-  /** Replaced clients, closed once the calls still running on them are over. */
-  private readonly retired = new Set<Etcd3>();
-  /** Each watch runs on clients of its own (see ResumableWatch). */
-  private readonly watches = new Set<ResumableWatch>();
+/** The first key after every key that starts with `prefix` (etcd's range end for a prefix). */
+function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]!++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
+
+/** A response bigger than the gRPC receive limit: a data problem (huge values), not a lost connection. */
+function isTooLarge(err: unknown): boolean {
+  return err instanceof Error && /RESOURCE_EXHAUSTED|larger than max|ResourceExha/i.test(`${err.name} ${err.message}`);
+}
+
+function isCompacted(err: unknown): boolean {
+  return err instanceof Error && /compacted/i.test(err.message);
+}
+
+/** The machine-readable reason a decoder gives (LeaseRejected.reason), or a generic one. */
+function reasonCode(err: unknown, fallback: string): string {
+  const reason = (err as { reason?: unknown } | null)?.reason;
+  return typeof reason === 'string' && /^[a-z_]+$/.test(reason) ? reason : fallback;
+}
+
+export class EtcdRegistry implements LeaseStore {
+  private readonly client: EtcdClient;
   private readonly configKey: string;
   private readonly subnetsPrefix: string;
-  private readonly reach: Reachability;
+  private readonly subnetsKey: Buffer;
 
-  constructor(
-    opts: EtcdConnectionOptions,
-    private readonly log: Logger,
-  ) {
-    this.options = buildClientOptions(opts);
-    this.client = new Etcd3(this.options);
+  constructor(opts: EtcdConnectionOptions, private readonly log: Logger) {
     const prefix = opts.prefix.replace(/\/+$/, '');
     this.configKey = `${prefix}/config`;
     this.subnetsPrefix = `${prefix}/subnets/`;
-    this.reach = new Reachability(log, opts.endpoints, () => this.probe(), () => this.reconnected());
+    this.subnetsKey = Buffer.from(this.subnetsPrefix);
+    this.client = new EtcdClient(opts, log, this.configKey);
   }
 
-  /**
-   * Can etcd serve us again? A linearizable read, so that a cluster without quorum (which can
-   * renew no lease) counts as unreachable, on a client of its own: a fresh connection, and no
-   * circuit breaker left open by earlier failures.
-   */
-  private async probe(): Promise<void> {
-    const client = new Etcd3(this.options);
-    try {
-      await client.get(this.configKey).options({ deadline: Date.now() + PROBE_TIMEOUT_MS }).exec();
-    } finally {
-      client.close();
-    }
-  }
-
-  /**
-   * etcd answers again after a failure. Connections made while it did not may still sit in a TCP
-   * connect into the black hole, and the client's circuit breaker may stay open for seconds: new
-   * calls go to a fresh client (calls in flight on the old one finish or time out first), and
-   * watches reconnect at once.
-   */
-  private reconnected(): void {
-    const old = this.client;
-    this.client = new Etcd3(this.options);
-    this.retired.add(old);
-    setTimeout(() => {
-      this.retired.delete(old);
-      old.close();
-    }, CALL_TIMEOUT_MS + 1000).unref();
-    for (const w of this.watches) w.retryNow();
-  }
-
-  /** Starts a watch and keeps it registered (for retryNow) until stopped. */
-  private async startWatch(what: string, watch: ResumableWatch): Promise<Stoppable> {
-    this.watches.add(watch);
-    try {
-      await watch.start();
-    } catch (err) {
-      this.watches.delete(watch);
-      this.reach.failed(`watch ${what}`, err);
-      throw err;
-    }
-    this.reach.succeeded();
-    return {
-      stop: async () => {
-        this.watches.delete(watch);
-        await watch.stop();
-      },
-    };
+  private get etcd(): Etcd3 {
+    return this.client.etcd;
   }
 
   private subnetKey(subnet: Ip4Net): string {
@@ -141,43 +76,30 @@ export class EtcdRegistry {
 
   /** False from the first call that could not reach etcd until one that could. */
   get reachable(): boolean {
-    return this.reach.reachable;
+    return this.client.reachable;
   }
 
   /** How many times etcd became unreachable since start. */
   get outages(): number {
-    return this.reach.outages;
+    return this.client.outages;
   }
 
-  /** Waits `ms` before a retry, or less if etcd comes back meanwhile or interruptBackoffs() is called. */
   backoff(ms: number): Promise<void> {
-    return this.reach.pause(ms);
+    return this.client.backoff(ms);
   }
 
   /** Ends every backoff now and makes later ones return at once, so retry loops see a stop promptly. */
   interruptBackoffs(): void {
-    this.reach.interrupt();
-  }
-
-  /** Runs one etcd operation, recording whether etcd answered. */
-  private async call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    try {
-      const result = await fn();
-      this.reach.succeeded();
-      return result;
-    } catch (err) {
-      this.reach.failed(op, err);
-      throw err;
-    }
+    this.client.interruptBackoffs();
   }
 
   /** The raw config text, or null when the key does not exist. */
   async getConfig(): Promise<string | null> {
-    return this.call('get config', () => this.client.get(this.configKey).string());
+    return this.client.call('get config', (etcd) => etcd.get(this.configKey).string());
   }
 
   async putConfig(text: string): Promise<void> {
-    await this.call('put config', () => this.client.put(this.configKey).value(text).exec());
+    await this.client.call('put config', (etcd) => etcd.put(this.configKey).value(text).exec());
   }
 
   /**
@@ -188,7 +110,7 @@ export class EtcdRegistry {
     let stopped = false;
     let current: Stoppable | null = null;
     const open = async (fromRevision: string | null): Promise<void> => {
-      const watch = new ResumableWatch(this.options, (c) => c.watch().key(this.configKey), fromRevision, {
+      const watch = new ResumableWatch(this.client.options, (c) => c.watch().key(this.configKey), fromRevision, {
         onData: (res) => {
           for (const ev of res.events) onChange(ev.type === 'Delete' ? null : ev.kv.value.toString());
         },
@@ -197,21 +119,23 @@ export class EtcdRegistry {
           void current?.stop();
           void reopen();
         },
-        onDisconnect: (err) => this.reach.failed('watch config', err),
-        onConnect: () => this.reach.succeeded(),
+        onDisconnect: (err) => this.client.failed('watch config', err),
+        onConnect: () => this.client.succeeded(),
       });
-      current = await this.startWatch('config', watch);
+      current = await this.client.startWatch('config', watch);
       if (stopped) await current.stop();
     };
     const reopen = async (): Promise<void> => {
-      for (let delay = RECONNECT_MIN_MS; !stopped; delay = Math.min(delay * 2, RECONNECT_MAX_MS)) {
+      const backoff = new Backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
+      while (!stopped) {
         try {
-          const res = await this.call('get config', () => this.client.get(this.configKey).exec());
+          const res = await this.client.call('get config', (etcd) => etcd.get(this.configKey).exec());
           if (stopped) return;
           onChange(res.kvs[0] ? res.kvs[0].value.toString() : null);
           await open((BigInt(res.header.revision) + 1n).toString());
           return;
         } catch (err) {
+          const delay = backoff.next();
           this.log.debug({ err: (err as Error).message, retryInMs: delay }, 'cannot re-create the config watch; retrying');
           await this.backoff(delay);
         }
@@ -228,41 +152,94 @@ export class EtcdRegistry {
 
   private parseKv(kv: IKeyValue): LeaseRecord | InvalidLeaseKey {
     const key = kv.key.toString();
+    const modRevision = String(kv.mod_revision);
     let subnet: Ip4Net;
     try {
       subnet = Ip4Net.fromKey(key.slice(this.subnetsPrefix.length));
     } catch (err) {
-      return { key, reason: (err as Error).message, subnet: null };
+      return { key, code: reasonCode(err, 'bad_key'), reason: (err as Error).message, subnet: null, modRevision };
     }
     try {
       const attrs = decodeLeaseAttrs(kv.value.toString());
-      return { subnet, attrs, leaseId: leaseIdOf(kv), modRevision: String(kv.mod_revision) };
+      return { key, subnet, attrs, leaseId: leaseIdOf(kv), modRevision, createRevision: String(kv.create_revision) };
     } catch (err) {
-      return { key, reason: (err as Error).message, subnet };
+      return { key, code: reasonCode(err, 'bad_value'), reason: (err as Error).message, subnet, modRevision };
     }
   }
 
-  /** Every lease, read at one revision, plus the keys that could not be parsed. */
-  async listLeases(): Promise<{ records: LeaseRecord[]; invalid: InvalidLeaseKey[]; revision: string }> {
-    const res = await this.call('list leases', () => this.client.getAll().prefix(this.subnetsPrefix).exec());
+  /**
+   * Every lease, read at one revision in pages of bounded size, plus the keys that cannot be used. A
+   * page too big for the gRPC receive limit is read again in smaller pages; a single value that alone
+   * is too big is reported as an invalid key (it cannot be a lease anyway). If the revision is
+   * compacted between pages, the listing starts over.
+   */
+  async listLeases(): Promise<LeaseListing> {
+    for (;;) {
+      try {
+        return await this.listPages();
+      } catch (err) {
+        if (!isCompacted(err)) throw err;
+        this.log.debug({ err: (err as Error).message }, 'listing revision compacted between pages; listing again');
+      }
+    }
+  }
+
+  private async listPages(): Promise<LeaseListing> {
     const records: LeaseRecord[] = [];
     const invalid: InvalidLeaseKey[] = [];
-    for (const kv of res.kvs) {
-      const parsed = this.parseKv(kv);
-      if ('reason' in parsed) invalid.push(parsed);
-      else records.push(parsed);
+    const end = prefixEnd(this.subnetsKey);
+    let from = this.subnetsKey;
+    let revision = '0';
+    let limit = LIST_PAGE_SIZE;
+    for (;;) {
+      let res: IRangeResponse;
+      try {
+        res = await this.range(from, end, limit, revision, false);
+      } catch (err) {
+        if (!isTooLarge(err)) throw err;
+        if (limit > 1) {
+          limit = Math.max(1, Math.floor(limit / 8));
+          continue;
+        }
+        const [kv] = (await this.range(from, end, 1, revision, true)).kvs;
+        if (!kv) throw err;
+        const key = kv.key.toString();
+        let subnet: Ip4Net | null = null;
+        try {
+          subnet = Ip4Net.fromKey(key.slice(this.subnetsPrefix.length));
+        } catch {
+          /* reported as too large all the same */
+        }
+        invalid.push({ key, code: 'too_large', reason: 'the value is larger than an etcd response may be', subnet, modRevision: String(kv.mod_revision) });
+        from = Buffer.concat([kv.key, Buffer.from([0])]);
+        continue;
+      }
+      if (revision === '0') revision = String(res.header.revision);
+      for (const kv of res.kvs) {
+        const parsed = this.parseKv(kv);
+        if ('code' in parsed) invalid.push(parsed);
+        else records.push(parsed);
+      }
+      const last = res.kvs[res.kvs.length - 1];
+      if (!res.more || !last) break;
+      from = Buffer.concat([last.key, Buffer.from([0])]);
+      limit = LIST_PAGE_SIZE;
     }
-    return { records, invalid, revision: String(res.header.revision) };
+    return { records, invalid, revision };
+  }
+
+  private range(from: Buffer, end: Buffer, limit: number, revision: string, keysOnly: boolean): Promise<IRangeResponse> {
+    return this.client.call('list leases', (etcd) => etcd.kv.range({ key: from, range_end: end, limit, revision, keys_only: keysOnly }));
   }
 
   private async grant(ttlSeconds: number): Promise<string> {
-    const res = await this.call('grant lease', () => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }));
+    const res = await this.client.call('grant lease', (etcd) => etcd.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: 0 }));
     if (res.error) throw new Error(`etcd lease grant failed: ${res.error}`);
     return String(res.ID);
   }
 
   private async revokeQuietly(leaseId: string): Promise<void> {
-    await this.client.leaseClient.leaseRevoke({ ID: leaseId }).catch(() => undefined);
+    await this.etcd.leaseClient.leaseRevoke({ ID: leaseId }).catch(() => undefined);
   }
 
   /**
@@ -273,11 +250,8 @@ export class EtcdRegistry {
   async createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null> {
     const leaseId = await this.grant(ttlSeconds);
     const key = this.subnetKey(subnet);
-    const res = await this.call('create lease', () =>
-      this.client
-        .if(key, 'Create', '==', 0)
-        .then(this.client.put(key).value(encodeLeaseAttrs(attrs)).lease(leaseId))
-        .commit(),
+    const res = await this.client.call('create lease', (etcd) =>
+      etcd.if(key, 'Create', '==', 0).then(etcd.put(key).value(encodeLeaseAttrs(attrs)).lease(leaseId)).commit(),
     );
     if (!res.succeeded) {
       await this.revokeQuietly(leaseId);
@@ -295,9 +269,11 @@ export class EtcdRegistry {
   async takeOverLease(existing: LeaseRecord, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null> {
     const key = this.subnetKey(existing.subnet);
     const leaseId = existing.leaseId === null ? null : await this.grant(ttlSeconds);
-    const put = this.client.put(key).value(encodeLeaseAttrs(attrs));
-    if (leaseId) put.lease(leaseId);
-    const res = await this.call('take over lease', () => this.client.if(key, 'Mod', '==', existing.modRevision).then(put).commit());
+    const res = await this.client.call('take over lease', (etcd) => {
+      const put = etcd.put(key).value(encodeLeaseAttrs(attrs));
+      if (leaseId) put.lease(leaseId);
+      return etcd.if(key, 'Mod', '==', existing.modRevision).then(put).commit();
+    });
     if (!res.succeeded) {
       if (leaseId) await this.revokeQuietly(leaseId);
       return null;
@@ -312,8 +288,8 @@ export class EtcdRegistry {
    * The keepalive stream gets a deadline: a renewal must fail, not hang, when etcd is out of reach.
    */
   async renewLease(leaseId: string): Promise<number> {
-    return this.call('renew lease', async () => {
-      const stream = await this.client.leaseClient.leaseKeepAlive({ deadline: Date.now() + CALL_TIMEOUT_MS });
+    return this.client.call('renew lease', async (etcd) => {
+      const stream = await etcd.leaseClient.leaseKeepAlive({ deadline: Date.now() + CALL_TIMEOUT_MS });
       try {
         const res = await new Promise<{ TTL: string }>((resolve, reject) => {
           stream.on('data', resolve);
@@ -328,9 +304,14 @@ export class EtcdRegistry {
     });
   }
 
+  async deleteLease(subnet: Ip4Net): Promise<boolean> {
+    const res = await this.client.call('delete lease', (etcd) => etcd.delete().key(this.subnetKey(subnet)).exec());
+    return Number(res.deleted) > 0;
+  }
+
   /** Seconds left on an etcd lease (≤ 0 when expired or unknown). */
   async leaseTimeToLive(leaseId: string): Promise<number> {
-    const res = await this.call('lease time to live', () => this.client.leaseClient.leaseTimeToLive({ ID: leaseId, keys: false }));
+    const res = await this.client.call('lease time to live', (etcd) => etcd.leaseClient.leaseTimeToLive({ ID: leaseId, keys: false }));
     return Number(res.TTL);
   }
 
@@ -340,19 +321,19 @@ export class EtcdRegistry {
    * can no longer serve that revision (compaction), onReset tells the caller to re-list.
    */
   async watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable> {
-    const watch = new ResumableWatch(this.options, (c) => c.watch().prefix(this.subnetsPrefix), fromRevision, {
+    const watch = new ResumableWatch(this.client.options, (c) => c.watch().prefix(this.subnetsPrefix), fromRevision, {
       onData: (res) => this.deliverLeaseChanges(res, handlers),
       onCancelled: (err) => handlers.onReset(err.message),
       onDisconnect: (err) => {
-        this.reach.failed('watch leases', err);
+        this.client.failed('watch leases', err);
         handlers.onDisconnect?.(err.message);
       },
       onConnect: () => {
-        this.reach.succeeded();
+        this.client.succeeded();
         handlers.onReconnect?.();
       },
     });
-    return this.startWatch('leases', watch);
+    return this.client.startWatch('leases', watch);
   }
 
   private deliverLeaseChanges(res: IWatchResponse, handlers: LeaseWatchHandlers): void {
@@ -360,24 +341,23 @@ export class EtcdRegistry {
     for (const ev of res.events) {
       const revision = String(ev.kv.mod_revision);
       if (ev.type === 'Delete') {
-        const name = ev.kv.key.toString().slice(this.subnetsPrefix.length);
+        const key = ev.kv.key.toString();
+        let subnet: Ip4Net | null = null;
         try {
-          changes.push({ type: 'delete', subnet: Ip4Net.fromKey(name), revision });
+          subnet = Ip4Net.fromKey(key.slice(this.subnetsPrefix.length));
         } catch {
-          /* a stray key we never listed: nothing to remove */
+          /* a stray key: nothing to remove but its record of refusal */
         }
+        changes.push({ type: 'delete', key, subnet, revision });
       } else {
         const parsed = this.parseKv(ev.kv);
-        changes.push('reason' in parsed ? { type: 'invalid', revision, ...parsed } : { type: 'put', record: parsed });
+        changes.push('code' in parsed ? { type: 'invalid', revision, ...parsed } : { type: 'put', record: parsed });
       }
     }
     if (changes.length > 0) handlers.onChanges(changes, String(res.header.revision));
   }
 
   close(): void {
-    this.reach.close();
-    for (const w of this.watches) void w.stop();
-    for (const old of this.retired) old.close();
     this.client.close();
   }
 }

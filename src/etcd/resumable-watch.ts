@@ -6,6 +6,7 @@
 // delivered. So each attempt here runs on a fresh client of its own, one timer drives the retries,
 // and the resume point is the revision after the last event actually delivered.
 import { Etcd3, type IOptions, type IWatchResponse, type WatchBuilder, type Watcher } from 'etcd3';
+import { Backoff } from '../common/retry.js';
 import { EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS } from './connection.js';
 
 /** start() waits at most this long for etcd to confirm the watch. */
@@ -31,7 +32,7 @@ export class ResumableWatch {
   /** The revision to resume from: the one after the last event (or progress notice) delivered. */
   private next: string | undefined;
   private state: State = 'idle';
-  private delay = RECONNECT_MIN_MS;
+  private readonly backoff = new Backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
   private retryTimer: NodeJS.Timeout | null = null;
   private attemptTimer: NodeJS.Timeout | null = null;
 
@@ -89,7 +90,7 @@ export class ResumableWatch {
       watcher.request.start_revision = this.next;
       this.clearAttemptTimer();
       this.state = 'connected';
-      this.delay = RECONNECT_MIN_MS;
+      this.backoff.reset();
       this.events.onConnect();
       this.onFirstConnect?.();
     });
@@ -114,8 +115,7 @@ export class ResumableWatch {
     this.discardClient();
     this.state = 'waiting';
     this.events.onDisconnect(err);
-    const delay = Math.round(this.delay * (0.75 + Math.random() * 0.5));
-    this.delay = Math.min(this.delay * 2, RECONNECT_MAX_MS);
+    const delay = Math.round(this.backoff.next() * (0.75 + Math.random() * 0.5));
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       if (this.state === 'waiting') this.connect();

@@ -1,0 +1,138 @@
+// The etcd client's lifecycle, apart from what we store in etcd: one current client for calls,
+// replaced by a fresh one when etcd comes back after a failure; watches on clients of their own;
+// reachability tracked from every call and watch (an outage is logged once); backoffs that end
+// early when etcd is back or we are stopping. src/etcd/registry.ts builds flannel's keys on top.
+import { Etcd3, type IOptions } from 'etcd3';
+import type { Logger } from '../common/log.js';
+import { etcdMetrics } from '../common/metrics.js';
+import { LeaseStoreUnavailableError, type Stoppable } from '../subnet/lease-store.js';
+import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, Reachability, buildClientOptions, isConnectivityError } from './connection.js';
+import type { ResumableWatch } from './resumable-watch.js';
+
+/** A probe needs no long deadline: a healthy etcd answers a read in milliseconds. */
+const PROBE_TIMEOUT_MS = 2_000;
+
+export class EtcdClient {
+  readonly options: IOptions;
+  /** Replaced when etcd comes back after a failure (see reconnected()). */
+  private current: Etcd3;
+  /** Replaced clients, closed once the calls still running on them are over. */
+  private readonly retired = new Set<Etcd3>();
+  /** Each watch runs on clients of its own (see ResumableWatch). */
+  private readonly watches = new Set<ResumableWatch>();
+  private readonly reach: Reachability;
+
+  constructor(
+    opts: EtcdConnectionOptions,
+    log: Logger,
+    /** A key read by the reachability probe. */
+    private readonly probeKey: string,
+  ) {
+    this.options = buildClientOptions(opts);
+    this.current = new Etcd3(this.options);
+    this.reach = new Reachability(log, opts.endpoints, () => this.probe(), () => this.reconnected());
+    etcdMetrics.up.set(1);
+  }
+
+  /** The client for the next call. */
+  get etcd(): Etcd3 {
+    return this.current;
+  }
+
+  /**
+   * Can etcd serve us again? A linearizable read, so that a cluster without quorum (which can renew
+   * no lease) counts as unreachable, on a client of its own: a fresh connection, and no circuit
+   * breaker left open by earlier failures.
+   */
+  private async probe(): Promise<void> {
+    const client = new Etcd3(this.options);
+    try {
+      await client.get(this.probeKey).options({ deadline: Date.now() + PROBE_TIMEOUT_MS }).exec();
+    } finally {
+      client.close();
+    }
+  }
+
+  /**
+   * etcd answers again after a failure. Connections made while it did not may still sit in a TCP
+   * connect into the black hole, and the client's circuit breaker may stay open for seconds: new
+   * calls go to a fresh client (calls in flight on the old one finish or time out first), and
+   * watches reconnect at once.
+   */
+  private reconnected(): void {
+    const old = this.current;
+    this.current = new Etcd3(this.options);
+    this.retired.add(old);
+    setTimeout(() => {
+      this.retired.delete(old);
+      old.close();
+    }, CALL_TIMEOUT_MS + 1000).unref();
+    for (const w of this.watches) w.retryNow();
+  }
+
+  /** Runs one etcd operation, recording whether etcd answered; connectivity failures become LeaseStoreUnavailableError. */
+  async call<T>(op: string, fn: (etcd: Etcd3) => Promise<T>): Promise<T> {
+    try {
+      const result = await fn(this.current);
+      this.succeeded();
+      return result;
+    } catch (err) {
+      this.failed(op, err);
+      throw isConnectivityError(err) ? new LeaseStoreUnavailableError(op, err) : err;
+    }
+  }
+
+  succeeded(): void {
+    this.reach.succeeded();
+  }
+
+  failed(op: string, err: unknown): void {
+    this.reach.failed(op, err);
+  }
+
+  /** Starts a watch and keeps it registered (for retryNow) until stopped. */
+  async startWatch(what: string, watch: ResumableWatch): Promise<Stoppable> {
+    this.watches.add(watch);
+    try {
+      await watch.start();
+    } catch (err) {
+      this.watches.delete(watch);
+      this.failed(`watch ${what}`, err);
+      throw err;
+    }
+    this.succeeded();
+    return {
+      stop: async () => {
+        this.watches.delete(watch);
+        await watch.stop();
+      },
+    };
+  }
+
+  /** False from the first call that could not reach etcd until one that could. */
+  get reachable(): boolean {
+    return this.reach.reachable;
+  }
+
+  /** How many times etcd became unreachable since start. */
+  get outages(): number {
+    return this.reach.outages;
+  }
+
+  /** Waits `ms` before a retry, or less if etcd comes back meanwhile or interruptBackoffs() is called. */
+  backoff(ms: number): Promise<void> {
+    return this.reach.pause(ms);
+  }
+
+  /** Ends every backoff now and makes later ones return at once, so retry loops see a stop promptly. */
+  interruptBackoffs(): void {
+    this.reach.interrupt();
+  }
+
+  close(): void {
+    this.reach.close();
+    for (const w of this.watches) void w.stop();
+    for (const old of this.retired) old.close();
+    this.current.close();
+  }
+}

@@ -1,0 +1,98 @@
+// The seam between the lease manager and where leases are kept. The manager needs only this: read
+// every lease at one revision, follow changes from a revision, create a key that must not exist,
+// take over one unchanged since it was read, keep an expiring lease alive, and delete. src/etcd/
+// implements it on etcd v3; src/subnet/memory-store.ts implements it in memory for fast tests.
+import type { Ip4Net } from './ip4.js';
+import type { LeaseAttrs } from './lease.js';
+
+/** A lease as stored. Revisions are decimal strings: etcd's are int64. */
+export interface LeaseRecord {
+  /** The whole key, as stored. */
+  key: string;
+  subnet: Ip4Net;
+  attrs: LeaseAttrs;
+  /** The expiring lease the key is bound to (decimal string), or null for a reservation. */
+  leaseId: string | null;
+  modRevision: string;
+  /** When the key was created: of two keys claiming the same addresses, the older one wins. */
+  createRevision: string;
+}
+
+/** A key under subnets/ whose name or value cannot be used. */
+export interface InvalidLeaseKey {
+  /** The whole key, as stored. */
+  key: string;
+  /** A short machine-readable reason (a metrics label), e.g. `bad_key`, `bad_public_ip`. */
+  code: string;
+  /** What is wrong, for people. */
+  reason: string;
+  /** The subnet named by the key, when the key itself is well-formed (the key still occupies it). */
+  subnet: Ip4Net | null;
+  modRevision: string;
+}
+
+/** Every lease at one revision. */
+export interface LeaseListing {
+  records: LeaseRecord[];
+  invalid: InvalidLeaseKey[];
+  revision: string;
+}
+
+export type LeaseChange =
+  | { type: 'put'; record: LeaseRecord }
+  /** `revision` is the revision of the deletion; `key` the whole key. */
+  | { type: 'delete'; key: string; subnet: Ip4Net | null; revision: string }
+  | ({ type: 'invalid'; revision: string } & InvalidLeaseKey);
+
+export interface LeaseWatchHandlers {
+  /** Changes in revision order; one call may carry many (a burst of puts arrives in few calls). */
+  onChanges(changes: LeaseChange[], revision: string): void;
+  /** The watch cannot continue from its revision (e.g. compacted away): the caller must list again. */
+  onReset(reason: string): void;
+  onDisconnect?(reason: string): void;
+  onReconnect?(): void;
+}
+
+export interface Stoppable {
+  stop(): Promise<void>;
+}
+
+/** A key written by us: the expiring lease it is bound to ('' for none) and the revision of the write. */
+export interface WrittenLease {
+  leaseId: string;
+  revision: string;
+}
+
+/** The store cannot be reached right now (as opposed to refusing a request or holding bad data). */
+export class LeaseStoreUnavailableError extends Error {
+  constructor(
+    readonly op: string,
+    override readonly cause: unknown,
+  ) {
+    super(`${op}: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = 'LeaseStoreUnavailableError';
+  }
+}
+
+export interface LeaseStore {
+  /** Every lease, read at one revision, plus the keys that cannot be used. */
+  listLeases(): Promise<LeaseListing>;
+  /**
+   * Creates the key for `subnet` only if it does not exist, bound to a fresh expiring lease of
+   * `ttlSeconds`. Null when the key already existed (another node won the race).
+   */
+  createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null>;
+  /**
+   * Rewrites an existing key (ours from before a restart) with fresh attrs, provided it is unchanged
+   * since `existing.modRevision`. A reservation stays a reservation. Null when it changed meanwhile.
+   */
+  takeOverLease(existing: LeaseRecord, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null>;
+  /** Extends an expiring lease to its full TTL again: the new TTL in seconds, or 0 when it is gone. */
+  renewLease(leaseId: string): Promise<number>;
+  /** Deletes the key of `subnet`; false when there was none. */
+  deleteLease(subnet: Ip4Net): Promise<boolean>;
+  /** Follows changes from `fromRevision` (inclusive), resuming by itself after lost connections. */
+  watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable>;
+  /** Waits before a retry: `ms`, or less when the store answers again meanwhile or is closing. */
+  backoff(ms: number): Promise<void>;
+}
