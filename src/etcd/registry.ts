@@ -6,9 +6,10 @@ import type { Etcd3, IKeyValue, IRangeResponse, IWatchResponse } from 'etcd3';
 import type { Logger } from '../common/log.js';
 import { Backoff } from '../common/retry.js';
 import { Ip4Net } from '../subnet/ip4.js';
-import { type LeaseAttrs, decodeLeaseAttrs, encodeLeaseAttrs } from '../subnet/lease.js';
-import type {
-  InvalidLeaseKey, LeaseChange, LeaseListing, LeaseRecord, LeaseStore, LeaseWatchHandlers, Stoppable, WrittenLease,
+import { type LeaseAttrs, encodeLeaseAttrs } from '../subnet/lease.js';
+import {
+  type InvalidLeaseKey, type LeaseChange, type LeaseListing, type LeaseRecord, type LeaseStore, type LeaseWatchHandlers, type Stoppable,
+  type WrittenLease, parseLeaseKey, parseStoredLease,
 } from '../subnet/lease-store.js';
 import { EtcdClient } from './client.js';
 import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS } from './connection.js';
@@ -44,12 +45,6 @@ function isTooLarge(err: unknown): boolean {
 
 function isCompacted(err: unknown): boolean {
   return err instanceof Error && /compacted/i.test(err.message);
-}
-
-/** The machine-readable reason a decoder gives (LeaseRejected.reason), or a generic one. */
-function reasonCode(err: unknown, fallback: string): string {
-  const reason = (err as { reason?: unknown } | null)?.reason;
-  return typeof reason === 'string' && /^[a-z_]+$/.test(reason) ? reason : fallback;
 }
 
 export class EtcdRegistry implements LeaseStore {
@@ -152,19 +147,14 @@ export class EtcdRegistry implements LeaseStore {
 
   private parseKv(kv: IKeyValue): LeaseRecord | InvalidLeaseKey {
     const key = kv.key.toString();
-    const modRevision = String(kv.mod_revision);
-    let subnet: Ip4Net;
-    try {
-      subnet = Ip4Net.fromKey(key.slice(this.subnetsPrefix.length));
-    } catch (err) {
-      return { key, code: reasonCode(err, 'bad_key'), reason: (err as Error).message, subnet: null, modRevision };
-    }
-    try {
-      const attrs = decodeLeaseAttrs(kv.value.toString());
-      return { key, subnet, attrs, leaseId: leaseIdOf(kv), modRevision, createRevision: String(kv.create_revision) };
-    } catch (err) {
-      return { key, code: reasonCode(err, 'bad_value'), reason: (err as Error).message, subnet, modRevision };
-    }
+    return parseStoredLease({
+      key,
+      name: key.slice(this.subnetsPrefix.length),
+      value: kv.value.toString(),
+      leaseId: leaseIdOf(kv),
+      modRevision: String(kv.mod_revision),
+      createRevision: String(kv.create_revision),
+    });
   }
 
   /**
@@ -204,13 +194,10 @@ export class EtcdRegistry implements LeaseStore {
         const [kv] = (await this.range(from, end, 1, revision, true)).kvs;
         if (!kv) throw err;
         const key = kv.key.toString();
-        let subnet: Ip4Net | null = null;
-        try {
-          subnet = Ip4Net.fromKey(key.slice(this.subnetsPrefix.length));
-        } catch {
-          /* reported as too large all the same */
-        }
-        invalid.push({ key, code: 'too_large', reason: 'the value is larger than an etcd response may be', subnet, modRevision: String(kv.mod_revision) });
+        const modRevision = String(kv.mod_revision);
+        const named = parseLeaseKey(key, key.slice(this.subnetsPrefix.length), modRevision);
+        const subnet = named instanceof Ip4Net ? named : null;
+        invalid.push({ key, code: 'too_large', reason: 'the value is larger than an etcd response may be', subnet, modRevision });
         from = Buffer.concat([kv.key, Buffer.from([0])]);
         continue;
       }
@@ -342,13 +329,8 @@ export class EtcdRegistry implements LeaseStore {
       const revision = String(ev.kv.mod_revision);
       if (ev.type === 'Delete') {
         const key = ev.kv.key.toString();
-        let subnet: Ip4Net | null = null;
-        try {
-          subnet = Ip4Net.fromKey(key.slice(this.subnetsPrefix.length));
-        } catch {
-          /* a stray key: nothing to remove but its record of refusal */
-        }
-        changes.push({ type: 'delete', key, subnet, revision });
+        const named = parseLeaseKey(key, key.slice(this.subnetsPrefix.length), revision);
+        changes.push({ type: 'delete', key, subnet: named instanceof Ip4Net ? named : null, revision });
       } else {
         const parsed = this.parseKv(ev.kv);
         changes.push('code' in parsed ? { type: 'invalid', revision, ...parsed } : { type: 'put', record: parsed });

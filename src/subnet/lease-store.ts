@@ -2,8 +2,8 @@
 // every lease at one revision, follow changes from a revision, create a key that must not exist,
 // take over one unchanged since it was read, keep an expiring lease alive, and delete. src/etcd/
 // implements it on etcd v3; src/subnet/memory-store.ts implements it in memory for fast tests.
-import type { Ip4Net } from './ip4.js';
-import type { LeaseAttrs } from './lease.js';
+import { Ip4Net } from './ip4.js';
+import { type LeaseAttrs, decodeLeaseAttrs } from './lease.js';
 
 /** A lease as stored. Revisions are decimal strings: etcd's are int64. */
 export interface LeaseRecord {
@@ -95,4 +95,34 @@ export interface LeaseStore {
   watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable>;
   /** Waits before a retry: `ms`, or less when the store answers again meanwhile or is closing. */
   backoff(ms: number): Promise<void>;
+}
+
+/** The machine-readable reason a decoder gives (LeaseRejected.reason), or a generic one. */
+function reasonCode(err: unknown, fallback: string): string {
+  const reason = (err as { reason?: unknown } | null)?.reason;
+  return typeof reason === 'string' && /^[a-z_]+$/.test(reason) ? reason : fallback;
+}
+
+/** The subnet a key under subnets/ names (`name` is the part after the prefix), or why it names none. */
+export function parseLeaseKey(key: string, name: string, modRevision: string): Ip4Net | InvalidLeaseKey {
+  try {
+    return Ip4Net.fromKey(name);
+  } catch (err) {
+    return { key, code: reasonCode(err, 'bad_key'), reason: (err as Error).message, subnet: null, modRevision };
+  }
+}
+
+/** One stored key and value as a lease record, or as an invalid key with the reason: every store reads keys this way. */
+export function parseStoredLease(
+  entry: { key: string; name: string; value: string; leaseId: string | null; modRevision: string; createRevision: string },
+): LeaseRecord | InvalidLeaseKey {
+  const { key, modRevision } = entry;
+  const subnet = parseLeaseKey(key, entry.name, modRevision);
+  if (!(subnet instanceof Ip4Net)) return subnet;
+  try {
+    const attrs = decodeLeaseAttrs(entry.value);
+    return { key, subnet, attrs, leaseId: entry.leaseId, modRevision, createRevision: entry.createRevision };
+  } catch (err) {
+    return { key, code: reasonCode(err, 'bad_value'), reason: (err as Error).message, subnet, modRevision };
+  }
 }
