@@ -4,16 +4,18 @@
 //   pods:     one ns each, eth0 (veth into the node's cni0) addressed from the node's subnet.
 // The test process stays in the root namespace. Everything started is recorded (PIDs, namespace
 // names, temp dirs) so destroy() — or destroyFromState() from another process — removes it all.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { ipBatch } from '../../src/routes/ip.js';
 import { parseEnvText } from '../../src/subnet/envfile.js';
+import { spawnFlanneldIn } from './flanneld.js';
 import { Ip4Net, formatIp4 } from '../../src/subnet/ip4.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
 import { addNetns, delNetns, run, runId, sleep, waitFor } from './netns.js';
+
+export { repoPath, repoRoot } from './repo.js';
 
 export const HUB_IP = '198.18.0.254';
 export const ETCD_ENDPOINT = `http://${HUB_IP}:2379`;
@@ -84,17 +86,6 @@ export interface ClusterState {
   dirs: string[];
 }
 
-/** The repository root (this file runs from test/harness). */
-export function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('cannot find the repository root (package.json)');
-    dir = up;
-  }
-  return dir;
-}
-
 function fileVersion(path: string): string | null {
   try {
     const st = statSync(path);
@@ -150,7 +141,6 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
   const prefix = `fl-${id}`;
   const hubNs = `${prefix}-hub`;
   const tmpDir = mkdtempSync(join(tmpdir(), `flannel-cluster-${id}-`));
-  const flanneld = join(repoRoot(), 'bin', 'flanneld');
   const namespaces: string[] = [];
   const children = new Map<ClusterNode, ChildProcess>();
   let etcd: EtcdServer | null = null;
@@ -203,7 +193,6 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
   // Spawns without waiting, so that several daemons can start in the same tick.
   const spawnDaemon = (node: ClusterNode, extraArgs: string[]): void => {
     if (node.pid !== null) throw new Error(`node ${node.index}: daemon already running (pid ${node.pid})`);
-    if (!existsSync(flanneld)) throw new Error(`${flanneld} does not exist (npm run build, and is bin/flanneld there?)`);
     const args = [
       `--etcd-endpoints=${ETCD_ENDPOINT}`,
       '--iface=eth0',
@@ -212,11 +201,8 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
       ...(opts.daemonArgs ?? []),
       ...extraArgs,
     ];
-    const fd = openSync(node.logFile, 'a');
-    const child = spawn('ip', ['netns', 'exec', node.ns, flanneld, ...args], { stdio: ['ignore', fd, fd] });
-    closeSync(fd);
+    const child = spawnFlanneldIn(node.ns, args, node.logFile);
     child.unref();
-    if (child.pid === undefined) throw new Error(`node ${node.index}: cannot spawn ${flanneld}`);
     node.pid = child.pid;
     children.set(node, child);
     child.once('exit', () => {
@@ -380,11 +366,6 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
     throw new Error(`cluster ${id} could not be created (and was removed): ${(err as Error).message}`, { cause: err });
   }
   return cluster;
-}
-
-/** Resolves a path relative to the repository root. */
-export function repoPath(...parts: string[]): string {
-  return resolve(repoRoot(), ...parts);
 }
 
 /**

@@ -4,12 +4,14 @@
 //  - control over the cluster harness's own etcd (kill it by PID, start it again on the same data),
 // plus flanneld processes started with flags the cluster harness does not pass (other endpoints, TLS).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Cluster, ClusterNode } from './cluster.js';
-import { killPid, repoRoot } from './cluster.js';
-import { netnsPids, run, sleep } from './netns.js';
+import { killPid } from './cluster.js';
+import { waitEtcdHealthy } from './etcd.js';
+import { spawnFlanneldIn } from './flanneld.js';
+import { netnsPids, run } from './netns.js';
 
 export interface TlsClientFiles {
   ca: string;
@@ -74,18 +76,19 @@ function spawnEtcdProcess(o: SpawnEtcdOptions, endpoint: string): EtcdProcess {
   };
 }
 
-async function waitEtcdHealthy(netns: string, endpoints: string[], proc: EtcdProcess[], tls: TlsClientFiles | undefined, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const dead = proc.find((p) => !p.alive());
-    if (dead) throw new Error(`etcd ${dead.name} exited: ${tail(dead.logFile)}`);
-    const res = await run(['etcdctl', ...etcdctlFlags(endpoints, tls), '--command-timeout=1s', 'endpoint', 'health'], {
-      netns, env: { ETCDCTL_API: '3' }, allowFail: true, timeoutMs: 10_000,
-    });
-    if (res.code === 0) return;
-    if (Date.now() > deadline) throw new Error(`etcd ${endpoints.join(',')} not healthy after ${timeoutMs} ms: ${res.stderr.slice(-500)}; ${tail(proc[0]!.logFile)}`);
-    await sleep(150);
-  }
+/** Waits until every endpoint is healthy, failing at once when one of the processes exited. */
+function waitMembersHealthy(netns: string, endpoints: string[], proc: EtcdProcess[], tls: TlsClientFiles | undefined, timeoutMs: number): Promise<void> {
+  return waitEtcdHealthy({
+    endpoints,
+    netns,
+    flags: etcdctlFlags([], tls).filter((f) => !f.startsWith('--endpoints')),
+    died: () => {
+      const dead = proc.find((p) => !p.alive());
+      return dead ? `etcd ${dead.name} exited` : null;
+    },
+    log: () => tail(proc[0]!.logFile),
+    timeoutMs,
+  });
 }
 
 function tail(file: string, chars = 1500): string {
@@ -133,7 +136,7 @@ export async function startEtcdMembers(netns: string, ips: string[]): Promise<Et
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    await waitEtcdHealthy(netns, endpoints, members, undefined, 30_000);
+    await waitMembersHealthy(netns, endpoints, members, undefined, 30_000);
   } catch (err) {
     await stop();
     throw err;
@@ -168,7 +171,7 @@ export async function startTlsEtcd(netns: string, ip: string, files: { ca: strin
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    await waitEtcdHealthy(netns, [endpoint], [proc], client, 20_000);
+    await waitMembersHealthy(netns, [endpoint], [proc], client, 20_000);
   } catch (err) {
     await stop();
     throw err;
@@ -212,7 +215,7 @@ export async function hubEtcd(cluster: Cluster): Promise<HubEtcd> {
       if (current?.alive()) throw new Error('hub etcd is already running');
       current = spawnEtcdProcess({ netns: cluster.hubNs, name: 'hub', argv, dataDir, logFile: join(cluster.tmpDir, 'etcd-restarted.log') }, cluster.etcdEndpoint);
       handle.pid = current.pid;
-      await waitEtcdHealthy(cluster.hubNs, [cluster.etcdEndpoint], [current], undefined, 20_000);
+      await waitMembersHealthy(cluster.hubNs, [cluster.etcdEndpoint], [current], undefined, 20_000);
     },
     stopRestarted: async () => {
       await current?.kill('SIGTERM');
@@ -234,15 +237,8 @@ export interface FlanneldProcess {
  * and log; does not wait for the env file.
  */
 export function spawnFlanneld(node: ClusterNode, args: string[], logFile = node.logFile): FlanneldProcess {
-  const flanneld = join(repoRoot(), 'bin', 'flanneld');
-  if (!existsSync(flanneld)) throw new Error(`${flanneld} is missing`);
-  const fd = openSync(logFile, 'a');
-  const child = spawn('ip', ['netns', 'exec', node.ns, flanneld, '--iface=eth0', `--subnet-file=${node.subnetFile}`, '--log-level=debug', ...args], {
-    stdio: ['ignore', fd, fd],
-  });
-  closeSync(fd);
+  const child = spawnFlanneldIn(node.ns, ['--iface=eth0', `--subnet-file=${node.subnetFile}`, '--log-level=debug', ...args], logFile);
   const pid = child.pid;
-  if (pid === undefined) throw new Error(`node ${node.index}: cannot spawn flanneld`);
   let exited = false;
   child.once('exit', () => (exited = true));
   return {

@@ -1,11 +1,12 @@
 // Starts a real etcd server (Debian's etcd-server) on loopback or inside a network namespace, with a
 // throw-away data dir, and stops it by PID. Ports are chosen per instance so test files can run
 // while another harness instance is up.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { run, sleep } from './netns.js';
 
 export interface EtcdServer {
   /** Client URL, e.g. http://127.0.0.1:23791 */
@@ -46,21 +47,30 @@ export async function freePort(): Promise<number> {
   });
 }
 
-async function waitHealthy(endpoint: string, child: ChildProcess, log: () => string, timeoutMs: number, netns?: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`etcd exited with ${child.exitCode}: ${log()}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const args = ['--endpoints', endpoint, '--command-timeout=1s', 'endpoint', 'health'];
-      const cmd = netns ? spawn('ip', ['netns', 'exec', netns, 'etcdctl', ...args], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' })
-        : spawn('etcdctl', args, { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' });
-      cmd.on('close', (code) => resolve(code === 0));
-      cmd.on('error', () => resolve(false));
+/**
+ * Waits until `etcdctl endpoint health` passes for every endpoint (run inside `netns` when given),
+ * failing at once when `died()` names a reason (the server exited), and after `timeoutMs`.
+ */
+export async function waitEtcdHealthy(opts: {
+  endpoints: string[];
+  netns?: string;
+  /** Extra etcdctl flags (TLS). */
+  flags?: string[];
+  died: () => string | null;
+  log: () => string;
+  timeoutMs: number;
+}): Promise<void> {
+  const deadline = Date.now() + opts.timeoutMs;
+  for (;;) {
+    const dead = opts.died();
+    if (dead) throw new Error(`${dead}: ${opts.log()}`);
+    const res = await run(['etcdctl', `--endpoints=${opts.endpoints.join(',')}`, ...(opts.flags ?? []), '--command-timeout=1s', 'endpoint', 'health'], {
+      ...(opts.netns ? { netns: opts.netns } : {}), env: { ETCDCTL_API: '3' }, allowFail: true, timeoutMs: 10_000,
     });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
+    if (res.code === 0) return;
+    if (Date.now() > deadline) throw new Error(`etcd ${opts.endpoints.join(',')} not healthy after ${opts.timeoutMs} ms: ${res.stderr.slice(-500)}; ${opts.log()}`);
+    await sleep(100);
   }
-  throw new Error(`etcd at ${endpoint} not healthy after ${timeoutMs} ms: ${log()}`);
 }
 
 export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
@@ -96,7 +106,13 @@ export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdServer> {
   const pid = child.pid;
   if (pid === undefined) throw new Error('could not start etcd (is etcd-server installed?)');
   try {
-    await waitHealthy(endpoint, child, logTail, 20_000, opts.netns);
+    await waitEtcdHealthy({
+      endpoints: [endpoint],
+      ...(opts.netns ? { netns: opts.netns } : {}),
+      died: () => (child.exitCode !== null ? `etcd exited with ${child.exitCode}` : null),
+      log: logTail,
+      timeoutMs: 20_000,
+    });
   } catch (err) {
     child.kill('SIGKILL');
     throw err;

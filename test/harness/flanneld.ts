@@ -1,0 +1,21 @@
+// Starts bin/flanneld inside a network namespace, its output appended to a log file: the one place the
+// harness spawns the daemon (cluster nodes, and daemons pointed at other etcd topologies).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+import { repoRoot } from './repo.js';
+
+export function flanneldPath(): string {
+  return join(repoRoot(), 'bin', 'flanneld');
+}
+
+/** Spawns without waiting for anything, so several daemons can start in the same tick. */
+export function spawnFlanneldIn(ns: string, args: readonly string[], logFile: string): ChildProcess & { pid: number } {
+  const flanneld = flanneldPath();
+  if (!existsSync(flanneld)) throw new Error(`${flanneld} does not exist (npm run build, and is bin/flanneld there?)`);
+  const fd = openSync(logFile, 'a');
+  const child = spawn('ip', ['netns', 'exec', ns, flanneld, ...args], { stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  if (child.pid === undefined) throw new Error(`cannot spawn ${flanneld} in ${ns}`);
+  return child as ChildProcess & { pid: number };
+}
