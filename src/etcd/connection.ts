@@ -2,7 +2,8 @@
 // which failures mean "etcd is out of reach", and the reachability tracker that logs an outage
 // once when it starts and once when it ends, however many retries happen in between.
 import { readFileSync } from 'node:fs';
-import { EtcdWatchStreamEnded, type IOptions, castGrpcError, isRecoverableError } from 'etcd3';
+import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry } from 'cockatiel';
+import { EtcdWatchStreamEnded, GRPCResourceExhastedError, type IOptions, castGrpcError, isRecoverableError } from 'etcd3';
 import type { Logger } from '../common/log.js';
 import { etcdMetrics } from '../common/metrics.js';
 import { Backoff } from '../common/retry.js';
@@ -15,6 +16,8 @@ export interface EtcdConnectionOptions {
   keyFile?: string;
   username?: string;
   password?: string;
+  /** The largest gRPC response accepted (default 64 MiB); lower only in tests of the paging. */
+  maxReceiveBytes?: number;
 }
 
 /** Every unary call gets this deadline: without one a call to an etcd behind a black hole never returns. */
@@ -33,9 +36,20 @@ export class EtcdTimeoutError extends Error {
   }
 }
 
+/**
+ * A response larger than the gRPC receive limit. etcd3 counts it as recoverable (retrying it, and
+ * opening its circuit breaker), but it is a data problem: retrying the same request cannot help.
+ */
+export function isResponseTooLarge(err: unknown): boolean {
+  return err instanceof GRPCResourceExhastedError || (err instanceof Error && /RESOURCE_EXHAUSTED|larger than max/i.test(err.message));
+}
+
+/** What etcd3's retry and circuit breaker should act on: transport failures, not oversized responses. */
+const isTransportFailure = (err: Error): boolean => isRecoverableError(err) && !isResponseTooLarge(err);
+
 /** A failure that means "etcd cannot be reached right now" (as opposed to a refusal or bad data). */
 export function isConnectivityError(err: unknown): boolean {
-  if (!(err instanceof Error)) return false;
+  if (!(err instanceof Error) || isResponseTooLarge(err)) return false;
   if (isRecoverableError(err) || 'isBrokenCircuitError' in err || err instanceof EtcdTimeoutError || err instanceof EtcdWatchStreamEnded) return true;
   // Streams (watch, keepalive) report raw gRPC errors, which etcd3 does not classify.
   return 'code' in err && typeof err.code === 'number' && isRecoverableError(castGrpcError(err));
@@ -87,9 +101,14 @@ export function buildClientOptions(opts: EtcdConnectionOptions): IOptions {
       'grpc.use_local_subchannel_pool': 1,
       // gRPC's default 4 MiB would let a few huge values under subnets/ make every listing fail;
       // listings are paged, and a page too big for this is read again in smaller pages.
-      'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      'grpc.max_receive_message_length': opts.maxReceiveBytes ?? 64 * 1024 * 1024,
     },
-    faultHandling: { watchBackoff: new CappedBackoff() },
+    faultHandling: {
+      watchBackoff: new CappedBackoff(),
+      // etcd3's own defaults, minus oversized responses (see isResponseTooLarge).
+      host: () => circuitBreaker(handleWhen(isTransportFailure), { halfOpenAfter: 5000, breaker: new ConsecutiveBreaker(3) }),
+      global: retry(handleWhen(isTransportFailure), { maxAttempts: 3 }),
+    },
   };
   const secure = hosts.some((h) => h.startsWith('https://'));
   if (secure || opts.caFile) {

@@ -12,7 +12,7 @@ import {
   type WrittenLease, parseLeaseKey, parseStoredLease,
 } from '../subnet/lease-store.js';
 import { EtcdClient } from './client.js';
-import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS } from './connection.js';
+import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS, isResponseTooLarge } from './connection.js';
 import { ResumableWatch } from './resumable-watch.js';
 
 export { type EtcdConnectionOptions, etcdErrorFields, isConnectivityError } from './connection.js';
@@ -36,11 +36,6 @@ function prefixEnd(prefix: Buffer): Buffer {
     }
   }
   return Buffer.from([0]);
-}
-
-/** A response bigger than the gRPC receive limit: a data problem (huge values), not a lost connection. */
-function isTooLarge(err: unknown): boolean {
-  return err instanceof Error && /RESOURCE_EXHAUSTED|larger than max|ResourceExha/i.test(`${err.name} ${err.message}`);
 }
 
 function isCompacted(err: unknown): boolean {
@@ -186,7 +181,7 @@ export class EtcdRegistry implements LeaseStore {
       try {
         res = await this.range(from, end, limit, revision, false);
       } catch (err) {
-        if (!isTooLarge(err)) throw err;
+        if (!isResponseTooLarge(err)) throw err;
         if (limit > 1) {
           limit = Math.max(1, Math.floor(limit / 8));
           continue;
