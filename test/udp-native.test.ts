@@ -5,7 +5,7 @@
 // unreachable, lease changes, non-member sources, and garbage datagrams while traffic flows.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { BackendContext } from '../src/backend/backend.js';
-import { UdpForwarder, type ForwarderStats } from '../src/backend/udp/native.js';
+import { UdpForwarder, forwarderCounterNames, type ForwarderStats } from '../src/backend/udp/native.js';
 import { UdpBackend } from '../src/backend/udp/udp-backend.js';
 import { silentLogger } from '../src/common/log.js';
 import { ip, ipBatch, ipJson } from '../src/routes/ip.js';
@@ -288,6 +288,8 @@ describe('a peer without any offload (upstream-style: one packet per system call
     await tcpTransfer(nodeA, nodeB, 32 << 20, 7003); // our TSO split -> plain single-packet writes
     await tcpTransfer(nodeB, nodeA, 32 << 20, 7004); // plain datagrams -> our coalescing
     const s = plain.stats();
+    // Every counter named once in counters.h is reported, and nothing else.
+    expect(Object.keys(s).sort()).toEqual([...forwarderCounterNames()].sort());
     expect(s.rxMaxDatagram).toBeLessThanOrEqual(1472);
     expect(s.udpGroRecvs).toBe(0);
     expect(s.dropMalformedLength + s.dropMalformedChecksum).toBe(0);

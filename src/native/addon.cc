@@ -221,6 +221,14 @@ class UdpForwarder : public Napi::ObjectWrap<UdpForwarder> {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("UdpForwarder", UdpForwarder::Define(env));
   exports.Set("version", Napi::String::New(env, "0.2.0"));
+  // The counter names come from the one list in counters.h: TypeScript takes them from here.
+  Napi::Array names = Napi::Array::New(env);
+  uint32_t n = 0;
+#define FL_NAME(name) names.Set(n++, Napi::String::New(env, #name));
+  FL_COUNTERS(FL_NAME)
+#undef FL_NAME
+  names.Set(n++, Napi::String::New(env, "rxMaxDatagram"));
+  exports.Set("counterNames", names);
   return exports;
 }
 

@@ -43,37 +43,11 @@ export interface ForwarderTable {
   routes: readonly ForwarderRoute[];
 }
 
-export const FORWARDER_COUNTERS = [
-  'txPackets',
-  'txBytes',
-  'rxPackets',
-  'rxBytes',
-  'dropNoRoute',
-  'icmpUnreachableSent',
-  'dropTtlExpired',
-  'dropTunInvalid',
-  'dropMalformedShort',
-  'dropMalformedVersion',
-  'dropMalformedHeader',
-  'dropMalformedLength',
-  'dropMalformedChecksum',
-  'dropUnknownSource',
-  'dropNotLocal',
-  'txErrors',
-  'tunWriteErrors',
-  'tunReads',
-  'tunGsoReads',
-  'udpSendCalls',
-  'udpGsoSends',
-  'udpRecvCalls',
-  'udpGroRecvs',
-  'tunWrites',
-  'tunGsoWrites',
-  'rxMaxDatagram',
-] as const;
-
-export type ForwarderCounter = (typeof FORWARDER_COUNTERS)[number];
-export type ForwarderStats = Record<ForwarderCounter, number>;
+/**
+ * Data-path counters by name (packets, bytes, drops by reason...). The names are defined once, in
+ * src/native/counters.h; the addon reports every one of them, so none can be missing here.
+ */
+export type ForwarderStats = Record<string, number>;
 
 /** What the kernel actually granted. */
 export interface ForwarderFeatures {
@@ -104,6 +78,8 @@ interface NativeForwarder {
 
 interface NativeAddon {
   version: string;
+  /** Every counter's name, from counters.h. */
+  counterNames: string[];
   UdpForwarder: new (options: Omit<UdpForwarderOptions, 'netns'> & { netnsPath?: string }) => NativeForwarder;
 }
 
@@ -142,10 +118,7 @@ export class UdpForwarder {
   }
 
   stats(): ForwarderStats {
-    const raw = this.native.stats();
-    const out = {} as ForwarderStats;
-    for (const name of FORWARDER_COUNTERS) out[name] = raw[name] ?? 0;
-    return out;
+    return this.native.stats();
   }
 
   features(): ForwarderFeatures {
@@ -163,4 +136,9 @@ export class UdpForwarder {
     this.closed = true;
     this.native.close();
   }
+}
+
+/** The names of every data-path counter, as the addon defines them. */
+export function forwarderCounterNames(): readonly string[] {
+  return loadAddon().counterNames;
 }
