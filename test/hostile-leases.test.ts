@@ -214,9 +214,10 @@ describe('hostile leases for 20 s while pods ping and a fourth node joins', () =
   test('zero lost pings between good pods (12 directed pairs once the fourth node is in)', () => {
     expect(measured.pings.size).toBe(measured.joinError === null ? 12 : 6);
     // Gaps between replies, and replies missing at the end (a path that died stays silent): the
-    // probes ping should have sent in the time, less two for the ones in flight at start and stop.
+    // probes ping should have sent in the time (90 %: its timer runs late on a busy machine), less
+    // two for the ones in flight at start and stop.
     const lossy = [...measured.pings]
-      .filter(([, r]) => r.lost > 0 || r.received < Math.floor(r.elapsedMs / PING_INTERVAL_MS) - 2)
+      .filter(([, r]) => r.lost > 0 || r.received < 0.9 * (r.elapsedMs / PING_INTERVAL_MS) - 2)
       .map(([name, r]) => `${name}: ${JSON.stringify(r)}`);
     expect(lossy).toEqual([]);
   });
