@@ -69,6 +69,7 @@ export const FORWARDER_COUNTERS = [
   'udpGroRecvs',
   'tunWrites',
   'tunGsoWrites',
+  'rxTcpChecksumBad',
   'rxMaxDatagram',
 ] as const;
 
