@@ -267,11 +267,16 @@ describe('hostile leases for 20 s while pods ping and a fourth node joins', () =
     expect(hasControlChars(table.replace(/\n/g, '')), 'raw control characters in the table').toBe(false);
     expect(table).toContain('INVALID');
     expect(table).toMatch(/\\x1b|\\u202e|\\r/);
-    const json = JSON.parse(await ctl(['--json'])) as { leases: { subnet: string }[]; invalid: { key: string }[] };
+    const rawJson = await ctl(['--json']);
+    let json: { leases: { subnet: string }[]; invalid: { key: string }[] };
+    try {
+      json = JSON.parse(rawJson) as typeof json;
+    } catch (err) {
+      throw new Error(`flannelctl leases --json printed ${Buffer.byteLength(rawJson)} bytes that do not parse (cut short?): ${(err as Error).message}`);
+    }
     const good = (await goodLeases()).map((l) => l.subnet.toString()).sort();
     expect(json.leases.map((l) => l.subnet).sort()).toEqual(good);
     expect(json.invalid.length).toBeGreaterThanOrEqual(JUNK_KEYS + POOL_SIZE);
-    const rawJson = await ctl(['--json']);
     expect(hasControlChars(rawJson.replace(/\n/g, '')), 'raw control characters in --json (C1, bidi, U+2028 pass JSON.stringify)').toBe(false);
   });
 });
