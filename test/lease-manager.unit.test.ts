@@ -104,7 +104,7 @@ describe('choosing a subnet (pure)', () => {
   });
 
   it('takes over a lease carrying our PublicIP, else the preferred subnet if free, else a random free one', () => {
-    const base = { network: SMALL, preferred: null, avoid: null, reclaiming: false, random: () => 0 };
+    const base = { network: SMALL, preferred: null, avoid: null, random: () => 0 };
     const l = listing(['198.19.0.16-28']);
     expect(chooseSubnet(l, { ...base, publicIP: '198.18.0.100' })).toMatchObject({ kind: 'take-over' });
     expect(chooseSubnet(l, { ...base, publicIP: '198.18.0.1', preferred: Ip4Net.parse('198.19.0.48/28') })).toMatchObject({ kind: 'create', preferred: true });
@@ -115,10 +115,13 @@ describe('choosing a subnet (pure)', () => {
     expect(() => chooseSubnet(listing(['198.19.0.16-28', '198.19.0.32-28', '198.19.0.48-28']), { ...base, publicIP: '198.18.0.1' })).toThrow(NetworkFullError);
   });
 
-  it('never chooses a subnet that an unusable key of another length overlaps', () => {
-    const l = { records: [], invalid: [{ key: '/p/198.19.0.0-27', code: 'wrong_prefix_len', reason: 'x', subnet: Ip4Net.parse('198.19.0.0/27'), modRevision: '2' }], revision: '3' };
-    const pick = chooseSubnet(l, { network: SMALL, publicIP: '198.18.0.1', preferred: null, avoid: null, reclaiming: false, random: () => 0 });
+  it('a key with an unusable value occupies its subnet; a key every node refuses (wrong size, outside) occupies nothing', () => {
+    const bad = (name: string, code: string) => ({ key: `/p/${name}`, code, reason: 'x', subnet: Ip4Net.fromKey(name), modRevision: '2' });
+    const l = { records: [], invalid: [bad('198.19.0.16-28', 'bad_json'), bad('198.19.0.0-26', 'wrong_prefix_len'), bad('198.19.0.0-16', 'wrong_prefix_len')], revision: '3' };
+    const pick = chooseSubnet(l, { network: SMALL, publicIP: '198.18.0.1', preferred: null, avoid: null, random: () => 0 });
     expect(pick.kind === 'create' && pick.subnet.toString()).toBe('198.19.0.32/28');
+    const full = { ...l, invalid: [...l.invalid, bad('198.19.0.32-28', 'bad_json'), bad('198.19.0.48-28', 'bad_public_ip')] };
+    expect(() => chooseSubnet(full, { network: SMALL, publicIP: '198.18.0.1', preferred: null, avoid: null, random: () => 0 })).toThrow(NetworkFullError);
   });
 });
 

@@ -1,5 +1,10 @@
-// Renders the lease table printed by `flannelctl leases`.
+// Renders the lease table printed by `flannelctl leases`. Every cell that comes from etcd goes
+// through printable(): a key or value holding terminal escapes must not rewrite the screen.
+import { printable } from '../common/printable.js';
 import type { InvalidLeaseKey, LeaseRecord } from '../etcd/registry.js';
+
+/** Longest key shown for an invalid lease; junk keys can be megabytes long. */
+const MAX_KEY_CHARS = 120;
 
 export interface LeaseRow {
   record: LeaseRecord;
@@ -17,7 +22,7 @@ export function formatDuration(seconds: number): string {
 
 export function vtepMacOf(record: LeaseRecord): string {
   const mac = record.attrs.backendData?.['VtepMAC'];
-  return typeof mac === 'string' ? mac : '-';
+  return typeof mac === 'string' ? printable(mac, 40) : '-';
 }
 
 export function renderLeaseTable(rows: LeaseRow[], invalid: InvalidLeaseKey[], now = new Date()): string {
@@ -25,14 +30,16 @@ export function renderLeaseTable(rows: LeaseRow[], invalid: InvalidLeaseKey[], n
   const sorted = [...rows].sort((a, b) => a.record.subnet.ip - b.record.subnet.ip);
   const lines = sorted.map(({ record, ttlSeconds }) => [
     record.subnet.toString(),
-    record.attrs.publicIP,
+    printable(record.attrs.publicIP, 40),
     record.attrs.backendType,
     vtepMacOf(record),
     ttlSeconds === null
       ? 'reserved'
       : `${new Date(now.getTime() + ttlSeconds * 1000).toISOString().replace(/\.\d+Z$/, 'Z')} (in ${formatDuration(ttlSeconds)})`,
   ]);
-  for (const bad of invalid) lines.push([bad.subnet?.toString() ?? bad.key, '-', 'INVALID', '-', bad.reason]);
+  for (const bad of invalid) {
+    lines.push([bad.subnet?.toString() ?? printable(bad.key, MAX_KEY_CHARS), '-', 'INVALID', '-', printable(bad.reason, 300)]);
+  }
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
   const fmt = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
   return [fmt(header), ...lines.map(fmt)].join('\n') + '\n';

@@ -2,7 +2,8 @@
 // wins), then --iface-regex, then --iface-can-reach, else the interface of the default route.
 import type { ExternalInterface } from '../backend/backend.js';
 import { ipJson } from '../routes/ip.js';
-import { isIp4 } from '../subnet/ip4.js';
+import { quoted } from '../common/printable.js';
+import { isIp4, parseUnicastIp4 } from '../subnet/ip4.js';
 
 interface IpAddrLink {
   ifname: string;
@@ -23,7 +24,9 @@ function ipv4Of(link: IpAddrLink): string | undefined {
 }
 
 function toExternal(link: IpAddrLink, ip: string, publicIP: string | null): ExternalInterface {
-  return { name: link.ifname, ifaceIP: ip, publicIP: publicIP ?? ip, mtu: link.mtu };
+  // Without --public-ip the interface's address is published: it must be a node address too.
+  const ifaceIP = publicIP === null ? kernelIp4(ip, `interface ${link.ifname}'s address`) : ip;
+  return { name: link.ifname, ifaceIP, publicIP: publicIP ?? ifaceIP, mtu: link.mtu };
 }
 
 /** The interface of the first route `ip <routeArgs>` prints, with the route's source address or the interface's. */
@@ -35,8 +38,48 @@ async function viaRoute(links: IpAddrLink[], routeArgs: string[], publicIP: stri
   return toExternal(link, ip, publicIP);
 }
 
+/**
+ * A Linux interface name: 1-15 bytes, none of them a space, '/', ':' or a control character (what
+ * the kernel's dev_valid_name() allows, minus ':' which only old alias names use).
+ */
+const IFNAME = /^[\x21-\x2e\x30-\x39\x3b-\x7e]{1,15}$/;
+
+/**
+ * Checks our own inputs with the same parser as leases (issue 11): --public-ip must be a canonical,
+ * unicast IPv4 address, each --iface an IPv4 address or a valid interface name, --iface-can-reach an
+ * IPv4 address. A padded value ("10.0.0.5 ") is an error naming the flag, never a lease that breaks
+ * every peer's `bridge -batch`.
+ */
+export function checkIfaceSelection(sel: IfaceSelection): void {
+  if (sel.publicIP !== null) {
+    try {
+      parseUnicastIp4(sel.publicIP);
+    } catch (err) {
+      throw new Error(`--public-ip ${quoted(sel.publicIP)}: ${(err as Error).message}`);
+    }
+  }
+  for (const want of sel.iface) {
+    if (!isIp4(want) && (want === '.' || want === '..' || !IFNAME.test(want))) {
+      throw new Error(`--iface ${quoted(want)} is neither an IPv4 address (a.b.c.d) nor an interface name`);
+    }
+  }
+  if (sel.ifaceCanReach !== null && !isIp4(sel.ifaceCanReach)) {
+    throw new Error(`--iface-can-reach ${quoted(sel.ifaceCanReach)} is not an IPv4 address`);
+  }
+}
+
+/** An address `ip -json` reported, checked like any other before it is published or used. */
+function kernelIp4(text: string, where: string): string {
+  try {
+    parseUnicastIp4(text);
+  } catch (err) {
+    throw new Error(`${where}: ${(err as Error).message}; choose another interface with --iface or set --public-ip`);
+  }
+  return text;
+}
+
 export async function findExternalInterface(sel: IfaceSelection): Promise<ExternalInterface> {
-  if (sel.publicIP !== null && !isIp4(sel.publicIP)) throw new Error(`--public-ip "${sel.publicIP}" is not an IPv4 address`);
+  checkIfaceSelection(sel);
   const links = await ipJson<IpAddrLink>(['addr', 'show']);
 
   if (sel.iface.length > 0) {
@@ -64,7 +107,6 @@ export async function findExternalInterface(sel: IfaceSelection): Promise<Extern
   }
 
   if (sel.ifaceCanReach !== null) {
-    if (!isIp4(sel.ifaceCanReach)) throw new Error(`--iface-can-reach "${sel.ifaceCanReach}" is not an IPv4 address`);
     return viaRoute(links, ['route', 'get', sel.ifaceCanReach], sel.publicIP, `--iface-can-reach: no interface with an IPv4 address routes to ${sel.ifaceCanReach}`);
   }
 

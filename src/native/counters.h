@@ -33,7 +33,8 @@ namespace fl {
   X(udpRecvCalls)      /* recvmmsg calls that returned data */                                          \
   X(udpGroRecvs)       /* messages carrying several datagrams (UDP_GRO) */                              \
   X(tunWrites)         /* write() calls on the TUN */                                                   \
-  X(tunGsoWrites)      /* ... of which were coalesced TCP super-packets */
+  X(tunGsoWrites)      /* ... of which were coalesced TCP super-packets */                            \
+  X(rxTcpChecksumBad)  /* TCP segments refused for coalescing: wrong checksum (written as they came) */
 
 struct Counters {
 #define FL_FIELD(name) std::atomic<uint64_t> name{0};

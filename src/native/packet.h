@@ -93,6 +93,15 @@ inline uint64_t pseudoHeaderSum(const uint8_t* ip, uint8_t proto, uint32_t l4len
   return sum;
 }
 
+/**
+ * True when the TCP checksum of an IPv4 packet `ip` of `len` bytes (header of `ihl` bytes) is right:
+ * the one's-complement sum over pseudo-header, TCP header and payload, checksum included, is 0xffff.
+ */
+inline bool tcpChecksumOk(const uint8_t* ip, size_t len, unsigned ihl) {
+  const uint32_t l4len = static_cast<uint32_t>(len - ihl);
+  return csumFold(csumAdd(ip + ihl, l4len, pseudoHeaderSum(ip, kProtoTcp, l4len))) == 0xffff;
+}
+
 /** Recomputes the IPv4 header checksum in place. */
 inline void ipSetChecksum(uint8_t* ip) {
   store16(ip + 10, 0);

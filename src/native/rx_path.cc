@@ -75,13 +75,17 @@ bool Worker::rxBatch() {
     if (datagrams > 1) bump(c_.udpGroRecvs);
     if (std::min(segment, len) > c_.rxMaxDatagram.load(std::memory_order_relaxed))
       c_.rxMaxDatagram.store(std::min(segment, len), std::memory_order_relaxed);
-    for (size_t off = 0; off < len; off += segment) rxDatagram(buf + off, std::min(segment, len - off));
+    // A buffer of several datagrams was merged by the kernel's UDP GRO, which takes only datagrams
+    // with a non-zero UDP checksum and verifies it first. A datagram that came alone may have
+    // carried a zero checksum (allowed in IPv4), which nobody verified.
+    const bool udpChecked = datagrams > 1;
+    for (size_t off = 0; off < len; off += segment) rxDatagram(buf + off, std::min(segment, len - off), udpChecked);
   }
   flushAllFlows();
   return static_cast<size_t>(got) == rxMsgsMax_;
 }
 
-void Worker::rxDatagram(uint8_t* pkt, size_t len) {
+void Worker::rxDatagram(uint8_t* pkt, size_t len, bool udpChecked) {
   switch (checkIpv4(pkt, len)) {
     case Malformed::None:
       break;
@@ -111,7 +115,7 @@ void Worker::rxDatagram(uint8_t* pkt, size_t len) {
     return;
   }
   if (coalesce_) {
-    coalesce(pkt, len);
+    coalesce(pkt, len, udpChecked);
     return;
   }
   VnetHdr vh;
@@ -123,11 +127,22 @@ void Worker::rxDatagram(uint8_t* pkt, size_t len) {
   writeTun(iov, n, 1, static_cast<uint32_t>(len), false);
 }
 
-void Worker::coalesce(uint8_t* pkt, size_t len) {
+void Worker::writeAsIs(uint8_t* pkt, size_t len) {
+  // No NEEDS_CSUM: the kernel (in the end the receiving pod's TCP) checks the checksum as it came.
+  VnetHdr vh;
+  memset(&vh, 0, sizeof(vh));
+  iovec iov[2] = {{&vh, kVnetLen}, {pkt, len}};
+  writeTun(iov, 2, 1, static_cast<uint32_t>(len), false);
+}
+
+void Worker::coalesce(uint8_t* pkt, size_t len, bool udpChecked) {
   // GRO in user space: consecutive in-order TCP segments of one flow with identical headers
   // (apart from sequence number, length and checksum) become one TSO super-packet written with
-  // a VnetHdr; the kernel keeps it whole up to the receiving socket and finishes the
-  // checksum (the UDP checksum already protected each segment on the wire).
+  // a VnetHdr; the kernel keeps it whole up to the receiving socket and finishes the checksum
+  // (NEEDS_CSUM): it computes a new TCP checksum rather than checking the old ones. So before a
+  // segment is merged its own TCP checksum must be known good: verified here unless the kernel
+  // verified the datagram's UDP checksum, which covers the same bytes (udpChecked). A segment
+  // that fails is written alone, as it came, for the receiver to drop.
   const unsigned ihl = ipHeaderLen(pkt);
   const bool tcp = ipProto(pkt) == kProtoTcp && ihl == 20 && !ipIsFragment(pkt) && len >= 40;
   const uint8_t* th = pkt + 20;
@@ -147,10 +162,7 @@ void Worker::coalesce(uint8_t* pkt, size_t len) {
   const uint8_t flags = sane ? tcpFlags(th) : 0;
   if (!sane || payload == 0 || (flags & ~kTcpPsh) != kTcpAck) {
     if (match) flushFlow(*match);  // keep the flow's order
-    VnetHdr vh;
-    memset(&vh, 0, sizeof(vh));
-    iovec iov[2] = {{&vh, kVnetLen}, {pkt, len}};
-    writeTun(iov, 2, 1, static_cast<uint32_t>(len), false);
+    writeAsIs(pkt, len);
     return;
   }
   if (match) {
@@ -161,7 +173,21 @@ void Worker::coalesce(uint8_t* pkt, size_t len) {
                       a[1] == pkt[1] && a[8] == pkt[8] && (a[6] & 0x40) == (pkt[6] & 0x40) &&
                       load32(a + 28) == load32(pkt + 28) && load16(a + 34) == load16(pkt + 34) &&
                       (thl == 20 || memcmp(a + 40, pkt + 40, thl - 20) == 0);
-    if (fits) {
+    if (fits && !udpChecked && !tcpChecksumOk(pkt, len, 20)) {
+      bump(c_.rxTcpChecksumBad);
+      flushFlow(f);  // keep the flow's order
+      writeAsIs(pkt, len);
+      return;
+    }
+    if (fits && f.firstUnchecked) {
+      if (tcpChecksumOk(f.first, f.firstLen, 20)) {
+        f.firstUnchecked = false;
+      } else {
+        bump(c_.rxTcpChecksumBad);
+        flushFlow(f);  // a flow of one: written without NEEDS_CSUM; this segment starts a new flow
+      }
+    }
+    if (fits && f.open) {
       f.iov[1 + f.packets] = {pkt + f.hdrLen, payload};
       f.packets++;
       f.total += payload;
@@ -173,7 +199,7 @@ void Worker::coalesce(uint8_t* pkt, size_t len) {
     }
     flushFlow(f);
   }
-  Flow* slot = match;
+  Flow* slot = match;  // closed by now, if it was the match
   if (slot == nullptr) {
     for (Flow& f : flows_)
       if (!f.open) {
@@ -198,6 +224,7 @@ void Worker::coalesce(uint8_t* pkt, size_t len) {
   f.nextSeq = tcpSeq(th) + payload;
   f.lastFlags = flags;
   f.sealed = (flags & kTcpPsh) != 0;
+  f.firstUnchecked = !udpChecked;  // checked lazily: most flows of one are never merged
   f.packets = 1;
   f.order = flowOrder_++;
   f.iov[0] = {&f.vh, kVnetLen};

@@ -56,9 +56,10 @@ class Worker {
   // --- UDP -> TUN ---
   /** Receives a batch of datagrams and writes them to the TUN. False once the socket is drained. */
   bool rxBatch();
-  void rxDatagram(uint8_t* pkt, size_t len);
+  void rxDatagram(uint8_t* pkt, size_t len, bool udpChecked);
   struct Flow;  // an in-progress coalesced TCP super-packet
-  void coalesce(uint8_t* pkt, size_t len);
+  void coalesce(uint8_t* pkt, size_t len, bool udpChecked);
+  void writeAsIs(uint8_t* pkt, size_t len);
   void flushFlow(Flow& f);
   void flushAllFlows();
   void writeTun(const iovec* iov, int iovcnt, uint32_t packets, uint32_t bytes, bool gso);
@@ -97,6 +98,7 @@ class Worker {
     uint32_t firstLen = 0, hdrLen = 0, segSize = 0, total = 0, nextSeq = 0, wireBytes = 0;
     uint8_t lastFlags = 0;
     bool sealed = false;  // a short or PSH segment ended it
+    bool firstUnchecked = false;  // the first segment's TCP checksum is still to be checked before a merge
     uint32_t packets = 0;
     uint64_t order = 0;
     VnetHdr vh;

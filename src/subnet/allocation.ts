@@ -3,6 +3,7 @@
 import { type NetworkConfig, candidateSubnets } from './config.js';
 import { type Ip4Net, formatIp4 } from './ip4.js';
 import type { LeaseListing, LeaseRecord } from './lease-store.js';
+import { checkLeaseSubnet } from './lease-validation.js';
 
 export class NetworkFullError extends Error {
   constructor(config: NetworkConfig, taken: number) {
@@ -22,11 +23,6 @@ export interface AllocationRequest {
   preferred: Ip4Net | null;
   /** Never chosen: the subnet another node took from us. */
   avoid: Ip4Net | null;
-  /**
-   * Re-claiming the subnet we just held: only its own key can stand in the way. Keys of another length
-   * that overlap it were refused while we held it, and do not win it by our loss.
-   */
-  reclaiming: boolean;
   /** A number in [0, 1); Math.random in production, a seeded source in tests. */
   random: () => number;
 }
@@ -52,10 +48,10 @@ export function chooseSubnet(listing: LeaseListing, req: AllocationRequest): All
   const mine = records.find((r) => r.attrs.publicIP === req.publicIP && isCandidate(r.subnet, req.network) && !avoided(r.subnet));
   if (mine) return { kind: 'take-over', record: mine };
 
-  const occupancy = new Occupancy(listing, req.network.subnetLen);
+  const occupancy = new Occupancy(listing, req.network);
   const isFree = (sn: Ip4Net) => occupancy.isFree(sn) && !avoided(sn);
   const { preferred } = req;
-  if (preferred !== null && isCandidate(preferred, req.network) && (req.reclaiming ? !occupancy.hasKey(preferred) : isFree(preferred))) {
+  if (preferred !== null && isCandidate(preferred, req.network) && isFree(preferred)) {
     return { kind: 'create', subnet: preferred, preferred: true };
   }
   const free = [...candidateSubnets(req.network)].filter(isFree);
@@ -65,25 +61,18 @@ export function chooseSubnet(listing: LeaseListing, req: AllocationRequest): All
 
 /** The subnets already held, for fast "is this one free?" checks while choosing. */
 class Occupancy {
-  private readonly sameLength = new Set<string>();
-  /** Keys whose prefix length differs from the config's: checked for overlap one by one. */
-  private readonly others: Ip4Net[] = [];
+  private readonly taken = new Set<string>();
 
-  constructor(listing: LeaseListing, subnetLen: number) {
-    // Unusable keys still occupy the subnet they name: never claim under someone else's key.
+  constructor(listing: LeaseListing, network: NetworkConfig) {
+    // A key whose value is unusable still occupies the subnet it names: never claim under someone
+    // else's key. A key every node refuses for its size or place (e.g. 198.19.0.0-16, 0.0.0.0-0)
+    // occupies nothing, or one junk key would fill the network.
     const nets = [...listing.records.map((r) => r.subnet), ...listing.invalid.flatMap((bad) => (bad.subnet ? [bad.subnet] : []))];
-    for (const net of nets) {
-      if (net.prefixLen === subnetLen) this.sameLength.add(net.toKey());
-      else this.others.push(net);
-    }
+    for (const net of nets) if (checkLeaseSubnet(net, network) === null) this.taken.add(net.toKey());
   }
 
-  /** A key for exactly this subnet exists (valid or not). */
-  hasKey(subnet: Ip4Net): boolean {
-    return this.sameLength.has(subnet.toKey());
-  }
-
+  /** Candidates all have the network's SubnetLen, so only a key for exactly the same subnet can overlap one. */
   isFree(subnet: Ip4Net): boolean {
-    return !this.sameLength.has(subnet.toKey()) && !this.others.some((o) => o.overlaps(subnet));
+    return !this.taken.has(subnet.toKey());
   }
 }

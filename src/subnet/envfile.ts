@@ -4,6 +4,7 @@
 // every pod) loads fast.
 import { readFileSync } from 'node:fs';
 import { writeFileAtomic } from '../common/atomic-file.js';
+import { quoted } from '../common/printable.js';
 import { Ip4Net, formatIp4 } from './ip4.js';
 
 export const DEFAULT_SUBNET_FILE = '/run/flannel/subnet.env';
@@ -49,13 +50,17 @@ export function writeSubnetEnvFile(path: string, env: SubnetEnv): void {
   writeFileAtomic(path, formatSubnetEnv(env));
 }
 
-/** Parses KEY=VALUE lines (shell-style quotes stripped); comments and blank lines ignored. */
+/**
+ * Parses KEY=VALUE lines (shell-style quotes stripped); comments and blank lines ignored. Only the
+ * blanks a shell would drop (space, tab, a CR from an edited file) are trimmed: a no-break or other
+ * Unicode space stays in the value, where the strict parsers refuse it as the shell would keep it.
+ */
 export function parseEnvText(text: string): Record<string, string> {
   const vars: Record<string, string> = {};
   for (const line of text.split('\n')) {
-    const m = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    const m = /^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)=([^]*)$/.exec(line); // [^]: a CR or U+2028 stays in the value
     if (!m) continue;
-    vars[m[1]!] = m[2]!.trim().replace(/^"(.*)"$/, '$1').replace(/^'(.*)'$/, '$1');
+    vars[m[1]!] = m[2]!.replace(/^[ \t\r]+|[ \t\r]+$/g, '').replace(/^"(.*)"$/, '$1').replace(/^'(.*)'$/, '$1');
   }
   return vars;
 }
@@ -65,7 +70,7 @@ export function parseSubnetEnv(text: string, source: string): SubnetEnv {
   const vars = parseEnvText(text);
   const missing = ['FLANNEL_NETWORK', 'FLANNEL_SUBNET', 'FLANNEL_MTU', 'FLANNEL_IPMASQ'].filter((k) => !vars[k]);
   if (missing.length > 0) throw new SubnetEnvError(`${source}: ${missing.map((k) => `${k} is missing`).join('; ')}`, 'invalid', missing);
-  const bad = (key: string, why: string) => new SubnetEnvError(`${source}: ${key}="${vars[key]}" ${why}`, 'invalid');
+  const bad = (key: string, why: string) => new SubnetEnvError(`${source}: ${key}=${quoted(vars[key] ?? '')} ${why}`, 'invalid');
   const networks: Ip4Net[] = [];
   for (const part of vars['FLANNEL_NETWORK']!.split(',')) {
     try {

@@ -4,13 +4,17 @@
 // a reason that is logged once per change of its key and counted by reason.
 import type { Logger } from '../common/log.js';
 import { leaseMetrics } from '../common/metrics.js';
+import { printable } from '../common/printable.js';
 import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from './ip4.js';
 import { type Lease, type LeaseEvent, sameAttrs } from './lease.js';
+import { checkLeaseSubnet } from './lease-validation.js';
 import type { InvalidLeaseKey, LeaseChange, LeaseListing, LeaseRecord } from './lease-store.js';
 
 /** How many keys one aggregated warning names; the count says how many there are in all. */
 const KEYS_PER_WARNING = 20;
+/** Keys and reasons come from anyone who can write to etcd: escaped, and cut to this many characters. */
+const KEY_CHARS = 160;
 
 interface Refusal {
   code: string;
@@ -45,10 +49,8 @@ export class KnownLeases {
     if (this.own && subnet.overlaps(this.own)) {
       return { code: 'overlap', reason: `overlaps our own subnet ${this.own}` };
     }
-    const { network, subnetLen } = this.network;
-    if (!network.covers(subnet)) return { code: 'outside_network', reason: `outside the network ${network}` };
-    if (subnet.prefixLen !== subnetLen) return { code: 'wrong_prefix_len', reason: `prefix length ${subnet.prefixLen} is not the network's SubnetLen ${subnetLen}` };
-    return null;
+    const problem = checkLeaseSubnet(subnet, this.network);
+    return problem ? { code: problem.reason, reason: problem.detail } : null;
   }
 
   /** Rebuilds the known set from a full listing and returns the differences as events. */
@@ -150,7 +152,7 @@ export class KnownLeases {
   /** A watched key that changed into something refused: one line for it. */
   private refuseOne(bad: InvalidLeaseKey): void {
     if (!this.noteRefused(bad)) return;
-    const fields = { key: bad.key, subnet: bad.subnet?.toString() ?? null, code: bad.code, reason: bad.reason };
+    const fields = { key: printable(bad.key, KEY_CHARS), subnet: bad.subnet?.toString() ?? null, code: bad.code, reason: printable(bad.reason, KEY_CHARS) };
     this.log.warn(fields, bad.code === 'overlap' ? 'skipping a lease that overlaps our own subnet' : 'skipping a malformed or invalid lease');
   }
 
@@ -166,7 +168,7 @@ export class KnownLeases {
         invalid: refused.length,
         newlyInvalid: fresh.length,
         byReason,
-        keys: fresh.slice(0, KEYS_PER_WARNING).map((r) => ({ key: r.key, code: r.code, reason: r.reason })),
+        keys: fresh.slice(0, KEYS_PER_WARNING).map((r) => ({ key: printable(r.key, KEY_CHARS), code: r.code, reason: printable(r.reason, KEY_CHARS) })),
       },
       overlapsOwn ? 'skipping malformed or invalid leases (some overlap our own subnet)' : 'skipping malformed or invalid leases',
     );

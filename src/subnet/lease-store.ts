@@ -4,6 +4,7 @@
 // implements it on etcd v3; src/subnet/memory-store.ts implements it in memory for fast tests.
 import { Ip4Net } from './ip4.js';
 import { type LeaseAttrs, decodeLeaseAttrs } from './lease.js';
+import { rejectionOf } from './lease-validation.js';
 
 /** A lease as stored. Revisions are decimal strings: etcd's are int64. */
 export interface LeaseRecord {
@@ -22,7 +23,7 @@ export interface LeaseRecord {
 export interface InvalidLeaseKey {
   /** The whole key, as stored. */
   key: string;
-  /** A short machine-readable reason (a metrics label), e.g. `bad_key`, `bad_public_ip`. */
+  /** A short machine-readable reason (a metrics label): a LeaseRejectReason such as `bad_key`, `bad_public_ip`. */
   code: string;
   /** What is wrong, for people. */
   reason: string;
@@ -97,18 +98,13 @@ export interface LeaseStore {
   backoff(ms: number): Promise<void>;
 }
 
-/** The machine-readable reason a decoder gives (LeaseRejected.reason), or a generic one. */
-function reasonCode(err: unknown, fallback: string): string {
-  const reason = (err as { reason?: unknown } | null)?.reason;
-  return typeof reason === 'string' && /^[a-z_]+$/.test(reason) ? reason : fallback;
-}
-
 /** The subnet a key under subnets/ names (`name` is the part after the prefix), or why it names none. */
 export function parseLeaseKey(key: string, name: string, modRevision: string): Ip4Net | InvalidLeaseKey {
   try {
     return Ip4Net.fromKey(name);
   } catch (err) {
-    return { key, code: reasonCode(err, 'bad_key'), reason: (err as Error).message, subnet: null, modRevision };
+    const { reason, detail } = rejectionOf(err);
+    return { key, code: reason === 'bad_json' ? 'bad_key' : reason, reason: detail, subnet: null, modRevision };
   }
 }
 
@@ -123,6 +119,7 @@ export function parseStoredLease(
     const attrs = decodeLeaseAttrs(entry.value);
     return { key, subnet, attrs, leaseId: entry.leaseId, modRevision, createRevision: entry.createRevision };
   } catch (err) {
-    return { key, code: reasonCode(err, 'bad_value'), reason: (err as Error).message, subnet, modRevision };
+    const { reason, detail } = rejectionOf(err);
+    return { key, code: reason, reason: detail, subnet, modRevision };
   }
 }

@@ -1,6 +1,9 @@
 // A subnet lease as stored in etcd, in upstream flannel's JSON so that upstream nodes and ours
 // can share one cluster (see docs/compatibility.md).
-import { Ip4Net, isIp4 } from './ip4.js';
+import { printable, quoted } from '../common/printable.js';
+import { type Ip4Net, parseUnicastIp4 } from './ip4.js';
+import { LeaseRejected, hasControlChars } from './lease-reject.js';
+import { MAX_LEASE_VALUE_BYTES, goJsonFields, parseUnicastIp6, parseVtepMac } from './lease-validation.js';
 
 export type BackendType = 'udp' | 'vxlan';
 
@@ -32,35 +35,100 @@ export function encodeLeaseAttrs(attrs: LeaseAttrs): string {
   return JSON.stringify(wire);
 }
 
+const TOP_FIELDS = ['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData'] as const;
+const VXLAN_FIELDS = ['VNI', 'VtepMAC'] as const;
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Refuses a control character in any key or string anywhere in a decoded JSON value. */
+function refuseControlChars(v: unknown, path: string): void {
+  if (typeof v === 'string') {
+    if (hasControlChars(v)) throw new LeaseRejected('control_chars', `lease value: ${path} holds control characters: ${quoted(v)}`);
+  } else if (Array.isArray(v)) {
+    v.forEach((x, i) => refuseControlChars(x, `${path}[${i}]`));
+  } else if (isObject(v)) {
+    for (const [k, x] of Object.entries(v)) {
+      if (hasControlChars(k)) throw new LeaseRejected('control_chars', `lease value: a key in ${path} holds control characters: ${quoted(k)}`);
+      refuseControlChars(x, `${path}.${printable(k, 32)}`);
+    }
+  }
+}
+
+/** vxlan's BackendData, normalised: canonical key names, VNI when given, VtepMAC in lower case. */
+function decodeVxlanData(data: unknown): Record<string, unknown> {
+  if (!isObject(data)) throw new LeaseRejected('bad_backend_data', 'vxlan lease: BackendData is missing or not a JSON object');
+  const f = goJsonFields(data, VXLAN_FIELDS, 'BackendData');
+  const out: Record<string, unknown> = {};
+  if (f.VNI !== undefined && f.VNI !== null) {
+    if (typeof f.VNI !== 'number' || !Number.isInteger(f.VNI) || f.VNI < 0 || f.VNI > 0xffffff) {
+      throw new LeaseRejected('bad_backend_data', `vxlan lease: BackendData.VNI ${printable(JSON.stringify(f.VNI), 32)} is not a VNI (0-16777215)`);
+    }
+    out['VNI'] = f.VNI;
+  }
+  out['VtepMAC'] = parseVtepMac(f.VtepMAC);
+  return out;
+}
+
 /**
- * Parses a lease value written by us or by upstream flanneld. Throws with the reason when the value
- * is not a lease we can use; callers skip such keys with a warning rather than failing.
+ * Parses a lease value written by us or by upstream flanneld, strictly (see lease-validation.ts):
+ * keys match case-insensitively as with Go's encoding/json; addresses must be canonical and
+ * unicast, and are stored canonical; vxlan's VtepMAC must be a unicast MAC and is stored in lower
+ * case. Throws LeaseRejected with the reason; callers skip such keys rather than failing.
  */
 export function decodeLeaseAttrs(value: string): LeaseAttrs {
+  // Cheap bound first: a string never has more UTF-8 bytes than 3 per UTF-16 unit.
+  if (value.length > MAX_LEASE_VALUE_BYTES || Buffer.byteLength(value, 'utf8') > MAX_LEASE_VALUE_BYTES) {
+    throw new LeaseRejected('too_large', `lease value is ${Buffer.byteLength(value, 'utf8')} bytes; the limit is ${MAX_LEASE_VALUE_BYTES}`);
+  }
   let raw: unknown;
   try {
     raw = JSON.parse(value);
   } catch (err) {
-    throw new Error(`lease value is not JSON: ${(err as Error).message}`);
+    // JSON.parse quotes the text around the error; control characters in it are refused as such.
+    if (hasControlChars(value.replace(/[\t\n\r]/g, ''))) throw new LeaseRejected('control_chars', 'lease value holds control characters');
+    throw new LeaseRejected('bad_json', `lease value is not JSON: ${printable((err as Error).message, 120)}`);
   }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('lease value is not a JSON object');
-  const obj = raw as Record<string, unknown>;
-  const publicIP = obj['PublicIP'];
-  if (typeof publicIP !== 'string' || !isIp4(publicIP)) throw new Error('lease PublicIP is missing or not an IPv4 address');
-  const v6 = obj['PublicIPv6'];
-  if (v6 !== undefined && v6 !== null && typeof v6 !== 'string') throw new Error('lease PublicIPv6 is not a string');
-  const type = obj['BackendType'] ?? 'udp'; // upstream's udp backend writes no BackendType
-  if (type !== 'udp' && type !== 'vxlan') throw new Error(`lease BackendType "${String(type)}" is not supported`);
-  const data = obj['BackendData'];
-  if (data !== undefined && data !== null && (typeof data !== 'object' || Array.isArray(data))) {
-    throw new Error('lease BackendData is not a JSON object');
+  if (!isObject(raw)) throw new LeaseRejected('bad_json', 'lease value is not a JSON object');
+  refuseControlChars(raw, 'value');
+  const f = goJsonFields(raw, TOP_FIELDS, 'lease value');
+
+  if (typeof f.PublicIP !== 'string') throw new LeaseRejected('bad_public_ip', 'lease PublicIP is missing or not a string');
+  try {
+    parseUnicastIp4(f.PublicIP);
+  } catch (err) {
+    throw new LeaseRejected('bad_public_ip', `lease PublicIP: ${(err as Error).message}`);
   }
-  return {
-    publicIP,
-    publicIPv6: typeof v6 === 'string' ? v6 : null,
-    backendType: type,
-    backendData: (data as Record<string, unknown> | undefined) ?? null,
-  };
+
+  let publicIPv6: string | null = null;
+  if (f.PublicIPv6 !== undefined && f.PublicIPv6 !== null) {
+    if (typeof f.PublicIPv6 !== 'string') throw new LeaseRejected('bad_public_ipv6', 'lease PublicIPv6 is not a string');
+    try {
+      publicIPv6 = parseUnicastIp6(f.PublicIPv6);
+    } catch (err) {
+      throw new LeaseRejected('bad_public_ipv6', `lease PublicIPv6: ${(err as Error).message}`);
+    }
+  }
+
+  // Upstream's udp backend writes no BackendType; Go reads an absent, null or "" one alike.
+  const type = f.BackendType ?? '';
+  if (typeof type !== 'string') throw new LeaseRejected('bad_backend_type', 'lease BackendType is not a string');
+  let backendType: BackendType;
+  if (type === '' || type === 'udp') backendType = 'udp';
+  else if (type === 'vxlan') backendType = 'vxlan';
+  else throw new LeaseRejected('bad_backend_type', `lease BackendType ${quoted(type, 32)} is not supported by this daemon (udp, vxlan)`);
+
+  let backendData: Record<string, unknown> | null;
+  if (backendType === 'vxlan') {
+    backendData = decodeVxlanData(f.BackendData);
+  } else {
+    if (f.BackendData !== undefined && f.BackendData !== null && !isObject(f.BackendData)) {
+      throw new LeaseRejected('bad_backend_data', 'lease BackendData is not a JSON object');
+    }
+    backendData = (f.BackendData as Record<string, unknown> | undefined) ?? null;
+  }
+  return { publicIP: f.PublicIP, publicIPv6, backendType, backendData };
 }
 
 export function sameAttrs(a: LeaseAttrs, b: LeaseAttrs): boolean {

@@ -130,11 +130,11 @@ export class LeaseManager {
    * Picks and claims a subnet (see chooseSubnet). Retries from a fresh listing when another node wins
    * a race; the first attempt uses `listing` when the caller has just read one.
    */
-  private async claim(preferred: Ip4Net | null, avoid: Ip4Net | null, reclaiming = false, listing: LeaseListing | null = null): Promise<LeaseListing> {
+  private async claim(preferred: Ip4Net | null, avoid: Ip4Net | null, listing: LeaseListing | null = null): Promise<LeaseListing> {
     const { store, attrs, ttlSeconds, network } = this.opts;
     for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++, listing = null) {
       listing ??= await store.listLeases();
-      const choice = chooseSubnet(listing, { network, publicIP: attrs.publicIP, preferred, avoid, reclaiming, random: this.random });
+      const choice = chooseSubnet(listing, { network, publicIP: attrs.publicIP, preferred, avoid, random: this.random });
       if (choice.kind === 'take-over') {
         const written = await store.takeOverLease(choice.record, attrs, ttlSeconds);
         if (written === null) continue; // changed since we read it: list again
@@ -223,7 +223,7 @@ export class LeaseManager {
         const occupiedByOther =
           (holder !== undefined && holder.attrs.publicIP !== this.opts.attrs.publicIP) || current.invalid.some((bad) => bad.subnet?.equals(old.subnet));
         // The claim's first attempt chooses from this same listing rather than reading another.
-        listing = await this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, !occupiedByOther, current);
+        listing = await this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, current);
         break;
       } catch (err) {
         const delay = backoff.next();
