@@ -133,7 +133,8 @@ export function vxlanLeasesFrom(values: Map<string, string>, own: string, networ
   const ownNet = Ip4Net.parse(own);
   for (const [cidr, value] of values) {
     const subnet = Ip4Net.parse(cidr);
-    if (cidr === own || !net.covers(subnet) || subnet.overlaps(ownNet)) continue;
+    // Every node refuses a lease outside the network or of another size than its own (the network's SubnetLen).
+    if (cidr === own || !net.covers(subnet) || subnet.prefixLen !== ownNet.prefixLen || subnet.overlaps(ownNet)) continue;
     try {
       const v = JSON.parse(value) as { PublicIP?: unknown; BackendType?: unknown; BackendData?: { VtepMAC?: unknown } };
       const mac = v.BackendData?.VtepMAC;
