@@ -57,7 +57,12 @@ export class Daemon {
     if (this.opts.healthzPort > 0) {
       this.health = await startHealthServer(this.opts.healthzIP, this.opts.healthzPort, {
         ready: () => this.ready,
-        metrics: () => this.metrics(),
+        lease: () => {
+          const own = this.manager?.ownLease;
+          if (!own || !this.network) return null;
+          return { subnet: own.subnet.toString(), network: this.network.network.toString(), backend: own.attrs.backendType, publicIP: own.attrs.publicIP, expiration: own.expiration };
+        },
+        backendStats: () => this.backend?.stats?.() ?? {},
       });
     }
     const network = await this.waitForConfig();
@@ -192,17 +197,6 @@ export class Daemon {
     } catch (err) {
       if (err instanceof ConfigError) this.log.error({ field: err.field, reason: err.reason }, 'the new network config is invalid; keeping the running config');
     }
-  }
-
-  private metrics(): Record<string, unknown> {
-    return {
-      ready: this.ready,
-      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
-      subnet: this.manager?.ownLease?.subnet.toString() ?? null,
-      etcd: this.etcd ? { reachable: this.etcd.reachable, outages: this.etcd.outages } : null,
-      leases: this.manager?.stats() ?? {},
-      backend: this.backend?.stats?.() ?? {},
-    };
   }
 
   /** Stops cleanly. The lease stays in etcd (as upstream does) so a restart keeps its subnet. */
