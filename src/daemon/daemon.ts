@@ -13,7 +13,7 @@ import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
 import type { Logger } from '../common/log.js';
-import { notifySystemd } from './sdnotify.js';
+import { SystemdStatus, notifySystemd } from './sdnotify.js';
 
 const CONFIG_POLL_MS = 5_000;
 
@@ -32,6 +32,7 @@ export class Daemon {
   /** Wakes the config wait when the config key changes. */
   private configChanged: (() => void) | null = null;
   private lastProblem = '';
+  private readonly status = new SystemdStatus();
   private readonly startedAt = Date.now();
 
   constructor(
@@ -51,6 +52,7 @@ export class Daemon {
   }
 
   private async start(): Promise<void> {
+    this.status.set(`starting; etcd ${this.opts.etcd.endpoints.join(',')}`);
     this.etcd = new EtcdRegistry(this.opts.etcd, this.log);
     const extIface = await findExternalInterface(this.opts);
     this.log.info({ iface: extIface.name, ifaceIP: extIface.ifaceIP, publicIP: extIface.publicIP, mtu: extIface.mtu }, 'using underlay interface');
@@ -92,7 +94,7 @@ export class Daemon {
     if (this.stopping) return;
     this.ready = true;
     this.log.info({ subnetFile: this.opts.subnetFile, startupMs: Date.now() - this.startedAt }, 'ready');
-    await notifySystemd('READY=1');
+    await notifySystemd(`READY=1\nSTATUS=ready; subnet ${this.manager?.ownLease?.subnet.toString() ?? '?'}, ${network.backend.type} backend`);
   }
 
   private async startLeasing(manager: LeaseManager, extIface: ExternalInterface, network: NetworkConfig, mtu: number): Promise<void> {
@@ -137,6 +139,7 @@ export class Daemon {
     if (key === this.lastProblem) return;
     this.lastProblem = key;
     this.log[level](fields, msg);
+    this.status.set([msg, ...Object.entries(fields).map(([k, v]) => `${k}: ${String(v)}`)].join('; '));
   }
 
   /**
