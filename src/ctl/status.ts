@@ -37,13 +37,13 @@ export async function leaseRows(registry: EtcdRegistry): Promise<{ rows: LeaseRo
   const rows = await Promise.all(
     records.map(async (record) => ({ record, ttlSeconds: record.leaseId === null ? null : await registry.leaseTimeToLive(record.leaseId) })),
   );
-  rows.sort((a, b) => a.record.subnet.ip - b.record.subnet.ip);
   return { rows, invalid };
 }
 
 /** Each lease with its node's readiness; healthzPort 0 skips the probes. */
 export async function collectStatus(registry: EtcdRegistry, healthzPort: number, timeoutMs: number): Promise<{ nodes: NodeStatus[]; invalid: InvalidLeaseKey[] }> {
   const { rows, invalid } = await leaseRows(registry);
+  rows.sort((a, b) => a.record.subnet.ip - b.record.subnet.ip);
   const nodes = await Promise.all(
     rows.map(async ({ record, ttlSeconds }): Promise<NodeStatus> => {
       const probe = healthzPort > 0 ? await probeReadyz(record.attrs.publicIP, healthzPort, timeoutMs) : { readiness: 'not checked' as const, detail: null };
