@@ -72,6 +72,23 @@ function udpCounter(name: string, help: string, label: string, map: Readonly<Rec
   });
 }
 
+/**
+ * The series each udp forwarder counter appears as on /metrics (e.g. dropNoRoute →
+ * flannel_udp_dropped_packets_total{reason="no_route"}), for readers that want the counters back.
+ */
+export function udpStatSeries(): Record<string, string> {
+  const out: Record<string, string> = { icmpUnreachableSent: 'flannel_udp_icmp_unreachable_sent_total', rxMaxDatagram: 'flannel_udp_rx_max_datagram_bytes', leases: 'flannel_udp_routes' };
+  const add = (metric: string, label: string, map: Readonly<Record<string, string>>) => {
+    for (const [stat, value] of Object.entries(map)) out[stat] = `${metric}{${label}="${value}"}`;
+  };
+  add('flannel_udp_packets_total', 'direction', UDP_DIRECTION);
+  add('flannel_udp_bytes_total', 'direction', UDP_DIRECTION_BYTES);
+  add('flannel_udp_dropped_packets_total', 'reason', UDP_DROPS);
+  add('flannel_udp_errors_total', 'op', UDP_ERRORS);
+  add('flannel_udp_io_calls_total', 'op', UDP_CALLS);
+  return out;
+}
+
 let registered = false;
 
 /** Defines the scrape-time metrics once per process, and points them at `next`. */
@@ -133,6 +150,16 @@ export function serveDaemonMetrics(next: ScrapeSource): void {
       this.reset();
       const n = source?.backendStats?.()['icmpUnreachableSent'];
       if (typeof n === 'number' && n >= 0) this.inc(n);
+    },
+  });
+  new Gauge({
+    name: 'flannel_udp_routes',
+    help: "Remote subnets in the udp forwarder's table.",
+    registers,
+    collect(this: Gauge<string>) {
+      this.reset();
+      const n = source?.backendStats?.()['leases'];
+      if (typeof n === 'number') this.set(n);
     },
   });
   new Gauge({
