@@ -53,7 +53,7 @@ beforeAll(async () => {
   await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
   await run(['ip', '-n', ns, 'link', 'set', 'eth0peer', 'up']);
   etcd = await startEtcd({ netns: ns });
-  await run(['etcdctl', '--endpoints', etcd.endpoint, 'put', '/coreos.com/network/config', '{"Network":"198.19.0.0/16","Backend":{"Type":"udp"}}'], {
+  await run(['etcdctl', '--endpoints', etcd.endpoint, 'put', '/coreos.com/network/config', '{"network":"198.19.0.0/16","backend":{"type":"udp"},"SubnetLenn":26}'], {
     netns: ns, env: { ETCDCTL_API: '3' },
   });
   start([join(repo, 'bin/flanneld'), `--etcd-endpoints=${etcd.endpoint}`, '--iface=eth0', `--subnet-file=${join(dir, 'subnet.env')}`,
@@ -67,6 +67,15 @@ afterAll(async () => {
   await etcd?.stop();
   await delNetns(ns);
   rmSync(dir, { recursive: true, force: true });
+});
+
+describe('the config as upstream reads it', () => {
+  it('lower-case keys are read, and a key upstream does not know is named once in a warning', () => {
+    const lines = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const warnings = lines.filter((l) => l['level'] === 'warn' && Array.isArray(l['unknownKeys']));
+    expect(warnings.map((l) => l['unknownKeys'])).toEqual([['SubnetLenn']]);
+    expect(lines.find((l) => l['msg'] === 'network config')).toMatchObject({ network: '198.19.0.0/16', subnetLen: 24, backend: 'udp' });
+  });
 });
 
 describe('/metrics', () => {

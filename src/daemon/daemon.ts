@@ -5,7 +5,7 @@ import type { Backend, ExternalInterface } from '../backend/backend.js';
 import { createBackend } from '../backend/index.js';
 import { EtcdRegistry, type Stoppable, etcdErrorFields } from '../etcd/registry.js';
 import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
-import { ConfigError, type NetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
+import { ConfigError, type NetworkConfig, checkNetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
 import { previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
 import type { Lease } from '../subnet/lease.js';
 import { LeaseManager, NetworkFullError, RETRY_MAX_MS, RETRY_MIN_MS } from '../subnet/manager.js';
@@ -156,7 +156,9 @@ export class Daemon {
         if (text === null) {
           this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
         } else {
-          return parseNetworkConfig(text);
+          const { config, unknownKeys } = checkNetworkConfig(text);
+          if (unknownKeys.length > 0) this.log.warn({ unknownKeys }, 'the network config has keys upstream does not know; ignored (misspelt?)');
+          return config;
         }
       } catch (err) {
         if (err instanceof ConfigError) {
