@@ -78,7 +78,13 @@ export function formatDockerOpts(flannelEnv: Record<string, string>, opts: Docke
  */
 export async function conflictingRoute(flannelSubnet: string): Promise<RouteEntry | null> {
   const subnet = Ip4Net.parse(flannelSubnet, true).toString();
-  return (await listRoutes()).find((r) => r.dst === subnet && r.gateway !== null) ?? null;
+  let routes: RouteEntry[];
+  try {
+    routes = await listRoutes();
+  } catch {
+    return null; // no iproute2 here: the script's check finds nothing then either
+  }
+  return routes.find((r) => r.dst === subnet && r.gateway !== null) ?? null;
 }
 
 /**
