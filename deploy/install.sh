@@ -2,11 +2,14 @@
 # Installs a built flanneld-ts tree (npm ci && npm run build first) on this machine:
 #   /usr/local/lib/flanneld-ts/           dist/, bin/, build/Release/*.node, node_modules/ (production), docs, deploy
 #   /usr/local/bin/flanneld, flannelctl   symlinks into it
+#   /usr/libexec/flannel/mk-docker-opts.sh  upstream's script name, for units that call it
 #   /etc/systemd/system/flanneld.service  and /etc/default/flanneld (only if absent)
 # Options:
 #   --docker      also install the docker.service drop-in (Docker on the flannel subnet)
 #   --cni         also install the CNI plugin as /opt/cni/bin/flannel
 #   --no-systemd  no unit files, no systemctl (container images)
+#   --uninstall   stop and disable flanneld, remove everything above except /etc/default/flanneld
+#                 and /etc/flannel (add --purge to remove those too); leases stay in etcd
 #   --dry-run     print what would be done, change nothing
 # DESTDIR=/some/root installs under that root instead of / (and never runs systemctl).
 set -eu
@@ -18,6 +21,8 @@ docker=no
 cni=no
 systemd=yes
 dry=no
+uninstall=no
+purge=no
 
 for arg in "$@"; do
   case $arg in
@@ -25,7 +30,9 @@ for arg in "$@"; do
     --cni) cni=yes ;;
     --no-systemd) systemd=no ;;
     --dry-run) dry=yes ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --uninstall) uninstall=yes ;;
+    --purge) purge=yes ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,6 +42,37 @@ act() {
   echo "+ $*"
   if [ "$dry" = no ]; then "$@"; fi
 }
+
+if [ "$purge" = yes ] && [ "$uninstall" = no ]; then
+  echo "install.sh: --purge goes with --uninstall" >&2
+  exit 2
+fi
+
+if [ "$uninstall" = yes ]; then
+  # Only on the real root of a machine run by systemd: stop the daemon before its files go. Its lease
+  # stays in etcd (it expires, or `flannelctl lease delete` removes it) and its kernel state stays.
+  if [ -z "$destdir" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    if systemctl list-unit-files flanneld.service >/dev/null 2>&1; then act systemctl disable --now flanneld.service || true; fi
+  fi
+  for f in /usr/local/bin/flanneld /usr/local/bin/flannelctl /usr/libexec/flannel/mk-docker-opts.sh /opt/cni/bin/flannel \
+    /etc/systemd/system/flanneld.service /etc/systemd/system/docker.service.d/flannel.conf; do
+    # Only what points into our tree or is our file: a flannel CNI plugin from elsewhere stays.
+    if [ -L "$destdir$f" ]; then
+      case $(readlink "$destdir$f") in "$lib"/*) act rm -f "$destdir$f" ;; esac
+    elif [ -e "$destdir$f" ] && [ "${f#/etc/systemd/}" != "$f" ]; then
+      act rm -f "$destdir$f"
+    fi
+  done
+  if [ -d "$destdir/usr/libexec/flannel" ]; then act rmdir --ignore-fail-on-non-empty "$destdir/usr/libexec/flannel"; fi
+  if [ -d "$destdir$lib" ]; then act rm -rf "$destdir$lib"; fi
+  if [ "$purge" = yes ]; then
+    act rm -f "$destdir/etc/default/flanneld"
+    if [ -d "$destdir/etc/flannel" ]; then act rm -rf "$destdir/etc/flannel"; fi
+  fi
+  if [ -z "$destdir" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then act systemctl daemon-reload; fi
+  if [ "$dry" = yes ]; then echo "install.sh: dry run, nothing changed"; else echo "install.sh: uninstalled${destdir:+ (under $destdir)}"; fi
+  exit 0
+fi
 
 for required in dist/daemon/main.js dist/ctl/main.js dist/cni/main.js bin/flanneld bin/flannelctl bin/flannel; do
   if [ ! -e "$src/$required" ]; then
@@ -66,6 +104,8 @@ fi
 act mkdir -p "$destdir/usr/local/bin"
 act ln -sfn "$lib/bin/flanneld" "$destdir/usr/local/bin/flanneld"
 act ln -sfn "$lib/bin/flannelctl" "$destdir/usr/local/bin/flannelctl"
+act mkdir -p "$destdir/usr/libexec/flannel"
+act ln -sfn "$lib/deploy/mk-docker-opts.sh" "$destdir/usr/libexec/flannel/mk-docker-opts.sh"
 
 if [ "$cni" = yes ]; then
   act mkdir -p "$destdir/opt/cni/bin"

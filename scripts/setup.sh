@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iperf3 iptables containernetworking-plugins
-  openssl procps curl python3 make g++ ca-certificates)
+  openssl procps curl python3 make g++ ca-certificates
+  prometheus)  # promtool and a real Prometheus server for the /metrics tests
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup: run as root (it installs packages and the tests create network namespaces)" >&2

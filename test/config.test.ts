@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, candidateSubnets, parseNetworkConfig } from '../src/subnet/config.js';
+import { ConfigError, candidateSubnets, checkNetworkConfig, formatNetworkConfig, parseNetworkConfig, sameNetwork } from '../src/subnet/config.js';
 import { formatIp4 } from '../src/subnet/ip4.js';
 
 function expectConfigError(json: unknown, field: string, reason: RegExp): void {
@@ -89,4 +89,52 @@ describe('network config validation names the field', () => {
     [{ Network: '198.19.0.0/16', EnableIPv6: true }, 'EnableIPv6', /not supported/],
     [{ Network: '198.19.0.0/16', EnableIPv4: false }, 'EnableIPv4', /must be enabled/],
   ])('%j → %s', (json, field, reason) => expectConfigError(json, field as string, reason as RegExp));
+});
+
+describe("config keys are matched as upstream's Go decoder does", () => {
+  it('reads lower-case and mixed-case keys, in the config and in Backend', () => {
+    // Spellings from upstream's own tests and documentation.
+    const c = parseNetworkConfig('{"network":"198.19.0.0/16","subnetlen":26,"backend":{"type":"vxlan","vni":7,"port":4789,"directrouting":true}}');
+    expect(c.network.toString()).toBe('198.19.0.0/16');
+    expect(c.subnetLen).toBe(26);
+    expect(c.backend).toEqual({ type: 'vxlan', vni: 7, port: 4789, gbp: false, directRouting: true, mtu: null });
+    expect(parseNetworkConfig('{"NETWORK":"198.19.0.0/16","Backend":{"TYPE":"udp","PORT":9000}}').backend).toEqual({ type: 'udp', port: 9000 });
+  });
+
+  it('lets a later spelling of the same key win, as Go does', () => {
+    expect(parseNetworkConfig('{"Network":"198.18.0.0/16","network":"198.19.0.0/16"}').network.toString()).toBe('198.19.0.0/16');
+  });
+
+  it('names the field in upstream spelling when a lower-case key is invalid', () => {
+    expectConfigError({ network: '198.19.0.0/16', subnetlen: 31 }, 'SubnetLen', /\/30 or shorter/);
+    expectConfigError({ network: '198.19.0.0/16', backend: { type: 'vxlan', vni: 0 } }, 'Backend.VNI', /between/);
+  });
+
+  it('reports unknown keys (a typo) without refusing the config', () => {
+    const { config, unknownKeys } = checkNetworkConfig('{"Network":"198.19.0.0/16","SubnetLenn":26,"Backend":{"Type":"vxlan","VNII":5,"Port":8472}}');
+    expect(unknownKeys).toEqual(['SubnetLenn', 'Backend.VNII']);
+    expect(config.subnetLen).toBe(24);
+    // Keys upstream knows are not reported, even those this daemon ignores.
+    expect(checkNetworkConfig('{"Network":"198.19.0.0/16","EnableIPv4":true,"Backend":{"Type":"vxlan","Learning":false}}').unknownKeys).toEqual([]);
+    // A udp backend has no VNI: upstream's udp backend would ignore it, so it is reported.
+    expect(checkNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"udp","VNI":1}}').unknownKeys).toEqual(['Backend.VNI']);
+  });
+
+  it('formats the effective config in upstream keys, and that text parses back to the same config', () => {
+    for (const text of [
+      '{"network":"198.19.0.0/16","backend":{"type":"vxlan","mtu":1400}}',
+      '{"Network":"198.19.0.0/20","SubnetLen":26,"SubnetMin":"198.19.1.0","Backend":{"Type":"vxlan","VNI":4,"GBP":true}}',
+      '{"Network":"198.19.0.0/16"}',
+    ]) {
+      const c = parseNetworkConfig(text);
+      const formatted = formatNetworkConfig(c);
+      expect(Object.keys(formatted)).toEqual(['Network', 'SubnetLen', 'SubnetMin', 'SubnetMax', 'Backend']);
+      const again = checkNetworkConfig(JSON.stringify(formatted));
+      expect(again.unknownKeys).toEqual([]);
+      expect(sameNetwork(again.config, c)).toBe(true);
+    }
+    expect(formatNetworkConfig(parseNetworkConfig('{"network":"198.19.0.0/16","backend":{"type":"vxlan"}}'))['Backend']).toEqual({
+      Type: 'vxlan', VNI: 1, Port: 8472, GBP: false, DirectRouting: false,
+    });
+  });
 });

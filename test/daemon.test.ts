@@ -93,8 +93,8 @@ describe('flanneld in a network namespace', () => {
     const leaseHex = BigInt(/"lease":(\d+)/.exec(await etcdctl('get', key, '-w', 'json'))![1]!).toString(16);
     const ttl = Number(/granted with TTL\((\d+)s\)/.exec(await etcdctl('lease', 'timetolive', leaseHex))![1]);
     expect(ttl).toBe(86400);
-    const metrics = JSON.parse((await run(['curl', '-s', 'http://127.0.0.1:18471/metrics'], { netns: ns })).stdout) as { subnet: string };
-    expect(metrics.subnet).toBe(`${subnet}.0/24`);
+    const metrics = (await run(['curl', '-s', 'http://127.0.0.1:18471/metrics'], { netns: ns })).stdout;
+    expect(/^flannel_subnet_info\{subnet="([^"]+)"/m.exec(metrics)?.[1]).toBe(`${subnet}.0/24`);
 
     // SIGTERM stops cleanly and keeps the lease, as upstream does.
     expect(await stopDaemon(daemon)).toBe(0);

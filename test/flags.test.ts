@@ -1,6 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { normalizeGoStyleFlags } from '../src/common/cli.js';
-import { parseDaemonFlags } from '../src/daemon/flags.js';
+import { FlagError, UNSUPPORTED_UPSTREAM_FLAGS, parseDaemonFlags } from '../src/daemon/flags.js';
+import { repoPath } from './harness/cluster.js';
+import { run } from './harness/netns.js';
 
 const saved = { ...process.env };
 afterEach(() => {
@@ -42,4 +44,59 @@ describe('flanneld flags', () => {
       '--iface=eth0', '--ip-masq', '-v', '--log-level=debug', 'eth1', '-',
     ]);
   });
+});
+
+describe("upstream's klog flags and environment", () => {
+  it('accepts -v, --v, --vmodule, --log_backtrace_at and maps the verbosity to a log level', () => {
+    expect(parseDaemonFlags([], {}).logLevel).toBe('info');
+    expect(parseDaemonFlags(['--v=2', '--vmodule=main=3', '--log_backtrace_at=main.go:10', '-logtostderr'], {}).logLevel).toBe('debug');
+    expect(parseDaemonFlags(['-v', '0'], {}).logLevel).toBe('info');
+    expect(parseDaemonFlags(['-v=10'], {}).logLevel).toBe('trace');
+    // An explicit --log-level wins over -v.
+    expect(parseDaemonFlags(['-v=4', '--log-level=warn'], {}).logLevel).toBe('warn');
+    expect(parseDaemonFlags([], { FLANNELD_V: '3' }).logLevel).toBe('debug');
+    expect(() => parseDaemonFlags(['-v=x'], {})).toThrow(FlagError);
+  });
+
+  it('ignores FLANNELD_* variables that name no flag, with one warning naming them all', () => {
+    const o = parseDaemonFlags([], { FLANNELD_NOT_A_FLAG: '1', FLANNELD_KUBE_SUBNET_MGR_X: 'y', FLANNELD_IP_MASQ: 'true', FLANNEL_NETWORK: '198.19.0.0/16' });
+    expect(o.ipMasq).toBe(true);
+    expect(o.warnings).toEqual(['ignoring environment variables that name no flanneld flag: FLANNELD_KUBE_SUBNET_MGR_X, FLANNELD_NOT_A_FLAG']);
+    expect(parseDaemonFlags([], { FLANNELD_IP_MASQ: 'true' }).warnings).toEqual([]);
+  });
+
+  it("reads Fedora's FLANNEL_ETCD_ENDPOINTS / FLANNEL_ETCD_PREFIX (and the older FLANNEL_ETCD / FLANNEL_ETCD_KEY) when FLANNELD_* and flags leave them unset", () => {
+    const fedora = { FLANNEL_ETCD_ENDPOINTS: 'http://198.18.0.1:2379', FLANNEL_ETCD_PREFIX: '/atomic.io/network' };
+    expect(parseDaemonFlags([], fedora).etcd).toEqual({ endpoints: ['http://198.18.0.1:2379'], prefix: '/atomic.io/network' });
+    expect(parseDaemonFlags([], { FLANNEL_ETCD: 'http://198.18.0.2:2379', FLANNEL_ETCD_KEY: '/old/network' }).etcd).toEqual({
+      endpoints: ['http://198.18.0.2:2379'], prefix: '/old/network',
+    });
+    expect(parseDaemonFlags([], { ...fedora, FLANNELD_ETCD_PREFIX: '/coreos.com/network' }).etcd.prefix).toBe('/coreos.com/network');
+    expect(parseDaemonFlags(['--etcd-endpoints=http://198.18.0.3:2379'], fedora).etcd.endpoints).toEqual(['http://198.18.0.3:2379']);
+  });
+
+  it('refuses every unsupported upstream flag, naming it and what to use instead', () => {
+    for (const flag of Object.keys(UNSUPPORTED_UPSTREAM_FLAGS)) {
+      expect(() => parseDaemonFlags([`--${flag}=x`], {}), flag).toThrow(new RegExp(`^--${flag} is not supported by this daemon: .+`));
+    }
+    expect(() => parseDaemonFlags(['--kube-subnet-mgr'], {})).toThrow(/--kube-subnet-mgr is not supported.*--etcd-endpoints/);
+    expect(() => parseDaemonFlags(['-net-config-path=/etc/kube-flannel/net-conf.json'], {})).toThrow(/flannelctl config set -f FILE/);
+    expect(() => parseDaemonFlags([], { FLANNELD_KUBE_SUBNET_MGR: 'true' })).toThrow(/--kube-subnet-mgr is not supported/);
+    // Turned off explicitly, it asks for nothing we lack.
+    expect(parseDaemonFlags(['--kube-subnet-mgr=false'], {}).etcd.prefix).toBe('/coreos.com/network');
+    expect(() => parseDaemonFlags(['--bogus-flag'], {})).toThrow(/Unknown arguments?: bogus-flag/);
+  });
+
+  it('has --log-format json|text and binds the health endpoint to loopback by default', () => {
+    expect(parseDaemonFlags([], {})).toMatchObject({ logFormat: 'json', healthzIP: '127.0.0.1' });
+    expect(parseDaemonFlags(['--log-format=text'], {}).logFormat).toBe('text');
+    expect(() => parseDaemonFlags(['--log-format=xml'], {})).toThrow(/log-format/);
+  });
+
+  it('the flanneld command prints one clear line for a refused flag and exits 1', async () => {
+    const res = await run(['node', repoPath('node_modules/tsx/dist/cli.mjs'), repoPath('src/daemon/main.ts'), '--kubeconfig-file=/etc/kubernetes/kubeconfig'], { allowFail: true, timeoutMs: 30_000 });
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(/^flanneld: --kubeconfig-file is not supported by this daemon: /);
+    expect(res.stderr).not.toContain('Options:');
+  }, 40_000);
 });

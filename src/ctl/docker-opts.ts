@@ -1,9 +1,12 @@
-// `flannelctl docker-opts`: upstream's mk-docker-opts.sh. Turns flanneld's subnet env file into Docker
-// daemon options (--bip, --mtu, --ip-masq) in an env file that docker.service reads (EnvironmentFile=)
-// and expands into dockerd's command line ($DOCKER_OPTS).
+// `flannelctl docker-opts`: upstream's mk-docker-opts.sh (deploy/mk-docker-opts.sh is a shim that
+// takes its flags). Turns flanneld's subnet env file into Docker daemon options (--bip, --mtu,
+// --ip-masq) in an env file that docker.service reads (EnvironmentFile=) and expands into dockerd's
+// command line ($DOCKER_OPTS). The output is the script's, byte for byte.
 import type { CommandModule } from 'yargs';
 import { writeFileAtomic } from '../common/atomic-file.js';
+import { type RouteEntry, listRoutes } from '../routes/route.js';
 import { DEFAULT_SUBNET_FILE, SubnetEnvError, bridgeAddress, readSubnetEnvFile } from '../subnet/envfile.js';
+import { Ip4Net } from '../subnet/ip4.js';
 
 export const DEFAULT_DOCKER_ENV_FILE = '/run/docker_opts.env';
 export const DEFAULT_COMBINED_KEY = 'DOCKER_OPTS';
@@ -31,8 +34,10 @@ function quotable(name: string, value: string): string {
 }
 
 /**
- * The Docker env file for a subnet env file's variables. Docker masquerades by default; when flanneld
- * masquerades (FLANNEL_IPMASQ=true), Docker must not, hence --ip-masq=false and nothing otherwise.
+ * The Docker env file for a subnet env file's variables, byte for byte what upstream's
+ * mk-docker-opts.sh writes. Docker masquerades by default: when flanneld masquerades
+ * (FLANNEL_IPMASQ=true) Docker must not (--ip-masq=false), and when flanneld does not, Docker must
+ * (--ip-masq=true, even if its own config says otherwise).
  */
 export function formatDockerOpts(flannelEnv: Record<string, string>, opts: DockerOptsOptions): string {
   const environment = opts.environment ?? {};
@@ -47,18 +52,39 @@ export function formatDockerOpts(flannelEnv: Record<string, string>, opts: Docke
   }
   if (flannelEnv['FLANNEL_SUBNET']) options.set('DOCKER_OPT_BIP', `--bip=${flannelEnv['FLANNEL_SUBNET']}`);
   if (flannelEnv['FLANNEL_MTU']) options.set('DOCKER_OPT_MTU', `--mtu=${flannelEnv['FLANNEL_MTU']}`);
-  if (flannelEnv['FLANNEL_IPMASQ'] === 'true' && opts.ipMasq) options.set('DOCKER_OPT_IPMASQ', '--ip-masq=false');
+  const masq = flannelEnv['FLANNEL_IPMASQ'];
+  if (masq && opts.ipMasq) {
+    if (masq !== 'true' && masq !== 'false') throw new Error(`Invalid value of FLANNEL_IPMASQ: ${masq}`);
+    options.set('DOCKER_OPT_IPMASQ', `--ip-masq=${masq === 'true' ? 'false' : 'true'}`);
+  }
 
   const lines: string[] = [];
-  // Same order and spacing as the script: names sorted, each value followed by a space.
-  let all = `${environment[opts.combinedKey] ?? ''} `;
+  // As the script: the combined key's current value (and a space) if it has one, then " value" for
+  // each option, names sorted.
+  const current = environment[opts.combinedKey] ?? '';
+  let all = current === '' ? '' : `${current} `;
   for (const name of [...options.keys()].sort()) {
     const value = quotable(name, options.get(name)!);
     if (individual) lines.push(`${name}="${value}"`);
-    all += `${value} `;
+    all += ` ${value}`;
   }
   if (combined) lines.push(`${opts.combinedKey}="${quotable(opts.combinedKey, all)}"`);
   return lines.map((l) => l + '\n').join('');
+}
+
+/**
+ * A route to our own subnet through a gateway would take the bridge's traffic away from it: the script
+ * refuses then (after writing the file), and so do we.
+ */
+export async function conflictingRoute(flannelSubnet: string): Promise<RouteEntry | null> {
+  const subnet = Ip4Net.parse(flannelSubnet, true).toString();
+  let routes: RouteEntry[];
+  try {
+    routes = await listRoutes();
+  } catch {
+    return null; // no iproute2 here: the script's check finds nothing then either
+  }
+  return routes.find((r) => r.dst === subnet && r.gateway !== null) ?? null;
 }
 
 /**
@@ -98,8 +124,9 @@ export const dockerOptsCommand: CommandModule<object, DockerOptsArgs> = {
       .option('individual', { alias: 'i', type: 'boolean', default: false, describe: 'write each option as a DOCKER_OPT_* variable' })
       .option('combined', { alias: 'c', type: 'boolean', default: false, describe: 'write the combined variable (neither -i nor -c: both)' })
       .option('skip-ip-masq', { alias: 'm', type: 'boolean', default: false, describe: 'do not write --ip-masq (older Docker)' }),
-  handler: (argv) => {
-    const content = formatDockerOpts(readFlannelEnv(argv['subnet-file']), {
+  handler: async (argv) => {
+    const env = readFlannelEnv(argv['subnet-file']);
+    const content = formatDockerOpts(env, {
       combinedKey: argv['combined-key'],
       individual: argv.individual,
       combined: argv.combined,
@@ -107,5 +134,7 @@ export const dockerOptsCommand: CommandModule<object, DockerOptsArgs> = {
       environment: process.env,
     });
     writeFileAtomic(argv['docker-env-file'], content);
+    const route = await conflictingRoute(env['FLANNEL_SUBNET']!);
+    if (route) throw new Error(`Your routing table already contains the subnet: ${route.dst} via ${route.gateway} dev ${route.dev}`);
   },
 };

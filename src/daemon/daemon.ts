@@ -5,7 +5,7 @@ import type { Backend, ExternalInterface } from '../backend/backend.js';
 import { createBackend } from '../backend/index.js';
 import { EtcdRegistry, type Stoppable, etcdErrorFields } from '../etcd/registry.js';
 import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
-import { ConfigError, type NetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
+import { ConfigError, type NetworkConfig, checkNetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
 import { previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
 import type { Lease } from '../subnet/lease.js';
 import { Backoff, RETRY_MAX_MS } from '../common/retry.js';
@@ -14,7 +14,7 @@ import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
 import type { Logger } from '../common/log.js';
-import { notifySystemd } from './sdnotify.js';
+import { SystemdStatus, notifySystemd } from './sdnotify.js';
 
 const CONFIG_POLL_MS = 5_000;
 
@@ -33,6 +33,7 @@ export class Daemon {
   /** Wakes the config wait when the config key changes. */
   private configChanged: (() => void) | null = null;
   private lastProblem = '';
+  private readonly status = new SystemdStatus();
   private readonly startedAt = Date.now();
 
   constructor(
@@ -52,13 +53,19 @@ export class Daemon {
   }
 
   private async start(): Promise<void> {
+    this.status.set(`starting; etcd ${this.opts.etcd.endpoints.join(',')}`);
     this.etcd = new EtcdRegistry(this.opts.etcd, this.log);
     const extIface = await findExternalInterface(this.opts);
     this.log.info({ iface: extIface.name, ifaceIP: extIface.ifaceIP, publicIP: extIface.publicIP, mtu: extIface.mtu }, 'using underlay interface');
     if (this.opts.healthzPort > 0) {
       this.health = await startHealthServer(this.opts.healthzIP, this.opts.healthzPort, {
         ready: () => this.ready,
-        metrics: () => this.metrics(),
+        lease: () => {
+          const own = this.manager?.ownLease;
+          if (!own || !this.network) return null;
+          return { subnet: own.subnet.toString(), network: this.network.network.toString(), backend: own.attrs.backendType, publicIP: own.attrs.publicIP, expiration: own.expiration };
+        },
+        backendStats: () => this.backend?.stats?.() ?? {},
       });
     }
     const network = await this.waitForConfig();
@@ -88,7 +95,7 @@ export class Daemon {
     if (this.stopping) return;
     this.ready = true;
     this.log.info({ subnetFile: this.opts.subnetFile, startupMs: Date.now() - this.startedAt }, 'ready');
-    await notifySystemd('READY=1');
+    await notifySystemd(`READY=1\nSTATUS=ready; subnet ${this.manager?.ownLease?.subnet.toString() ?? '?'}, ${network.backend.type} backend`);
   }
 
   private async startLeasing(manager: LeaseManager, extIface: ExternalInterface, network: NetworkConfig, mtu: number): Promise<void> {
@@ -134,6 +141,7 @@ export class Daemon {
     if (key === this.lastProblem) return;
     this.lastProblem = key;
     this.log[level](fields, msg);
+    this.status.set([msg, ...Object.entries(fields).map(([k, v]) => `${k}: ${String(v)}`)].join('; '));
   }
 
   /**
@@ -151,7 +159,9 @@ export class Daemon {
         if (text === null) {
           this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
         } else {
-          return parseNetworkConfig(text);
+          const { config, unknownKeys } = checkNetworkConfig(text);
+          if (unknownKeys.length > 0) this.log.warn({ unknownKeys }, 'the network config has keys upstream does not know; ignored (misspelt?)');
+          return config;
         }
       } catch (err) {
         if (err instanceof ConfigError) {
@@ -195,17 +205,6 @@ export class Daemon {
     } catch (err) {
       if (err instanceof ConfigError) this.log.error({ field: err.field, reason: err.reason }, 'the new network config is invalid; keeping the running config');
     }
-  }
-
-  private metrics(): Record<string, unknown> {
-    return {
-      ready: this.ready,
-      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
-      subnet: this.manager?.ownLease?.subnet.toString() ?? null,
-      etcd: this.etcd ? { reachable: this.etcd.reachable, outages: this.etcd.outages } : null,
-      leases: this.manager?.stats() ?? {},
-      backend: this.backend?.stats?.() ?? {},
-    };
   }
 
   /** Stops cleanly. The lease stays in etcd (as upstream does) so a restart keeps its subnet. */

@@ -1,10 +1,18 @@
 // flanneld entry point.
 import { Daemon } from './daemon.js';
-import { parseDaemonFlags } from './flags.js';
+import { FlagError, parseDaemonFlags } from './flags.js';
 import { createLogger } from '../common/log.js';
 
-const opts = parseDaemonFlags(process.argv.slice(2));
-const log = createLogger(opts.logLevel);
+let opts;
+try {
+  opts = parseDaemonFlags(process.argv.slice(2));
+} catch (err) {
+  if (!(err instanceof FlagError)) throw err;
+  process.stderr.write(`flanneld: ${err.message}\n(flanneld --help lists the flags)\n`);
+  process.exit(1);
+}
+const log = createLogger(opts.logLevel, 'flanneld', opts.logFormat);
+for (const warning of opts.warnings) log.warn(warning);
 const daemon = new Daemon(opts, log);
 
 let exiting = false;

@@ -1,20 +1,39 @@
-// sd_notify: tells systemd (Type=notify units) that the daemon is ready, over the unix datagram socket
-// named by $NOTIFY_SOCKET.
+// sd_notify: tells systemd (Type=notify units) that the daemon is ready, and what it is doing
+// (STATUS=, shown by `systemctl status`), over the unix datagram socket named by $NOTIFY_SOCKET.
 //
-// Node cannot open AF_UNIX SOCK_DGRAM sockets, so the datagram is sent by systemd's own
-// `systemd-notify`, with --pid set to our PID. Run as root (flanneld always is), systemd-notify then
-// puts our PID in the message's SCM_CREDENTIALS, so systemd attributes the message to this process even
-// after the short-lived helper has exited (without it, systemd may find the sender gone and drop the
-// message — the well-known systemd-notify race). That works for NotifyAccess=main as well as =all; our
-// unit uses NotifyAccess=all so that a launcher script in front of node does not matter. It also
-// sends MAINPID=<our pid>, which is what systemd should track anyway. systemd-notify then waits (BARRIER=1,
-// systemd 246+) until systemd has processed the message, so `true` means systemd has seen it.
+// Node cannot open AF_UNIX SOCK_DGRAM sockets, so a tiny addon (src/native/sdnotify.cc) sends the
+// datagram from this process: systemd credits it to our PID, and no process is spawned per message.
+// Where the addon is not built, systemd's own `systemd-notify --pid=<our pid>` sends it instead: run
+// as root (flanneld always is), it puts our PID in the message's SCM_CREDENTIALS, so systemd
+// attributes the message to this process even after the short-lived helper has exited, and it waits
+// (BARRIER=1, systemd 246+) until systemd has processed the message.
 import { execFile } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
 export interface NotifyOptions {
-  /** Path of the systemd-notify binary; default from PATH. */
+  /** Path of the systemd-notify binary; default from PATH. Setting it forces the fallback. */
   command?: string;
   timeoutMs?: number;
+}
+
+interface NotifyAddon {
+  send(socketPath: string, message: string): number;
+}
+
+let addon: NotifyAddon | null | undefined;
+
+/** The native sender, or null when it is not built (then systemd-notify is used). */
+function nativeSender(): NotifyAddon | null {
+  if (addon === undefined) {
+    try {
+      const path = fileURLToPath(new URL('../../build/Release/flannel_sdnotify.node', import.meta.url));
+      addon = createRequire(import.meta.url)(path) as NotifyAddon;
+    } catch {
+      addon = null;
+    }
+  }
+  return addon;
 }
 
 /**
@@ -26,6 +45,8 @@ export async function notifySystemd(state: string, opts: NotifyOptions = {}): Pr
   if (!socket) return false;
   const assignments = state.split('\n').filter((line) => line.trim() !== '');
   if (assignments.length === 0 || assignments.some((a) => !/^[A-Z_][A-Z0-9_]*=/.test(a))) return false;
+  const sender = opts.command === undefined ? nativeSender() : null;
+  if (sender) return sender.send(socket, assignments.join('\n') + '\n') === 0;
   return new Promise((resolve) => {
     execFile(
       opts.command ?? 'systemd-notify',
@@ -34,4 +55,21 @@ export async function notifySystemd(state: string, opts: NotifyOptions = {}): Pr
       (err) => resolve(!err),
     );
   });
+}
+
+/**
+ * What the daemon is doing, for `systemctl status` (STATUS=). Repeats of the same text are not sent
+ * again, so a wait loop can call it on every turn.
+ */
+export class SystemdStatus {
+  private last = '';
+
+  constructor(private readonly send: (state: string) => Promise<boolean> = notifySystemd) {}
+
+  set(status: string): void {
+    const line = status.replace(/\n/g, ' ');
+    if (line === this.last) return;
+    this.last = line;
+    void this.send(`STATUS=${line}`);
+  }
 }

@@ -266,6 +266,30 @@ export class EtcdRegistry implements LeaseStore {
   }
 
   /**
+   * Writes a lease as an operator does (flannelctl lease reserve/release): bound to a fresh etcd lease
+   * of `ttlSeconds`, or to none (a reservation) when null. Only if the key is unchanged since
+   * `modRevision` (null: only if it does not exist), so a node's write in between is never lost.
+   * Returns false when the key changed meanwhile.
+   */
+  async putLeaseIf(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number | null, modRevision: string | null): Promise<boolean> {
+    const key = this.subnetKey(subnet);
+    const leaseId = ttlSeconds === null ? null : await this.grant(ttlSeconds);
+    const put = this.client.put(key).value(encodeLeaseAttrs(attrs));
+    if (leaseId) put.lease(leaseId);
+    const cond = modRevision === null ? this.client.if(key, 'Create', '==', 0) : this.client.if(key, 'Mod', '==', modRevision);
+    const res = await this.call('put lease', () => cond.then(put).commit());
+    if (!res.succeeded && leaseId) await this.revokeQuietly(leaseId);
+    return res.succeeded;
+  }
+
+  /** Deletes a lease key if it is unchanged since `modRevision`; false when it changed meanwhile. */
+  async deleteLeaseIf(subnet: Ip4Net, modRevision: string): Promise<boolean> {
+    const key = this.subnetKey(subnet);
+    const res = await this.call('delete lease', () => this.client.if(key, 'Mod', '==', modRevision).then(this.client.delete().key(key)).commit());
+    return res.succeeded;
+  }
+
+  /**
    * Extends an etcd lease to its full TTL again. Returns the new TTL in seconds, or 0 if it is gone.
    * The keepalive stream gets a deadline: a renewal must fail, not hang, when etcd is out of reach.
    */

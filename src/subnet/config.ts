@@ -43,6 +43,35 @@ function isObject(v: unknown): v is Json {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+// Every key upstream's config structs know. Upstream decodes with Go's encoding/json, which matches
+// keys case-insensitively ("network" is Network) and lets a later key win; keys it does not know are
+// ignored. We match the same way, and report unknown keys (a misspelt "SubnetLenn") instead of
+// ignoring them silently.
+const TOP_LEVEL_KEYS = [
+  'Network', 'SubnetLen', 'SubnetMin', 'SubnetMax', 'Backend',
+  'EnableIPv4', 'EnableIPv6', 'EnableNFTables', 'IPv6Network', 'IPv6SubnetLen', 'IPv6SubnetMin', 'IPv6SubnetMax', 'Networks', 'IPv6Networks',
+] as const;
+const BACKEND_KEYS: Record<string, readonly string[]> = {
+  udp: ['Type', 'Port'],
+  vxlan: ['Type', 'VNI', 'Port', 'GBP', 'DirectRouting', 'MTU', 'Learning', 'MacPrefix'],
+};
+
+/**
+ * The object with its keys renamed to their canonical spelling, as Go would match them (a later
+ * key wins); keys outside `known` are returned in `unknown`, prefixed with `path`.
+ */
+function canonicalKeys(obj: Json, known: readonly string[], path: string): { fields: Json; unknown: string[] } {
+  const byLower = new Map(known.map((k) => [k.toLowerCase(), k]));
+  const fields: Json = {};
+  const unknown: string[] = [];
+  for (const [key, value] of Object.entries(obj)) {
+    const canonical = byLower.get(key.toLowerCase());
+    if (canonical === undefined) unknown.push(path + key);
+    else fields[canonical] = value;
+  }
+  return { fields, unknown };
+}
+
 function optionalInt(obj: Json, key: string, field: string, min: number, max: number): number | undefined {
   const v = obj[key];
   if (v === undefined || v === null) return undefined;
@@ -69,11 +98,15 @@ function optionalIp(obj: Json, key: string): Ip4 | undefined {
   }
 }
 
-function parseBackend(raw: unknown): BackendConfig {
-  if (raw === undefined || raw === null) return { type: 'udp', port: 8285 }; // upstream's default backend
-  if (!isObject(raw)) throw new ConfigError('Backend', 'must be a JSON object');
-  const type = raw['Type'] ?? 'udp';
+function parseBackend(backend: unknown, unknown: string[]): BackendConfig {
+  if (backend === undefined || backend === null) return { type: 'udp', port: 8285 }; // upstream's default backend
+  if (!isObject(backend)) throw new ConfigError('Backend', 'must be a JSON object');
+  const type = canonicalKeys(backend, ['Type'], '').fields['Type'] ?? 'udp';
   if (typeof type !== 'string') throw new ConfigError('Backend.Type', 'must be a string');
+  const keys = BACKEND_KEYS[type.toLowerCase()];
+  if (keys === undefined) throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan)`);
+  const { fields: raw, unknown: extra } = canonicalKeys(backend, keys, 'Backend.');
+  unknown.push(...extra);
   switch (type.toLowerCase()) {
     case 'udp':
       return { type: 'udp', port: optionalInt(raw, 'Port', 'Backend.Port', 1, 65535) ?? 8285 };
@@ -93,13 +126,23 @@ function parseBackend(raw: unknown): BackendConfig {
 
 /** Parses and validates the config JSON, applying upstream flannel's defaults. Throws ConfigError. */
 export function parseNetworkConfig(text: string): NetworkConfig {
-  let raw: unknown;
+  return checkNetworkConfig(text).config;
+}
+
+/**
+ * Parses and validates the config JSON like parseNetworkConfig, and also returns the keys upstream
+ * would not know (e.g. "SubnetLenn", "Backend.VNII"): upstream ignores them, so they are never an
+ * error, but they are usually a typo worth a warning.
+ */
+export function checkNetworkConfig(text: string): { config: NetworkConfig; unknownKeys: string[] } {
+  let json: unknown;
   try {
-    raw = JSON.parse(text);
+    json = JSON.parse(text);
   } catch (err) {
     throw new ConfigError('(json)', `not valid JSON: ${(err as Error).message}`);
   }
-  if (!isObject(raw)) throw new ConfigError('(json)', 'must be a JSON object');
+  if (!isObject(json)) throw new ConfigError('(json)', 'must be a JSON object');
+  const { fields: raw, unknown: unknownKeys } = canonicalKeys(json, TOP_LEVEL_KEYS, '');
 
   if (raw['EnableIPv6'] === true || (raw['IPv6Network'] !== undefined && raw['IPv6Network'] !== '')) {
     throw new ConfigError('EnableIPv6', 'IPv6 networks are not supported by this daemon');
@@ -146,7 +189,27 @@ export function parseNetworkConfig(text: string): NetworkConfig {
     throw new ConfigError('SubnetMin', `${formatIp4(subnetMin)} is above SubnetMax ${formatIp4(subnetMax)}`);
   }
 
-  return { network, subnetLen, subnetMin, subnetMax, backend: parseBackend(raw['Backend']) };
+  const backend = parseBackend(raw['Backend'], unknownKeys);
+  return { config: { network, subnetLen, subnetMin, subnetMax, backend }, unknownKeys };
+}
+
+/**
+ * The effective config in upstream's own keys and spelling, so that it can be pasted back with
+ * `flannelctl config set` (or etcdctl) and read the same by this daemon and by upstream flanneld.
+ */
+export function formatNetworkConfig(c: NetworkConfig): Record<string, unknown> {
+  const backend: Record<string, unknown> =
+    c.backend.type === 'udp'
+      ? { Type: 'udp', Port: c.backend.port }
+      : {
+          Type: 'vxlan',
+          VNI: c.backend.vni,
+          Port: c.backend.port,
+          GBP: c.backend.gbp,
+          DirectRouting: c.backend.directRouting,
+          ...(c.backend.mtu === null ? {} : { MTU: c.backend.mtu }),
+        };
+  return { Network: c.network.toString(), SubnetLen: c.subnetLen, SubnetMin: formatIp4(c.subnetMin), SubnetMax: formatIp4(c.subnetMax), Backend: backend };
 }
 
 /** Every subnet a node may lease under this config, in address order. */

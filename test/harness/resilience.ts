@@ -6,6 +6,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { listFdb } from '../../src/routes/fdb.js';
 import { listNeighbours } from '../../src/routes/neigh.js';
 import { listRoutes } from '../../src/routes/route.js';
+import { LEVEL_VALUES } from '../../src/common/log.js';
 import { Ip4Net } from '../../src/subnet/ip4.js';
 import type { ClusterNode } from './cluster.js';
 import { sleep } from './netns.js';
@@ -164,7 +165,9 @@ export function readLog(file: string, fromOffset = 0): LogLine[] {
   for (const line of text.split('\n')) {
     if (!line.startsWith('{')) continue;
     try {
-      out.push(JSON.parse(line) as LogLine);
+      const entry = JSON.parse(line) as LogLine & { level: number | string };
+      // The daemon logs level names ("warn"); the checks here compare pino's numbers.
+      out.push({ ...entry, level: typeof entry.level === 'string' ? (LEVEL_VALUES[entry.level] ?? 0) : entry.level });
     } catch {
       /* a partial last line */
     }

@@ -1,0 +1,83 @@
+// flannelctl lease reserve | release | delete: what operators otherwise do with etcdctl, checked
+// against the network config and written with transactions, so a node's write in between is never
+// overwritten. A reservation is upstream's: a lease key with no etcd lease (no TTL), which never
+// expires and which only the node with that PublicIP takes (see docs/compatibility.md).
+import { Ip4Net, isIp4 } from '../subnet/ip4.js';
+import type { EtcdRegistry, LeaseRecord } from '../etcd/registry.js';
+import { parseNetworkConfig } from '../subnet/config.js';
+import { CtlError } from './session.js';
+
+/** The default TTL a released reservation gets: upstream's fixed 24 h lease. */
+export const RELEASE_TTL_SECONDS = 24 * 3600;
+
+/** A subnet as given on the command line: "198.19.5.0/24" or the key form "198.19.5.0-24". */
+export function parseSubnetArg(text: string): Ip4Net {
+  try {
+    return Ip4Net.parse(text.replace(/^(\d+\.\d+\.\d+\.\d+)-(\d+)$/, '$1/$2'));
+  } catch (err) {
+    throw new CtlError(`"${text}" is not a subnet such as 198.19.5.0/24: ${(err as Error).message}`);
+  }
+}
+
+async function find(registry: EtcdRegistry, subnet: Ip4Net): Promise<{ record: LeaseRecord | null; invalid: boolean }> {
+  const { records, invalid } = await registry.listLeases();
+  const record = records.find((r) => r.subnet.equals(subnet)) ?? null;
+  return { record, invalid: invalid.some((i) => i.subnet?.equals(subnet)) };
+}
+
+/** Checks that `subnet` is one this network hands out (inside Network, of SubnetLen). */
+async function checkAgainstConfig(registry: EtcdRegistry, subnet: Ip4Net): Promise<void> {
+  const text = await registry.getConfig();
+  if (text === null) throw new CtlError('no network config in etcd: set one first (flannelctl config set)');
+  const config = parseNetworkConfig(text);
+  if (!config.network.covers(subnet)) throw new CtlError(`${subnet} is not inside the network ${config.network}`);
+  if (subnet.prefixLen !== config.subnetLen) throw new CtlError(`${subnet} is not a /${config.subnetLen} subnet, the network's SubnetLen`);
+}
+
+export type ReserveOutcome = 'created' | 'converted' | 'already reserved';
+
+/**
+ * Reserves `subnet` for the node whose public IP is `publicIP`: a new key with no TTL, or, when that
+ * node already holds the subnet, its lease made permanent (its value kept, so its VTEP stays valid).
+ */
+export async function reserveLease(registry: EtcdRegistry, subnet: Ip4Net, publicIP: string): Promise<ReserveOutcome> {
+  if (!isIp4(publicIP)) throw new CtlError(`"${publicIP}" is not an IPv4 address`);
+  await checkAgainstConfig(registry, subnet);
+  const { record, invalid } = await find(registry, subnet);
+  if (invalid) throw new CtlError(`${subnet} holds a value that is not a lease: delete it first (flannelctl lease delete ${subnet})`);
+  if (record === null) {
+    const attrs = { publicIP, publicIPv6: null, backendType: 'udp' as const, backendData: null };
+    if (!(await registry.putLeaseIf(subnet, attrs, null, null))) throw new CtlError(`${subnet} was taken meanwhile; try again`);
+    return 'created';
+  }
+  if (record.attrs.publicIP !== publicIP) {
+    throw new CtlError(`${subnet} is held by ${record.attrs.publicIP}, not ${publicIP}: delete that lease first if it is stale`);
+  }
+  if (record.leaseId === null) return 'already reserved';
+  if (!(await registry.putLeaseIf(subnet, record.attrs, null, record.modRevision))) throw new CtlError(`${subnet} changed meanwhile; try again`);
+  return 'converted';
+}
+
+/** Turns a reservation back into an ordinary lease that expires after `ttlSeconds` unless renewed. */
+export async function releaseLease(registry: EtcdRegistry, subnet: Ip4Net, ttlSeconds = RELEASE_TTL_SECONDS): Promise<LeaseRecord> {
+  const { record } = await find(registry, subnet);
+  if (record === null) throw new CtlError(`no lease for ${subnet}`);
+  if (record.leaseId !== null) throw new CtlError(`${subnet} is not reserved (it already expires unless renewed)`);
+  if (!(await registry.putLeaseIf(subnet, record.attrs, ttlSeconds, record.modRevision))) throw new CtlError(`${subnet} changed meanwhile; try again`);
+  return record;
+}
+
+/** The lease to delete, for the confirmation prompt; deleteLease() then removes exactly that version. */
+export async function leaseToDelete(registry: EtcdRegistry, subnet: Ip4Net): Promise<LeaseRecord> {
+  const { record, invalid } = await find(registry, subnet);
+  if (record === null) {
+    throw new CtlError(invalid ? `${subnet} holds a value that is not a lease; remove it with etcdctl del` : `no lease for ${subnet}`);
+  }
+  return record;
+}
+
+export async function deleteLease(registry: EtcdRegistry, record: LeaseRecord): Promise<void> {
+  if (!(await registry.deleteLeaseIf(record.subnet, record.modRevision))) {
+    throw new CtlError(`${record.subnet} changed since it was shown; nothing deleted (run the command again)`);
+  }
+}

@@ -1,0 +1,175 @@
+// Metrics read from the running daemon when /metrics is scraped: readiness, this node's lease, build
+// info, the udp data path's counters (kept by the native forwarder, so read at scrape time rather than
+// mirrored on every packet), and prom-client's standard process_* and nodejs_* metrics. The metrics
+// components update as events happen live in src/common/metrics.ts; all of them share one registry.
+import { Counter, Gauge, collectDefaultMetrics } from 'prom-client';
+import { metricsRegistry } from '../common/metrics.js';
+import { VERSION } from '../common/version.js';
+
+/** This node's lease, as /metrics shows it. */
+export interface LeaseInfo {
+  subnet: string;
+  network: string;
+  backend: string;
+  publicIP: string;
+  /** When the etcd lease runs out; null for a reservation. */
+  expiration: Date | null;
+}
+
+/** What the daemon hands the health server; each is called at scrape time. */
+export interface ScrapeSource {
+  ready(): boolean;
+  lease?(): LeaseInfo | null;
+  /** The backend's data-path counters (the udp forwarder's stats()); {} when it has none. */
+  backendStats?(): Record<string, number>;
+}
+
+let source: ScrapeSource | null = null;
+const registers = [metricsRegistry];
+
+// The udp forwarder's counter names (src/backend/udp/native.ts) → metric and label.
+const UDP_DIRECTION = { txPackets: 'tx', rxPackets: 'rx' } as const;
+const UDP_DIRECTION_BYTES = { txBytes: 'tx', rxBytes: 'rx' } as const;
+const UDP_DROPS: Readonly<Record<string, string>> = {
+  dropNoRoute: 'no_route',
+  dropTtlExpired: 'ttl_expired',
+  dropTunInvalid: 'tun_invalid',
+  dropMalformedShort: 'malformed_short',
+  dropMalformedVersion: 'malformed_version',
+  dropMalformedHeader: 'malformed_header',
+  dropMalformedLength: 'malformed_length',
+  dropMalformedChecksum: 'malformed_checksum',
+  dropUnknownSource: 'unknown_source',
+  dropNotLocal: 'not_local',
+};
+const UDP_ERRORS: Readonly<Record<string, string>> = { txErrors: 'udp_send', tunWriteErrors: 'tun_write' };
+const UDP_CALLS: Readonly<Record<string, string>> = {
+  tunReads: 'tun_read',
+  tunGsoReads: 'tun_read_gso',
+  tunWrites: 'tun_write',
+  tunGsoWrites: 'tun_write_gso',
+  udpSendCalls: 'udp_send',
+  udpGsoSends: 'udp_send_gso',
+  udpRecvCalls: 'udp_recv',
+  udpGroRecvs: 'udp_recv_gro',
+};
+
+/** A counter whose values are copied from the backend's stats at each scrape. */
+function udpCounter(name: string, help: string, label: string, map: Readonly<Record<string, string>>): Counter<string> {
+  return new Counter({
+    name,
+    help,
+    labelNames: [label],
+    registers,
+    collect(this: Counter<string>) {
+      this.reset();
+      const stats = source?.backendStats?.() ?? {};
+      for (const [key, value] of Object.entries(map)) {
+        const n = stats[key];
+        if (typeof n === 'number' && Number.isFinite(n) && n >= 0) this.inc({ [label]: value }, n);
+      }
+    },
+  });
+}
+
+/**
+ * The series each udp forwarder counter appears as on /metrics (e.g. dropNoRoute →
+ * flannel_udp_dropped_packets_total{reason="no_route"}), for readers that want the counters back.
+ */
+export function udpStatSeries(): Record<string, string> {
+  const out: Record<string, string> = { icmpUnreachableSent: 'flannel_udp_icmp_unreachable_sent_total', rxMaxDatagram: 'flannel_udp_rx_max_datagram_bytes', leases: 'flannel_udp_routes' };
+  const add = (metric: string, label: string, map: Readonly<Record<string, string>>) => {
+    for (const [stat, value] of Object.entries(map)) out[stat] = `${metric}{${label}="${value}"}`;
+  };
+  add('flannel_udp_packets_total', 'direction', UDP_DIRECTION);
+  add('flannel_udp_bytes_total', 'direction', UDP_DIRECTION_BYTES);
+  add('flannel_udp_dropped_packets_total', 'reason', UDP_DROPS);
+  add('flannel_udp_errors_total', 'op', UDP_ERRORS);
+  add('flannel_udp_io_calls_total', 'op', UDP_CALLS);
+  return out;
+}
+
+let registered = false;
+
+/** Defines the scrape-time metrics once per process, and points them at `next`. */
+export function serveDaemonMetrics(next: ScrapeSource): void {
+  source = next;
+  if (registered) return;
+  registered = true;
+  collectDefaultMetrics({ register: metricsRegistry });
+  // prom-client names three gauges *_total, which Prometheus reserves for counters (promtool says so);
+  // the same figures remain, by type, in nodejs_active_handles, nodejs_active_requests, nodejs_active_resources.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+    metricsRegistry.removeSingleMetric(name);
+  }
+  new Gauge({
+    name: 'flannel_build_info',
+    help: 'Always 1; the labels name the flanneld-ts version and the Node.js runtime.',
+    labelNames: ['version', 'nodejs_version'],
+    registers,
+  }).set({ version: VERSION, nodejs_version: process.version }, 1);
+  new Gauge({
+    name: 'flannel_ready',
+    help: '1 once this node holds its subnet lease and has written the subnet env file (as /readyz), else 0.',
+    registers,
+    collect(this: Gauge<string>) {
+      this.set(source?.ready() ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'flannel_subnet_info',
+    help: "Always 1 while this node holds a lease; the labels name it.",
+    labelNames: ['subnet', 'network', 'backend', 'public_ip'],
+    registers,
+    collect(this: Gauge<string>) {
+      this.reset();
+      const lease = source?.lease?.();
+      if (lease) this.set({ subnet: lease.subnet, network: lease.network, backend: lease.backend, public_ip: lease.publicIP }, 1);
+    },
+  });
+  new Gauge({
+    name: 'flannel_lease_expiry_timestamp_seconds',
+    help: "When this node's etcd lease runs out unless renewed (Unix time); absent for a reservation.",
+    registers,
+    collect(this: Gauge<string>) {
+      this.reset();
+      const expiration = source?.lease?.()?.expiration;
+      if (expiration) this.set(expiration.getTime() / 1000);
+    },
+  });
+  udpCounter('flannel_udp_packets_total', 'Packets through the udp backend: tx from flannel0 to peers, rx from peers to flannel0.', 'direction', UDP_DIRECTION);
+  udpCounter('flannel_udp_bytes_total', 'Inner IP bytes through the udp backend, by direction.', 'direction', UDP_DIRECTION_BYTES);
+  udpCounter('flannel_udp_dropped_packets_total', 'Packets the udp backend dropped, by reason.', 'reason', UDP_DROPS);
+  udpCounter('flannel_udp_errors_total', 'Failed udp backend writes (UDP send, TUN write), by operation.', 'op', UDP_ERRORS);
+  udpCounter('flannel_udp_io_calls_total', 'System calls of the udp data path, by operation (the _gso/_gro ones moved several packets at once).', 'op', UDP_CALLS);
+  new Counter({
+    name: 'flannel_udp_icmp_unreachable_sent_total',
+    help: 'ICMP net-unreachable errors the udp backend sent for packets to no known subnet.',
+    registers,
+    collect(this: Counter<string>) {
+      this.reset();
+      const n = source?.backendStats?.()['icmpUnreachableSent'];
+      if (typeof n === 'number' && n >= 0) this.inc(n);
+    },
+  });
+  new Gauge({
+    name: 'flannel_udp_routes',
+    help: "Remote subnets in the udp forwarder's table.",
+    registers,
+    collect(this: Gauge<string>) {
+      this.reset();
+      const n = source?.backendStats?.()['leases'];
+      if (typeof n === 'number') this.set(n);
+    },
+  });
+  new Gauge({
+    name: 'flannel_udp_rx_max_datagram_bytes',
+    help: 'Largest datagram the udp backend has received.',
+    registers,
+    collect(this: Gauge<string>) {
+      this.reset();
+      const n = source?.backendStats?.()['rxMaxDatagram'];
+      if (typeof n === 'number') this.set(n);
+    },
+  });
+}
