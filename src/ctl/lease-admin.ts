@@ -4,7 +4,9 @@
 // expires and which only the node with that PublicIP takes (see docs/compatibility.md).
 import { Ip4Net, isIp4 } from '../subnet/ip4.js';
 import type { EtcdRegistry, LeaseRecord } from '../etcd/registry.js';
+import { printable } from '../common/printable.js';
 import { parseNetworkConfig } from '../subnet/config.js';
+import { checkLeaseSubnet } from '../subnet/lease-validation.js';
 import { CtlError } from './session.js';
 
 /** The default TTL a released reservation gets: upstream's fixed 24 h lease. */
@@ -25,13 +27,12 @@ async function find(registry: EtcdRegistry, subnet: Ip4Net): Promise<{ record: L
   return { record, invalid: invalid.some((i) => i.subnet?.equals(subnet)) };
 }
 
-/** Checks that `subnet` is one this network hands out (inside Network, of SubnetLen). */
+/** Checks that `subnet` is one this network hands out (inside Network, of SubnetLen): what every node accepts. */
 async function checkAgainstConfig(registry: EtcdRegistry, subnet: Ip4Net): Promise<void> {
   const text = await registry.getConfig();
   if (text === null) throw new CtlError('no network config in etcd: set one first (flannelctl config set)');
-  const config = parseNetworkConfig(text);
-  if (!config.network.covers(subnet)) throw new CtlError(`${subnet} is not inside the network ${config.network}`);
-  if (subnet.prefixLen !== config.subnetLen) throw new CtlError(`${subnet} is not a /${config.subnetLen} subnet, the network's SubnetLen`);
+  const problem = checkLeaseSubnet(subnet, parseNetworkConfig(text));
+  if (problem) throw new CtlError(problem.detail);
 }
 
 export type ReserveOutcome = 'created' | 'converted' | 'already reserved';
@@ -67,17 +68,28 @@ export async function releaseLease(registry: EtcdRegistry, subnet: Ip4Net, ttlSe
   return record;
 }
 
-/** The lease to delete, for the confirmation prompt; deleteLease() then removes exactly that version. */
-export async function leaseToDelete(registry: EtcdRegistry, subnet: Ip4Net): Promise<LeaseRecord> {
-  const { record, invalid } = await find(registry, subnet);
-  if (record === null) {
-    throw new CtlError(invalid ? `${subnet} holds a value that is not a lease; remove it with etcdctl del` : `no lease for ${subnet}`);
-  }
-  return record;
+/** What `lease delete` would remove: a lease, or a key under subnets/ whose value is not one. */
+export interface KeyToDelete {
+  key: string;
+  modRevision: string;
+  /** How to name it in the prompt. */
+  description: string;
 }
 
-export async function deleteLease(registry: EtcdRegistry, record: LeaseRecord): Promise<void> {
-  if (!(await registry.deleteLeaseIf(record.subnet, record.modRevision))) {
-    throw new CtlError(`${record.subnet} changed since it was shown; nothing deleted (run the command again)`);
+/** The key to delete, for the confirmation prompt; deleteLease() then removes exactly that version. */
+export async function leaseToDelete(registry: EtcdRegistry, subnet: Ip4Net): Promise<KeyToDelete> {
+  const { records, invalid } = await registry.listLeases();
+  const record = records.find((r) => r.subnet.equals(subnet));
+  if (record) {
+    return { key: record.key, modRevision: record.modRevision, description: `${subnet} (public IP ${record.attrs.publicIP}, ${record.leaseId === null ? 'reserved' : 'leased'})` };
+  }
+  const bad = invalid.find((i) => i.subnet?.equals(subnet));
+  if (bad) return { key: bad.key, modRevision: bad.modRevision, description: `${subnet} (not a valid lease: ${printable(bad.reason, 120)})` };
+  throw new CtlError(`no lease for ${subnet}`);
+}
+
+export async function deleteLease(registry: EtcdRegistry, target: KeyToDelete): Promise<void> {
+  if (!(await registry.deleteLeaseIf(target.key, target.modRevision))) {
+    throw new CtlError(`${target.description} changed since it was shown; nothing deleted (run the command again)`);
   }
 }

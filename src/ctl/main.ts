@@ -1,5 +1,6 @@
 // flannelctl: the operator's tool. Talks to the same etcd as flanneld, with the same flags and
 // FLANNELD_* environment variables (variables for daemon-only flags are ignored here).
+import { terminalSafeJson } from '../common/printable.js';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import yargs from 'yargs';
@@ -104,7 +105,7 @@ await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
         }));
         // Subnets as "a.b.c.d/len", like the leases' (an Ip4Net would serialise as its uint32 fields).
         const bad = invalid.map(({ key, reason, subnet }) => ({ key, reason, subnet: subnet?.toString() ?? null }));
-        process.stdout.write(JSON.stringify({ leases: out, invalid: bad }, null, 2) + '\n');
+        process.stdout.write(terminalSafeJson(JSON.stringify({ leases: out, invalid: bad }, null, 2)) + '\n');
       } else {
         process.stdout.write(renderLeaseTable(rows, invalid));
       }
@@ -131,14 +132,13 @@ await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
           const record = await releaseLease(r, subnet, args.ttl);
           process.stdout.write(`${subnet} (${record.attrs.publicIP}) is no longer reserved: it expires in ${args.ttl} s unless its node renews it\n`);
         } else {
-          const record = await leaseToDelete(r, subnet);
-          const what = `${subnet} (public IP ${record.attrs.publicIP}, ${record.leaseId === null ? 'reserved' : 'leased'})`;
+          const target = await leaseToDelete(r, subnet);
           if (!args.yes) {
-            const ok = await confirm(`delete the lease of ${what}? A running node will claim a subnet again.`);
+            const ok = await confirm(`delete the lease of ${target.description}? A running node will claim a subnet again.`);
             if (!ok) fail('not deleted');
           }
-          await deleteLease(r, record);
-          process.stdout.write(`deleted the lease of ${what}\n`);
+          await deleteLease(r, target);
+          process.stdout.write(`deleted the lease of ${target.description}\n`);
         }
       });
     },
@@ -156,7 +156,7 @@ await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
       const { nodes, invalid } = await withRegistry(args, (r) => collectStatus(r, args.healthzPort, args.timeout));
       if (args.json) {
         const bad = invalid.map(({ key, reason, subnet }) => ({ key, reason, subnet: subnet?.toString() ?? null }));
-        process.stdout.write(JSON.stringify({ nodes, invalid: bad }, null, 2) + '\n');
+        process.stdout.write(terminalSafeJson(JSON.stringify({ nodes, invalid: bad }, null, 2)) + '\n');
       } else {
         process.stdout.write(renderStatus(nodes, invalid));
       }
@@ -170,4 +170,6 @@ await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
   .fail((msg, err) => fail(err ? err.message : msg))
   .parseAsync()
   .catch((err: unknown) => fail(err instanceof Error ? err.message : String(err)));
-process.exit(0);
+// Exit once stdout has drained: exiting at once cuts a large listing written to a pipe short. (Exit at
+// all, because a closed etcd client can leave gRPC timers behind for a while.)
+process.stdout.write('', () => process.exit(0));

@@ -41,6 +41,7 @@ const UDP_DROPS: Readonly<Record<string, string>> = {
   dropMalformedChecksum: 'malformed_checksum',
   dropUnknownSource: 'unknown_source',
   dropNotLocal: 'not_local',
+  rxTcpChecksumBad: 'bad_tcp_checksum',
 };
 const UDP_ERRORS: Readonly<Record<string, string>> = { txErrors: 'udp_send', tunWriteErrors: 'tun_write' };
 const UDP_CALLS: Readonly<Record<string, string>> = {
@@ -139,7 +140,7 @@ export function serveDaemonMetrics(next: ScrapeSource): void {
   });
   udpCounter('flannel_udp_packets_total', 'Packets through the udp backend: tx from flannel0 to peers, rx from peers to flannel0.', 'direction', UDP_DIRECTION);
   udpCounter('flannel_udp_bytes_total', 'Inner IP bytes through the udp backend, by direction.', 'direction', UDP_DIRECTION_BYTES);
-  udpCounter('flannel_udp_dropped_packets_total', 'Packets the udp backend dropped, by reason.', 'reason', UDP_DROPS);
+  udpCounter('flannel_udp_dropped_packets_total', 'Packets the udp backend dropped (bad_tcp_checksum: handed to the pod uncoalesced, for its kernel to drop), by reason.', 'reason', UDP_DROPS);
   udpCounter('flannel_udp_errors_total', 'Failed udp backend writes (UDP send, TUN write), by operation.', 'op', UDP_ERRORS);
   udpCounter('flannel_udp_io_calls_total', 'System calls of the udp data path, by operation (the _gso/_gro ones moved several packets at once).', 'op', UDP_CALLS);
   new Counter({

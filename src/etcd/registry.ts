@@ -274,18 +274,23 @@ export class EtcdRegistry implements LeaseStore {
   async putLeaseIf(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number | null, modRevision: string | null): Promise<boolean> {
     const key = this.subnetKey(subnet);
     const leaseId = ttlSeconds === null ? null : await this.grant(ttlSeconds);
-    const put = this.client.put(key).value(encodeLeaseAttrs(attrs));
-    if (leaseId) put.lease(leaseId);
-    const cond = modRevision === null ? this.client.if(key, 'Create', '==', 0) : this.client.if(key, 'Mod', '==', modRevision);
-    const res = await this.call('put lease', () => cond.then(put).commit());
+    const res = await this.client.call('put lease', (etcd) => {
+      const put = etcd.put(key).value(encodeLeaseAttrs(attrs));
+      if (leaseId) put.lease(leaseId);
+      const cond = modRevision === null ? etcd.if(key, 'Create', '==', 0) : etcd.if(key, 'Mod', '==', modRevision);
+      return cond.then(put).commit();
+    });
     if (!res.succeeded && leaseId) await this.revokeQuietly(leaseId);
     return res.succeeded;
   }
 
-  /** Deletes a lease key if it is unchanged since `modRevision`; false when it changed meanwhile. */
-  async deleteLeaseIf(subnet: Ip4Net, modRevision: string): Promise<boolean> {
-    const key = this.subnetKey(subnet);
-    const res = await this.call('delete lease', () => this.client.if(key, 'Mod', '==', modRevision).then(this.client.delete().key(key)).commit());
+  /**
+   * Deletes a key under subnets/ (`key` is the whole key, as listed: valid or not) if it is unchanged
+   * since `modRevision`; false when it changed meanwhile.
+   */
+  async deleteLeaseIf(key: string, modRevision: string): Promise<boolean> {
+    if (!key.startsWith(this.subnetsPrefix)) throw new Error(`${key} is not under ${this.subnetsPrefix}`);
+    const res = await this.client.call('delete lease', (etcd) => etcd.if(key, 'Mod', '==', modRevision).then(etcd.delete().key(key)).commit());
     return res.succeeded;
   }
 
