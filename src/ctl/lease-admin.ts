@@ -31,8 +31,10 @@ async function find(registry: EtcdRegistry, subnet: Ip4Net): Promise<{ record: L
 async function checkAgainstConfig(registry: EtcdRegistry, subnet: Ip4Net): Promise<void> {
   const text = await registry.getConfig();
   if (text === null) throw new CtlError('no network config in etcd: set one first (flannelctl config set)');
-  const problem = checkLeaseSubnet(subnet, parseNetworkConfig(text));
-  if (problem) throw new CtlError(problem.detail);
+  const config = parseNetworkConfig(text);
+  const problem = checkLeaseSubnet(subnet, config);
+  if (problem?.reason === 'outside_network') throw new CtlError(`${subnet} is not inside the network ${config.network}`);
+  if (problem) throw new CtlError(`${subnet} is not a /${config.subnetLen} subnet, the network's SubnetLen`);
 }
 
 export type ReserveOutcome = 'created' | 'converted' | 'already reserved';

@@ -1,7 +1,9 @@
 // flannelctl status: every node's lease from etcd and, where the node's health endpoint can be
 // reached (flanneld --healthz-ip must then be an address other nodes reach), its /readyz.
 import { request } from 'node:http';
-import type { EtcdRegistry, InvalidLeaseKey } from '../etcd/registry.js';
+import type { EtcdRegistry, InvalidLeaseKey, LeaseRecord } from '../etcd/registry.js';
+import { type NetworkConfig, parseNetworkConfig } from '../subnet/config.js';
+import { checkLeaseSubnet } from '../subnet/lease-validation.js';
 import { type LeaseRow, formatDuration, vtepMacOf } from './leases-table.js';
 
 export type Readiness = 'ready' | 'not ready' | 'unreachable' | 'not checked';
@@ -32,12 +34,30 @@ export function probeReadyz(host: string, port: number, timeoutMs: number): Prom
   });
 }
 
+/**
+ * Every lease with its time to live, and every key the nodes refuse: unreadable ones, and (when the
+ * network config is valid) leases outside the network or of another size than SubnetLen, as the
+ * daemons judge them.
+ */
 export async function leaseRows(registry: EtcdRegistry): Promise<{ rows: LeaseRow[]; invalid: InvalidLeaseKey[] }> {
-  const { records, invalid } = await registry.listLeases();
+  const [{ records, invalid }, configText] = await Promise.all([registry.listLeases(), registry.getConfig()]);
+  let network: NetworkConfig | null = null;
+  try {
+    network = configText === null ? null : parseNetworkConfig(configText);
+  } catch {
+    network = null; // an invalid config is reported by `config validate`; list the keys as they are
+  }
+  const usable: LeaseRecord[] = [];
+  const refused = [...invalid];
+  for (const record of records) {
+    const problem = network ? checkLeaseSubnet(record.subnet, network) : null;
+    if (problem) refused.push({ key: record.key, code: problem.reason, reason: problem.detail, subnet: record.subnet, modRevision: record.modRevision });
+    else usable.push(record);
+  }
   const rows = await Promise.all(
-    records.map(async (record) => ({ record, ttlSeconds: record.leaseId === null ? null : await registry.leaseTimeToLive(record.leaseId) })),
+    usable.map(async (record) => ({ record, ttlSeconds: record.leaseId === null ? null : await registry.leaseTimeToLive(record.leaseId) })),
   );
-  return { rows, invalid };
+  return { rows, invalid: refused };
 }
 
 /** Each lease with its node's readiness; healthzPort 0 skips the probes. */

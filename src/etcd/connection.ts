@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry } from 'cockatiel';
 import { EtcdWatchStreamEnded, GRPCResourceExhastedError, type IOptions, castGrpcError, isRecoverableError } from 'etcd3';
 import type { Logger } from '../common/log.js';
+import { LeaseStoreUnavailableError } from '../subnet/lease-store.js';
 import { etcdMetrics } from '../common/metrics.js';
 import { Backoff } from '../common/retry.js';
 
@@ -49,6 +50,7 @@ const isTransportFailure = (err: Error): boolean => isRecoverableError(err) && !
 
 /** A failure that means "etcd cannot be reached right now" (as opposed to a refusal or bad data). */
 export function isConnectivityError(err: unknown): boolean {
+  if (err instanceof LeaseStoreUnavailableError) return true;
   if (!(err instanceof Error) || isResponseTooLarge(err)) return false;
   if (isRecoverableError(err) || 'isBrokenCircuitError' in err || err instanceof EtcdTimeoutError || err instanceof EtcdWatchStreamEnded) return true;
   // Streams (watch, keepalive) report raw gRPC errors, which etcd3 does not classify.
