@@ -81,7 +81,9 @@ export function summarizeHeapSnapshot(file: string, top = 20): HeapSummary {
   const edgeLabel = (e: number): string => {
     const type = edgeTypes[edges[e + eType]!]!;
     const v = edges[e + eName]!;
-    return type === 'element' || type === 'hidden' ? `[${type}]` : String(strings[v]);
+    if (type === 'element' || type === 'hidden') return `[${type}]`;
+    const name = String(strings[v]);
+    return /^\d+$/.test(name) ? '[n]' : name; // hash-table slots: one label for all
   };
   const pathOf = (i: number, steps = 3): string => {
     const parts: string[] = [];

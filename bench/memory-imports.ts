@@ -2,8 +2,9 @@
 // same binary bin/flanneld execs), imports one module (or the daemon's whole graph), lets the
 // process settle, forces a full GC and reports RSS, anonymous RSS, JS heap used, external memory
 // and thread count. Cases run interleaved, ROUNDS times, and the median is reported, because the
-// machine is shared and noisy. Run: npx tsx bench/memory-imports.ts [--rounds=N] [--json] [--levers]
-// (--levers: the whole graph under node flags and environment variables that trade memory for speed).
+// machine is shared and noisy. Run: npx tsx bench/memory-imports.ts [--rounds=N] [--json] [--levers] [--cumulative] [--leave-one-out]
+// (--levers: the whole graph under node flags and environment variables that trade memory for speed;
+// --cumulative: the daemon's dependencies added one at a time; --leave-one-out: all but one).
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -129,10 +130,37 @@ export function leverCases(): ImportCase[] {
   ];
 }
 
+/** Imports added one at a time, in the daemon's order: what each costs on top of the others. */
+export function cumulativeCases(): ImportCase[] {
+  const root = repoRoot();
+  const steps: [string, string][] = [
+    ['+ pino', 'pino'], ['+ yargs', 'yargs'], ['+ prom-client', 'prom-client'], ['+ etcd3', 'etcd3'],
+    ['+ native addon', join(root, 'build', 'Release', 'flannel_native.node')],
+    ['+ dist/daemon/flags.js, log.js, daemon.js', join(root, 'dist', 'daemon', 'daemon.js')],
+  ];
+  const cases: ImportCase[] = [{ name: 'bare node', imports: [] }];
+  for (const [name, spec] of steps) cases.push({ name, imports: [...cases.at(-1)!.imports, spec] });
+  return cases;
+}
+
+/** The daemon's four dependencies and the addon, each left out once: what dropping one would save. */
+export function leaveOneOutCases(): ImportCase[] {
+  const deps: [string, string][] = [
+    ['pino', 'pino'], ['yargs', 'yargs'], ['prom-client', 'prom-client'], ['etcd3', 'etcd3'],
+    ['native addon', join(repoRoot(), 'build', 'Release', 'flannel_native.node')],
+  ];
+  return [
+    { name: 'all dependencies', imports: deps.map(([, s]) => s) },
+    ...deps.map(([name]) => ({ name: `all but ${name}`, imports: deps.filter(([n]) => n !== name).map(([, s]) => s) })),
+    { name: 'all but yargs, with node:util parseArgs', imports: [...deps.filter(([n]) => n !== 'yargs').map(([, s]) => s), 'node:util'] },
+  ];
+}
+
 async function main(): Promise<void> {
   const roundsArg = process.argv.find((a) => a.startsWith('--rounds='));
   const rounds = roundsArg ? Number(roundsArg.slice('--rounds='.length)) : 5;
-  const cases = process.argv.includes('--levers') ? leverCases() : defaultCases();
+  const cases = process.argv.includes('--levers') ? leverCases() : process.argv.includes('--cumulative') ? cumulativeCases()
+    : process.argv.includes('--leave-one-out') ? leaveOneOutCases() : defaultCases();
   const results = new Map<string, ImportFigures[]>(cases.map((c) => [c.name, []]));
   for (let r = 0; r < rounds; r++) {
     for (const c of cases) results.get(c.name)!.push(await measureImport(c));

@@ -10,7 +10,7 @@
 // per-lease bytes = (RSS@6000 − RSS@1000) / 5000. --snapshots also takes a heap snapshot per N of
 // the first variant and names what the heap holds and what grew (bench/heap-summary.ts).
 //
-// npx tsx bench/memory.ts [--n=2,1000,6000] [--variants=bin,lite,...|all] [--settle=12] [--snapshots] [--json=FILE]
+// npx tsx bench/memory.ts [--n=2,1000,6000] [--variants=bin,lite,...|all] [--rounds=1] [--settle=12] [--snapshots] [--json=FILE]
 // Needs `npm run build` (npm run bench:memory does it) and root.
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -40,6 +40,7 @@ export const VARIANTS: Variant[] = [
   { name: 'arena2', launcher: 'node', env: { MALLOC_ARENA_MAX: '2' } },
   { name: 'uv1', launcher: 'node', env: { UV_THREADPOOL_SIZE: '1' } },
   { name: 'size', launcher: 'node', nodeFlags: ['--optimize-for-size'] },
+  { name: 'semi1+size', launcher: 'node', nodeFlags: ['--max-semi-space-size=1', '--optimize-for-size'] },
   { name: 'lite', launcher: 'node', nodeFlags: ['--lite-mode'] },
   { name: 'jitless', launcher: 'node', nodeFlags: ['--jitless'] },
   { name: 'cheap', launcher: 'node', nodeFlags: ['--max-semi-space-size=1', '--v8-pool-size=1'], env: { MALLOC_ARENA_MAX: '2', UV_THREADPOOL_SIZE: '2' } },
@@ -236,18 +237,34 @@ function table(results: RunResult[]): string {
   return lines.join('\n');
 }
 
+/** Over rounds: the median of each run's RSS median, the highest peak, the median start time. */
+function summary(results: RunResult[]): string {
+  const lines = ['| N | variant | runs | RSS median MB (median of runs) | RSS peak MB (max) | start→programmed ms (median) | idle CPU % (median) |', '|---|---|---|---|---|---|---|'];
+  const keys = [...new Set(results.map((r) => `${r.n}|${r.variant}`))];
+  for (const key of keys) {
+    const rs = results.filter((r) => `${r.n}|${r.variant}` === key);
+    lines.push(`| ${rs[0]!.n} | ${rs[0]!.variant} | ${rs.length} | ${mb(median(rs.map((r) => r.rssMedianKiB)))} | ${mb(Math.max(...rs.map((r) => r.rssPeakKiB)))} | ` +
+      `${median(rs.map((r) => r.programmedMs))} | ${(median(rs.map((r) => r.cpuIdlePerS)) * 100).toFixed(1)} |`);
+  }
+  return lines.join('\n');
+}
+
 function perLease(results: RunResult[]): string {
   const lines: string[] = [];
   const variants = [...new Set(results.map((r) => r.variant))];
   for (const v of variants) {
-    const at = (n: number) => results.find((r) => r.variant === v && r.n === n);
+    const at = (n: number) => results.filter((r) => r.variant === v && r.n === n);
     const a = at(1000);
     const b = at(6000);
-    if (!a || !b) continue;
-    const rss = ((b.rssMedianKiB - a.rssMedianKiB) * 1024) / 5000;
-    const heap = (b.probe.memoryUsage.heapUsed - a.probe.memoryUsage.heapUsed) / 5000;
-    lines.push(`per lease (${v}): RSS ${rss.toFixed(0)} B, JS heap used ${heap.toFixed(0)} B  ((@6000 − @1000) / 5000)`);
+    if (a.length === 0 || b.length === 0) continue;
+    const rss = (median(b.map((r) => r.rssMedianKiB)) - median(a.map((r) => r.rssMedianKiB))) * 1024 / 5000;
+    lines.push(`per lease (${v}): RSS ${rss.toFixed(0)} B  ((@6000 − @1000) / 5000)`);
   }
+  // The live heap after a full GC (heap snapshots) is what the lease data itself takes.
+  const snap = (n: number) => results.find((r) => r.n === n && r.heap)?.heap;
+  const s1 = snap(1000);
+  const s6 = snap(6000);
+  if (s1 && s6) lines.push(`per lease, live JS heap after full GC (snapshots): ${((s6.totalBytes - s1.totalBytes) / 5000).toFixed(0)} B`);
   return lines.join('\n');
 }
 
@@ -263,6 +280,7 @@ async function main(): Promise<void> {
   });
   const settleS = Number(arg('settle') ?? 12);
   const snapshots = process.argv.includes('--snapshots');
+  const rounds = Number(arg('rounds') ?? 1);
   const jsonOut = arg('json');
   const root = repoRoot();
   if (!existsSync(join(root, 'dist', 'daemon', 'main.js'))) throw new Error('dist/ is missing: run npm run build');
@@ -290,10 +308,12 @@ async function main(): Promise<void> {
     await cluster.stopDaemon(node);
     for (const n of [...ns].sort((a, b) => a - b)) {
       await filler.fillTo(n - 1);
-      for (const [i, variant] of variants.entries()) {
-        const r = await runOnce({ cluster, node, n, variant, settleS, probeDir, snapshot: snapshots && i === 0 });
-        results.push(r);
-        console.error(`N=${n} ${variant.name}: RSS median ${mb(r.rssMedianKiB)} MB, peak ${mb(r.rssPeakKiB)} MB, heap used ${mbB(r.probe.memoryUsage.heapUsed)} MB, programmed in ${r.programmedMs} ms`);
+      for (let round = 0; round < rounds; round++) {
+        for (const [i, variant] of variants.entries()) {
+          const r = await runOnce({ cluster, node, n, variant, settleS, probeDir, snapshot: snapshots && i === 0 && round === 0 });
+          results.push(r);
+          console.error(`N=${n} ${variant.name}: RSS median ${mb(r.rssMedianKiB)} MB, peak ${mb(r.rssPeakKiB)} MB, heap used ${mbB(r.probe.memoryUsage.heapUsed)} MB, programmed in ${r.programmedMs} ms`);
+        }
       }
     }
   } finally {
@@ -303,6 +323,7 @@ async function main(): Promise<void> {
 
   console.log(`## bench:memory — ${new Date().toISOString()}, node ${process.version}, settle ${settleS} s`);
   console.log(table(results));
+  if (rounds > 1) console.log(`\n${summary(results)}`);
   const pl = perLease(results);
   if (pl) console.log(`\n${pl}`);
   const snaps = results.filter((r) => r.heap);
