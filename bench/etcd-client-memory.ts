@@ -5,7 +5,7 @@
 // with keepalives — through one of: etcd3 (grpc-js + protobufjs), the prototype gateway client
 // (bench/etcd-gateway-prototype.mjs, node:http only), or no client at all (the floor). Reports the
 // median RSS / anonymous memory / heap after the work, a settle and a full GC.
-// npx tsx bench/etcd-client-memory.ts [--n=2,6000] [--rounds=3]
+// npx tsx bench/etcd-client-memory.ts [--n=2,6000] [--rounds=3] [--node-flags="--lite-mode --no-expose-wasm"]
 import { spawn } from 'node:child_process';
 import { startEtcd } from '../test/harness/etcd.js';
 import { repoRoot } from '../test/harness/cluster.js';
@@ -64,9 +64,9 @@ interface Figures {
   externalKiB: number;
 }
 
-function measure(mode: Mode, endpoint: string): Promise<Figures> {
+function measure(mode: Mode, endpoint: string, nodeFlags: string[]): Promise<Figures> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--expose-gc', '--input-type=module', '-e', CHILD], {
+    const child = spawn(process.execPath, ['--expose-gc', ...nodeFlags, '--input-type=module', '-e', CHILD], {
       cwd: repoRoot(),
       env: {
         ...process.env, CLIENT_MODE: mode, ETCD_ENDPOINT: endpoint, SUBNETS_PREFIX: PREFIX,
@@ -106,6 +106,8 @@ async function main(): Promise<void> {
   const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
   const ns = (arg('n') ?? '2,6000').split(',').map(Number).sort((a, b) => a - b);
   const rounds = Number(arg('rounds') ?? 3);
+  // e.g. --node-flags="--lite-mode --no-expose-wasm", as bin/flanneld runs the daemon
+  const nodeFlags = (arg('node-flags') ?? '').split(' ').filter(Boolean);
   const etcd = await startEtcd();
   const rows: string[] = [];
   try {
@@ -115,7 +117,7 @@ async function main(): Promise<void> {
       await putLeases(etcd.endpoint, have, n + 1, grant.ID);
       have = n + 1;
       const runs = new Map<Mode, Figures[]>([['none', []], ['etcd3', []], ['gateway', []]]);
-      for (let r = 0; r < rounds; r++) for (const mode of runs.keys()) runs.get(mode)!.push(await measure(mode, etcd.endpoint));
+      for (let r = 0; r < rounds; r++) for (const mode of runs.keys()) runs.get(mode)!.push(await measure(mode, etcd.endpoint, nodeFlags));
       for (const [mode, figs] of runs) {
         const m = (k: keyof Figures) => median(figs.map((f) => f[k]));
         if (mode !== 'none' && m('count') !== n) throw new Error(`${mode}: held ${m('count')} leases, expected ${n}`);
@@ -126,7 +128,7 @@ async function main(): Promise<void> {
   } finally {
     await etcd.stop();
   }
-  console.log(`median of ${rounds}; every process loads pino, yargs and prom-client, then lists, watches and holds a lease`);
+  console.log(`median of ${rounds}; node flags: ${nodeFlags.join(' ') || 'none'}; every process loads pino, yargs and prom-client, then lists, watches and holds a lease`);
   console.log('| leases | etcd client | RSS MB | anon MB | heap used / total MB | external MB | threads |');
   console.log('|---|---|---|---|---|---|---|');
   for (const r of rows) console.log(r);

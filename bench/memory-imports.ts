@@ -2,7 +2,7 @@
 // same binary bin/flanneld execs), imports one module (or the daemon's whole graph), lets the
 // process settle, forces a full GC and reports RSS, anonymous RSS, JS heap used, external memory
 // and thread count. Cases run interleaved, ROUNDS times, and the median is reported, because the
-// machine is shared and noisy. Run: npx tsx bench/memory-imports.ts [--rounds=N] [--json] [--levers] [--cumulative] [--leave-one-out]
+// machine is shared and noisy. Run: npx tsx bench/memory-imports.ts [--rounds=N] [--json] [--levers] [--cumulative] [--leave-one-out] [--node-flags="..."]
 // (--levers: the whole graph under node flags and environment variables that trade memory for speed;
 // --cumulative: the daemon's dependencies added one at a time; --leave-one-out: all but one).
 import { spawn } from 'node:child_process';
@@ -159,8 +159,11 @@ export function leaveOneOutCases(): ImportCase[] {
 async function main(): Promise<void> {
   const roundsArg = process.argv.find((a) => a.startsWith('--rounds='));
   const rounds = roundsArg ? Number(roundsArg.slice('--rounds='.length)) : 5;
-  const cases = process.argv.includes('--levers') ? leverCases() : process.argv.includes('--cumulative') ? cumulativeCases()
+  // --node-flags="..." runs every case under these flags too (e.g. bin/flanneld's).
+  const extra = (process.argv.find((a) => a.startsWith('--node-flags='))?.slice('--node-flags='.length) ?? '').split(' ').filter(Boolean);
+  const chosen = process.argv.includes('--levers') ? leverCases() : process.argv.includes('--cumulative') ? cumulativeCases()
     : process.argv.includes('--leave-one-out') ? leaveOneOutCases() : defaultCases();
+  const cases = chosen.map((c) => ({ ...c, nodeFlags: [...extra, ...(c.nodeFlags ?? [])] }));
   const results = new Map<string, ImportFigures[]>(cases.map((c) => [c.name, []]));
   for (let r = 0; r < rounds; r++) {
     for (const c of cases) results.get(c.name)!.push(await measureImport(c));
@@ -172,7 +175,7 @@ async function main(): Promise<void> {
   }
   const base = rows[0]!;
   const mb = (kib: number) => (kib / 1024).toFixed(1);
-  console.log(`median of ${rounds} fresh processes each (node ${process.version}), after import + 1 s + full GC`);
+  console.log(`median of ${rounds} fresh processes each (node ${process.version}${extra.length ? `, ${extra.join(' ')}` : ''}), after import + 1 s + full GC`);
   console.log(`| case | RSS MB | Δ RSS vs first | anon MB | file MB | heap used MB | heap total MB | external MB | threads |`);
   console.log('|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
