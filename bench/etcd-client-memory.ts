@@ -3,7 +3,8 @@
 // `node` processes that load what the daemon loads besides its etcd client (pino, yargs,
 // prom-client) and do what the daemon does with etcd — list the subnets, watch them, hold a lease
 // with keepalives — through one of: etcd3 (grpc-js + protobufjs), the prototype gateway client
-// (bench/etcd-gateway-prototype.mjs, node:http only), or no client at all (the floor). Reports the
+// (bench/etcd-gateway-prototype.mjs, node:http only), or no client at all (the floor); etcd3-tuned is
+// etcd3 with small gRPC window and session-memory options. Reports the
 // median RSS / anonymous memory / heap after the work, a settle and a full GC.
 // npx tsx bench/etcd-client-memory.ts [--n=2,6000] [--rounds=3] [--node-flags="--lite-mode --no-expose-wasm"]
 import { spawn } from 'node:child_process';
@@ -12,7 +13,7 @@ import { repoRoot } from '../test/harness/cluster.js';
 
 const PREFIX = '/coreos.com/network/subnets/';
 
-type Mode = 'none' | 'etcd3' | 'gateway';
+type Mode = 'none' | 'etcd3' | 'etcd3-tuned' | 'gateway';
 
 const CHILD = `
 const mode = process.env.CLIENT_MODE;
@@ -21,9 +22,12 @@ const prefix = process.env.SUBNETS_PREFIX;
 await import('pino'); await import('yargs'); await import('prom-client');
 let count = 0;
 const held = new Map();
-if (mode === 'etcd3') {
+if (mode === 'etcd3' || mode === 'etcd3-tuned') {
   const { Etcd3 } = await import('etcd3');
-  const client = new Etcd3({ hosts: [endpoint] });
+  // tuned: the smallest HTTP/2 flow-control window, 1 MB of nghttp2 session memory, no channelz
+  // traces, no retry buffers.
+  const grpcOptions = mode === 'etcd3' ? {} : { 'grpc-node.flow_control_window': 65535, 'grpc-node.max_session_memory': 1, 'grpc.enable_channelz': 0, 'grpc.enable_retries': 0 };
+  const client = new Etcd3({ hosts: [endpoint], grpcOptions });
   const all = await client.getAll().prefix(prefix).strings();
   for (const [k, v] of Object.entries(all)) held.set(k, JSON.parse(v));
   const watcher = await client.watch().prefix(prefix).create();
@@ -116,7 +120,7 @@ async function main(): Promise<void> {
     for (const n of ns) {
       await putLeases(etcd.endpoint, have, n + 1, grant.ID);
       have = n + 1;
-      const runs = new Map<Mode, Figures[]>([['none', []], ['etcd3', []], ['gateway', []]]);
+      const runs = new Map<Mode, Figures[]>([['none', []], ['etcd3', []], ['etcd3-tuned', []], ['gateway', []]]);
       for (let r = 0; r < rounds; r++) for (const mode of runs.keys()) runs.get(mode)!.push(await measure(mode, etcd.endpoint, nodeFlags));
       for (const [mode, figs] of runs) {
         const m = (k: keyof Figures) => median(figs.map((f) => f[k]));
