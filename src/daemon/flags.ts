@@ -14,6 +14,8 @@ export interface DaemonOptions {
   ifaceRegex: string[];
   ifaceCanReach: string | null;
   publicIP: string | null;
+  /** --public-ipv6 (dual stack). */
+  publicIPv6: string | null;
   subnetFile: string;
   subnetLeaseRenewMarginMinutes: number;
   subnetLeaseTtlSeconds: number;
@@ -35,6 +37,7 @@ export function parseDaemonFlags(argv: readonly string[]): DaemonOptions {
     .option('iface-regex', { type: 'string', array: true, default: [] as string[], describe: 'regex matched against interface names and IPs; repeatable' })
     .option('iface-can-reach', { type: 'string', coerce: lastString, describe: 'use the interface that routes to this IP' })
     .option('public-ip', { type: 'string', coerce: lastString, describe: 'IP other nodes use to reach this one (default: the interface IP)' })
+    .option('public-ipv6', { type: 'string', coerce: lastString, describe: 'IPv6 address other nodes use to reach this one (default: the interface IPv6 address)' })
     .option('subnet-file', { type: 'string', default: DEFAULT_SUBNET_FILE, coerce: lastString, describe: 'where to write the subnet env file' })
     .option('subnet-lease-renew-margin', { type: 'number', default: 60, coerce: lastNumber, describe: 'renew the lease this many minutes before it expires' })
     .option('subnet-lease-ttl', { type: 'number', default: 86400, coerce: lastNumber, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' })
@@ -72,6 +75,7 @@ export function parseDaemonFlags(argv: readonly string[]): DaemonOptions {
     ifaceRegex: parsed.ifaceRegex,
     ifaceCanReach: parsed.ifaceCanReach ?? null,
     publicIP: parsed.publicIp ?? null,
+    publicIPv6: parsed.publicIpv6 ?? null,
     subnetFile: parsed.subnetFile,
     subnetLeaseRenewMarginMinutes: parsed.subnetLeaseRenewMargin,
     subnetLeaseTtlSeconds: parsed.subnetLeaseTtl,

@@ -1,6 +1,9 @@
 // The network config stored at <prefix>/config, in upstream flannel's JSON, with upstream's defaults.
 // Every rejection names the field at fault so that an operator can fix it with one etcdctl put.
 import { type Ip4, Ip4Net, formatIp4, parseIp4 } from './ip4.js';
+import { type Ip6NetworkConfig, Ipv6ConfigError, parseIpv6Config } from './config-ipv6.js';
+
+export type { Ip6NetworkConfig } from './config-ipv6.js';
 
 export interface VxlanBackendConfig {
   type: 'vxlan';
@@ -17,7 +20,12 @@ export interface UdpBackendConfig {
   port: number;
 }
 
-export type BackendConfig = VxlanBackendConfig | UdpBackendConfig;
+/** host-gw takes no options: a route per peer via its PublicIP (and PublicIPv6). */
+export interface HostGwBackendConfig {
+  type: 'host-gw';
+}
+
+export type BackendConfig = VxlanBackendConfig | UdpBackendConfig | HostGwBackendConfig;
 
 export interface NetworkConfig {
   network: Ip4Net;
@@ -25,6 +33,8 @@ export interface NetworkConfig {
   subnetMin: Ip4;
   subnetMax: Ip4;
   backend: BackendConfig;
+  /** Dual stack (EnableIPv6): the IPv6 network and its subnets; absent or null for IPv4 only. */
+  ipv6?: Ip6NetworkConfig | null;
 }
 
 export class ConfigError extends Error {
@@ -86,8 +96,10 @@ function parseBackend(raw: unknown): BackendConfig {
         directRouting: optionalBool(raw, 'DirectRouting', 'Backend.DirectRouting') ?? false,
         mtu: optionalInt(raw, 'MTU', 'Backend.MTU', 68, 65535) ?? null,
       };
+    case 'host-gw':
+      return { type: 'host-gw' };
     default:
-      throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan)`);
+      throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan, host-gw)`);
   }
 }
 
@@ -101,10 +113,15 @@ export function parseNetworkConfig(text: string): NetworkConfig {
   }
   if (!isObject(raw)) throw new ConfigError('(json)', 'must be a JSON object');
 
-  if (raw['EnableIPv6'] === true || (raw['IPv6Network'] !== undefined && raw['IPv6Network'] !== '')) {
-    throw new ConfigError('EnableIPv6', 'IPv6 networks are not supported by this daemon');
+  // Upstream's keys for an IPv6-only network would need lease keys without an IPv4 part: not supported.
+  if (raw['EnableIPv4'] === false) throw new ConfigError('EnableIPv4', 'IPv6-only networks are not supported: IPv4 must be enabled (dual stack: EnableIPv6 beside Network)');
+  let ipv6: Ip6NetworkConfig | null;
+  try {
+    ipv6 = parseIpv6Config(raw);
+  } catch (err) {
+    if (err instanceof Ipv6ConfigError) throw new ConfigError(err.field, err.reason);
+    throw err;
   }
-  if (raw['EnableIPv4'] === false) throw new ConfigError('EnableIPv4', 'IPv4 must be enabled (it is the only family supported)');
 
   const networkText = raw['Network'];
   if (networkText === undefined || networkText === null || networkText === '') throw new ConfigError('Network', 'is required');
@@ -146,7 +163,12 @@ export function parseNetworkConfig(text: string): NetworkConfig {
     throw new ConfigError('SubnetMin', `${formatIp4(subnetMin)} is above SubnetMax ${formatIp4(subnetMax)}`);
   }
 
-  return { network, subnetLen, subnetMin, subnetMax, backend: parseBackend(raw['Backend']) };
+  const backend = parseBackend(raw['Backend']);
+  // As upstream: the udp backend carries IPv4 packets only.
+  if (ipv6 && backend.type === 'udp') throw new ConfigError('EnableIPv6', 'the udp backend does not support IPv6 (as upstream): use host-gw for dual stack');
+  // The vxlan backend's IPv6 device (flannel-v6.<VNI>) is not built yet: refused rather than half-working.
+  if (ipv6 && backend.type === 'vxlan') throw new ConfigError('EnableIPv6', 'dual stack is supported with the host-gw backend only so far (vxlan IPv6 is not implemented)');
+  return { network, subnetLen, subnetMin, subnetMax, backend, ...(ipv6 ? { ipv6 } : {}) };
 }
 
 /** Every subnet a node may lease under this config, in address order. */
@@ -159,5 +181,6 @@ export function* candidateSubnets(config: NetworkConfig): Generator<Ip4Net> {
 
 /** True when two configs describe the same network and backend (a change of either needs a restart). */
 export function sameNetwork(a: NetworkConfig, b: NetworkConfig): boolean {
-  return JSON.stringify({ ...a, network: a.network.toString() }) === JSON.stringify({ ...b, network: b.network.toString() });
+  const bigints = (_key: string, v: unknown): unknown => (typeof v === 'bigint' ? v.toString() : v); // IPv6 addresses
+  return JSON.stringify({ ...a, network: a.network.toString() }, bigints) === JSON.stringify({ ...b, network: b.network.toString() }, bigints);
 }
