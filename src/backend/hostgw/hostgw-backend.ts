@@ -232,8 +232,8 @@ export class HostGwBackend implements Backend {
       listDevRoutes(4, this.dev, this.ipOpts),
       ipv6 ? listDevRoutes(6, this.dev, this.ipOpts) : Promise.resolve([]),
     ]);
-    const plan4 = planRoutes(4, this.dev, wanted4, have4, isOurs4);
-    const plan6 = ipv6 ? planRoutes(6, this.dev, wanted6, have6, isOurs6) : { commands: [], added: 0, removed: 0 };
+    const plan4 = planRoutes(this.dev, wanted4, have4, isOurs4);
+    const plan6 = ipv6 ? planRoutes(this.dev, wanted6, have6, isOurs6) : { commands: [], added: 0, removed: 0 };
     const commands = [...plan4.commands, ...plan6.commands];
     if (commands.length === 0) return;
     this.ctx.log.debug({ reason, commands }, 'applying host-gw route changes');

@@ -64,24 +64,23 @@ export interface RoutePlan {
  * `isOurs` recognises (inside the flannel network, with a gateway, of the subnet length) are removed.
  */
 export function planRoutes(
-  family: Family,
   dev: string,
   wanted: ReadonlyMap<string, string>,
   have: readonly KernelRoute[],
   isOurs: (dst: string) => boolean,
 ): RoutePlan {
-  const fam = `-${family}`;
+  // No family flag: `ip -batch` takes none per line, and the addresses name the family anyway.
   const present = new Map<string, KernelRoute>();
   for (const r of have) present.set(r.dst, r);
   const del: string[][] = [];
   const add: string[][] = [];
   for (const r of have) {
     if (r.protocol === 'kernel' || r.gateway === null || wanted.has(r.dst) || !isOurs(r.dst)) continue;
-    del.push([fam, 'route', 'del', r.dst, 'via', r.gateway, 'dev', dev]);
+    del.push(['route', 'del', r.dst, 'via', r.gateway, 'dev', dev]);
   }
   for (const [dst, via] of wanted) {
     if (present.get(dst)?.gateway === via) continue;
-    add.push([fam, 'route', 'replace', dst, 'via', via, 'dev', dev]);
+    add.push(['route', 'replace', dst, 'via', via, 'dev', dev]);
   }
   return { commands: [...del, ...add], added: add.length, removed: del.length };
 }
