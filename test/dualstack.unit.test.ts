@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/log.js';
+import { formatDockerOpts, readFlannelEnv } from '../src/ctl/docker-opts.js';
+import { renderLeaseTable } from '../src/ctl/leases-table.js';
 import { forwardRules, masqRules } from '../src/iptables/rules.js';
 import { IPV6_CHOICES, Ipv6NetworkFullError, chooseSubnet } from '../src/subnet/allocation.js';
 import { ConfigError, type NetworkConfig, parseNetworkConfig, sameNetwork } from '../src/subnet/config.js';
@@ -126,6 +128,23 @@ describe('lease values and env file, byte for byte as upstream', () => {
     expect(env.ipv6Subnet!.toString()).toBe('2001:2:1:1e::/64');
     expect(env.ipv6Network!.toString()).toBe('2001:2:1::/48');
     expect(previousIpv6Subnet(path)!.toString()).toBe('2001:2:1:1e::/64');
+  });
+
+  it('flannelctl docker-opts adds Docker\'s IPv6 options for the node\'s IPv6 subnet', () => {
+    const path = join(dir, 'subnet.env');
+    const opts = { combinedKey: 'DOCKER_OPTS', individual: false, combined: false, ipMasq: true, environment: {} };
+    expect(formatDockerOpts(readFlannelEnv(path), opts)).toBe(
+      'DOCKER_OPT_BIP="--bip=198.19.36.1/24"\nDOCKER_OPT_IPV6="--ipv6 --fixed-cidr-v6=2001:2:1:1e::/64"\nDOCKER_OPT_MTU="--mtu=1500"\n' +
+        'DOCKER_OPTS=" --bip=198.19.36.1/24 --ipv6 --fixed-cidr-v6=2001:2:1:1e::/64 --mtu=1500 "\n',
+    );
+  });
+
+  it('flannelctl leases shows both subnets when a lease has an IPv6 one', () => {
+    const { subnet, ipv6Subnet } = parseLeaseKeyName(UPSTREAM_HOSTGW_KEY);
+    const record: LeaseRecord = { key: `/p/${UPSTREAM_HOSTGW_KEY}`, subnet, ipv6Subnet, attrs: decodeLeaseAttrs(UPSTREAM_HOSTGW_VALUE), leaseId: null, modRevision: '2', createRevision: '2' };
+    const table = renderLeaseTable([{ record, ttlSeconds: null }], []).split('\n');
+    expect(table[0]).toMatch(/^SUBNET\s+IPV6 SUBNET\s+PUBLIC IP\s+PUBLIC IPV6\s+BACKEND\s+VTEP MAC\s+EXPIRES$/);
+    expect(table[1]).toMatch(/^198\.19\.36\.0\/24\s+2001:2:1:1e::\/64\s+198\.18\.0\.1\s+2001:2::1\s+host-gw\s+-\s+reserved$/);
   });
 });
 

@@ -4,6 +4,7 @@
 import type { CommandModule } from 'yargs';
 import { writeFileAtomic } from '../common/atomic-file.js';
 import { DEFAULT_SUBNET_FILE, SubnetEnvError, bridgeAddress, readSubnetEnvFile } from '../subnet/envfile.js';
+import { Ip6Net } from '../subnet/ip6.js';
 
 export const DEFAULT_DOCKER_ENV_FILE = '/run/docker_opts.env';
 export const DEFAULT_COMBINED_KEY = 'DOCKER_OPTS';
@@ -48,6 +49,11 @@ export function formatDockerOpts(flannelEnv: Record<string, string>, opts: Docke
   if (flannelEnv['FLANNEL_SUBNET']) options.set('DOCKER_OPT_BIP', `--bip=${flannelEnv['FLANNEL_SUBNET']}`);
   if (flannelEnv['FLANNEL_MTU']) options.set('DOCKER_OPT_MTU', `--mtu=${flannelEnv['FLANNEL_MTU']}`);
   if (flannelEnv['FLANNEL_IPMASQ'] === 'true' && opts.ipMasq) options.set('DOCKER_OPT_IPMASQ', '--ip-masq=false');
+  // Dual stack (our addition; upstream's script has no IPv6): Docker's bridge takes the subnet's ::1
+  // and containers their IPv6 addresses from the node's IPv6 subnet.
+  if (flannelEnv['FLANNEL_IPV6_SUBNET']) {
+    options.set('DOCKER_OPT_IPV6', `--ipv6 --fixed-cidr-v6=${Ip6Net.parse(flannelEnv['FLANNEL_IPV6_SUBNET'], true).toString()}`);
+  }
 
   const lines: string[] = [];
   // Same order and spacing as the script: names sorted, each value followed by a space.
@@ -75,7 +81,12 @@ export function readFlannelEnv(path: string): Record<string, string> {
     if (err.missingVars.length > 0) throw new Error(`subnet file ${path} has no ${err.missingVars.join(', ')}`);
     throw err;
   }
-  return { FLANNEL_SUBNET: bridgeAddress(env.subnet), FLANNEL_MTU: String(env.mtu), FLANNEL_IPMASQ: String(env.ipMasq) };
+  return {
+    FLANNEL_SUBNET: bridgeAddress(env.subnet),
+    FLANNEL_MTU: String(env.mtu),
+    FLANNEL_IPMASQ: String(env.ipMasq),
+    ...(env.ipv6Subnet ? { FLANNEL_IPV6_SUBNET: env.ipv6Subnet.firstHostCidr() } : {}),
+  };
 }
 
 interface DockerOptsArgs {
@@ -89,7 +100,7 @@ interface DockerOptsArgs {
 
 export const dockerOptsCommand: CommandModule<object, DockerOptsArgs> = {
   command: 'docker-opts',
-  describe: 'write Docker daemon options (--bip, --mtu, --ip-masq) from the subnet env file (mk-docker-opts.sh)',
+  describe: 'write Docker daemon options (--bip, --mtu, --ip-masq; --ipv6 --fixed-cidr-v6 in dual stack) from the subnet env file (mk-docker-opts.sh)',
   builder: (y) =>
     y
       .option('subnet-file', { alias: 'f', type: 'string', default: DEFAULT_SUBNET_FILE, describe: 'flannel subnet env file to read' })

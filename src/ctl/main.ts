@@ -9,6 +9,7 @@ import { etcdOptionsFrom, withEtcdFlags } from '../etcd/flags.js';
 import { EtcdRegistry } from '../etcd/registry.js';
 import { ConfigError, type NetworkConfig, parseNetworkConfig } from '../subnet/config.js';
 import { formatIp4 } from '../subnet/ip4.js';
+import { formatIp6 } from '../subnet/ip6.js';
 import { dockerOptsCommand } from './docker-opts.js';
 import { type LeaseRow, renderLeaseTable, vtepMacOf } from './leases-table.js';
 
@@ -39,6 +40,15 @@ function describeConfig(c: NetworkConfig): string {
       SubnetMin: formatIp4(c.subnetMin),
       SubnetMax: formatIp4(c.subnetMax),
       Backend: c.backend,
+      ...(c.ipv6
+        ? {
+            EnableIPv6: true,
+            IPv6Network: c.ipv6.network.toString(),
+            IPv6SubnetLen: c.ipv6.subnetLen,
+            IPv6SubnetMin: formatIp6(c.ipv6.subnetMin),
+            IPv6SubnetMax: formatIp6(c.ipv6.subnetMax),
+          }
+        : {}),
     },
     null,
     2,
@@ -95,6 +105,7 @@ await withEtcdFlags(yargs(normalizeGoStyleFlags(process.argv.slice(2))))
       if (argv.json) {
         const out = rows.map(({ record, ttlSeconds }) => ({
           subnet: record.subnet.toString(),
+          ...(record.ipv6Subnet ? { ipv6Subnet: record.ipv6Subnet.toString(), publicIPv6: record.attrs.publicIPv6 } : {}),
           publicIP: record.attrs.publicIP,
           backendType: record.attrs.backendType,
           vtepMAC: vtepMacOf(record) === '-' ? null : vtepMacOf(record),
