@@ -165,9 +165,7 @@ export function parseNetworkConfig(text: string): NetworkConfig {
 
   const backend = parseBackend(raw['Backend']);
   // As upstream: the udp backend carries IPv4 packets only.
-  if (ipv6 && backend.type === 'udp') throw new ConfigError('EnableIPv6', 'the udp backend does not support IPv6 (as upstream): use host-gw for dual stack');
-  // The vxlan backend's IPv6 device (flannel-v6.<VNI>) is not built yet: refused rather than half-working.
-  if (ipv6 && backend.type === 'vxlan') throw new ConfigError('EnableIPv6', 'dual stack is supported with the host-gw backend only so far (vxlan IPv6 is not implemented)');
+  if (ipv6 && backend.type === 'udp') throw new ConfigError('EnableIPv6', 'the udp backend does not support IPv6 (as upstream): use vxlan or host-gw for dual stack');
   return { network, subnetLen, subnetMin, subnetMax, backend, ...(ipv6 ? { ipv6 } : {}) };
 }
 
