@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { failedBatchLines, planRoutes } from '../src/backend/hostgw/routes.js';
 import { silentLogger } from '../src/common/log.js';
 import { formatDockerOpts, readFlannelEnv } from '../src/ctl/docker-opts.js';
 import { renderLeaseTable } from '../src/ctl/leases-table.js';
@@ -350,5 +351,37 @@ describe('ip6tables rules', () => {
     const masq = masqRules(net, sn, true).map((r) => r.spec.join(' '));
     expect(masq).toContain('-s 2001:2:1::/48 ! -d ff00::/8 -m comment --comment flanneld masq -j MASQUERADE --random-fully');
     expect(masq).toContain('! -s 2001:2:1::/48 -d 2001:2:1:1e::/64 -m comment --comment flanneld masq -j RETURN');
+  });
+});
+
+describe('host-gw route plan (pure)', () => {
+  const ours = (dst: string) => dst.startsWith('198.19.') || dst.startsWith('2001:2:1:');
+  it('adds missing and misdirected routes, removes only its own stale ones, and leaves the rest', () => {
+    const wanted = new Map([
+      ['198.19.2.0/24', '198.18.0.2'],
+      ['198.19.3.0/24', '198.18.0.3'],
+      ['2001:2:1:2::/64', '2001:2::2'],
+    ]);
+    const have = [
+      { dst: '198.19.2.0/24', gateway: '198.18.0.2', protocol: 'boot' }, // right: kept
+      { dst: '198.19.3.0/24', gateway: '198.18.0.9', protocol: 'boot' }, // wrong gateway: replaced
+      { dst: '198.19.4.0/24', gateway: '198.18.0.4', protocol: 'boot' }, // stale lease: removed
+      { dst: '198.18.0.0/24', gateway: null, protocol: 'kernel' }, // the underlay's own: kept
+      { dst: '203.0.113.0/24', gateway: '198.18.0.254', protocol: 'static' }, // someone else's: kept
+    ];
+    const plan = planRoutes('eth0', wanted, have, ours);
+    expect(plan.commands).toEqual([
+      ['route', 'del', '198.19.4.0/24', 'via', '198.18.0.4', 'dev', 'eth0'],
+      ['route', 'replace', '198.19.3.0/24', 'via', '198.18.0.3', 'dev', 'eth0'],
+      ['route', 'replace', '2001:2:1:2::/64', 'via', '2001:2::2', 'dev', 'eth0'],
+    ]);
+    expect([plan.added, plan.removed]).toEqual([2, 1]);
+    expect(planRoutes('eth0', wanted, [...have.slice(0, 2), { dst: '198.19.3.0/24', gateway: '198.18.0.3', protocol: 'boot' }, { dst: '2001:2:1:2::/64', gateway: '2001:2::2', protocol: 'boot' }], ours).commands)
+      .toEqual([]);
+  });
+
+  it('counts the lines an ip -force -batch run refused', () => {
+    expect(failedBatchLines('Error: Nexthop has invalid gateway.\nCommand failed -:1\nError: x\nCommand failed -:3\n')).toBe(2);
+    expect(failedBatchLines('')).toBe(0);
   });
 });
