@@ -117,7 +117,10 @@ export class KnownLeases {
     return events;
   }
 
-  /** Drops a subnet that became ours (call setOwn first); the event, if it was known. */
+  /**
+   * After setOwn moved us to a subnet still known as a peer's: re-decides every key (the own-subnet rule
+   * now refuses that peer) and returns the events. The argument is kept for callers; setOwn decides.
+   */
   forget(_subnet: Ip4Net): LeaseEvent[] {
     const { events, refused } = this.recompute();
     for (const bad of refused) if (bad.fresh) this.refuseOne(bad);
