@@ -77,7 +77,7 @@ describe('network config validation names the field', () => {
     [{ Network: '198.19.0.0/16', SubnetMin: 'nope' }, 'SubnetMin', /not an IPv4 address/],
     [{ Network: '198.19.0.0/16', SubnetMin: '198.19.9.0', SubnetMax: '198.19.3.0' }, 'SubnetMin', /above SubnetMax/],
     [{ Network: '198.19.0.0/16', Backend: 'vxlan' }, 'Backend', /JSON object/],
-    [{ Network: '198.19.0.0/16', Backend: { Type: 'host-gw' } }, 'Backend.Type', /unknown backend "host-gw"/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'wireguard' } }, 'Backend.Type', /unknown backend "wireguard"/],
     [{ Network: '198.19.0.0/16', Backend: { Type: 7 } }, 'Backend.Type', /string/],
     [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', VNI: 0 } }, 'Backend.VNI', /between 1 and 16777215/],
     [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', VNI: 1.5 } }, 'Backend.VNI', /integer/],
@@ -86,8 +86,8 @@ describe('network config validation names the field', () => {
     [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', GBP: 1 } }, 'Backend.GBP', /true or false/],
     [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', MTU: 20 } }, 'Backend.MTU', /between/],
     [{ Network: '198.19.0.0/16', Backend: { Type: 'udp', Port: 0 } }, 'Backend.Port', /between/],
-    [{ Network: '198.19.0.0/16', EnableIPv6: true }, 'EnableIPv6', /not supported/],
-    [{ Network: '198.19.0.0/16', EnableIPv4: false }, 'EnableIPv4', /must be enabled/],
+    [{ Network: '198.19.0.0/16', EnableIPv6: true }, 'IPv6Network', /required/],
+    [{ Network: '198.19.0.0/16', EnableIPv4: false }, 'EnableIPv4', /IPv4 must be enabled/],
   ])('%j → %s', (json, field, reason) => expectConfigError(json, field as string, reason as RegExp));
 });
 

@@ -13,6 +13,9 @@ export interface ExternalInterface {
   /** The address other nodes send to; differs from ifaceIP behind NAT (--public-ip). */
   publicIP: string;
   mtu: number;
+  /** Dual stack: the interface's own global IPv6 address, and the one other nodes send to (--public-ipv6). */
+  ifaceIPv6?: string | null;
+  publicIPv6?: string | null;
 }
 
 export interface BackendContext {
@@ -24,6 +27,8 @@ export interface BackendContext {
 /** What a backend publishes in our lease, and the MTU pods on this node must use. */
 export interface BackendAnnouncement {
   backendData: Record<string, unknown> | null;
+  /** Dual-stack vxlan: BackendV6Data ({ VNI, VtepMAC } of the IPv6 device). */
+  backendV6Data?: Record<string, unknown> | null;
   mtu: number;
 }
 

@@ -1,5 +1,6 @@
 // Picks the backend named by the network config.
 import type { Backend, BackendContext } from './backend.js';
+import { HostGwBackend } from './hostgw/hostgw-backend.js';
 import { UdpBackend } from './udp/udp-backend.js';
 import { VxlanBackend } from './vxlan/vxlan-backend.js';
 
@@ -10,5 +11,7 @@ export function createBackend(ctx: BackendContext): Backend {
       return new VxlanBackend(ctx, cfg);
     case 'udp':
       return new UdpBackend(ctx, cfg);
+    case 'host-gw':
+      return new HostGwBackend(ctx, cfg);
   }
 }

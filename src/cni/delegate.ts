@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { CNI_ERR, CniError } from './errors.js';
 import { isObject, type FlannelNetConf, type JsonObject } from './netconf.js';
 import { formatIp4 } from '../subnet/ip4.js';
+import { formatIp6 } from '../subnet/ip6.js';
 import type { SubnetEnv } from '../subnet/envfile.js';
 
 /**
@@ -26,7 +27,8 @@ export function buildDelegateConf(conf: FlannelNetConf, env: SubnetEnv): JsonObj
 
   const ipam: JsonObject = { ...(conf.ipam ?? {}) };
   if (!('type' in ipam)) ipam['type'] = 'host-local';
-  ipam['ranges'] = [[{ subnet: env.subnet.toString() }]];
+  // Dual stack: a second range set, so host-local hands each pod one address of each family.
+  ipam['ranges'] = [[{ subnet: env.subnet.toString() }], ...(env.ipv6Subnet ? [[{ subnet: env.ipv6Subnet.toString() }]] : [])];
   const routes = Array.isArray(ipam['routes']) ? [...(ipam['routes'] as unknown[])] : [];
   // Upstream writes {dst} alone, and plugins route it via the IPAM gateway, which for host-local over
   // our range is the subnet's first address. Naming that gateway gives the same kernel route, and lets
@@ -34,6 +36,10 @@ export function buildDelegateConf(conf: FlannelNetConf, env: SubnetEnv): JsonObj
   // without a gateway against the kernel's (containernetworking/plugins#887).
   const gw = ipam['type'] === 'host-local' ? { gw: formatIp4(env.subnet.ip + 1) } : {};
   for (const n of env.networks) routes.push({ dst: n.toString(), ...gw });
+  if (env.ipv6Network && env.ipv6Subnet) {
+    const gw6 = ipam['type'] === 'host-local' ? { gw: formatIp6(env.ipv6Subnet.ip + 1n) } : {};
+    routes.push({ dst: env.ipv6Network.toString(), ...gw6 });
+  }
   ipam['routes'] = routes;
   d['ipam'] = ipam;
   return d;

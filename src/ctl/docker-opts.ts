@@ -7,6 +7,7 @@ import { writeFileAtomic } from '../common/atomic-file.js';
 import { type RouteEntry, listRoutes } from '../routes/route.js';
 import { DEFAULT_SUBNET_FILE, SubnetEnvError, bridgeAddress, readSubnetEnvFile } from '../subnet/envfile.js';
 import { Ip4Net } from '../subnet/ip4.js';
+import { Ip6Net } from '../subnet/ip6.js';
 
 export const DEFAULT_DOCKER_ENV_FILE = '/run/docker_opts.env';
 export const DEFAULT_COMBINED_KEY = 'DOCKER_OPTS';
@@ -57,6 +58,11 @@ export function formatDockerOpts(flannelEnv: Record<string, string>, opts: Docke
     if (masq !== 'true' && masq !== 'false') throw new Error(`Invalid value of FLANNEL_IPMASQ: ${masq}`);
     options.set('DOCKER_OPT_IPMASQ', `--ip-masq=${masq === 'true' ? 'false' : 'true'}`);
   }
+  // Dual stack (our addition; upstream's script has no IPv6): Docker's bridge takes the subnet's ::1
+  // and containers their IPv6 addresses from the node's IPv6 subnet.
+  if (flannelEnv['FLANNEL_IPV6_SUBNET']) {
+    options.set('DOCKER_OPT_IPV6', `--ipv6 --fixed-cidr-v6=${Ip6Net.parse(flannelEnv['FLANNEL_IPV6_SUBNET'], true).toString()}`);
+  }
 
   const lines: string[] = [];
   // As the script: the combined key's current value (and a space) if it has one, then " value" for
@@ -101,7 +107,12 @@ export function readFlannelEnv(path: string): Record<string, string> {
     if (err.missingVars.length > 0) throw new Error(`subnet file ${path} has no ${err.missingVars.join(', ')}`);
     throw err;
   }
-  return { FLANNEL_SUBNET: bridgeAddress(env.subnet), FLANNEL_MTU: String(env.mtu), FLANNEL_IPMASQ: String(env.ipMasq) };
+  return {
+    FLANNEL_SUBNET: bridgeAddress(env.subnet),
+    FLANNEL_MTU: String(env.mtu),
+    FLANNEL_IPMASQ: String(env.ipMasq),
+    ...(env.ipv6Subnet ? { FLANNEL_IPV6_SUBNET: env.ipv6Subnet.firstHostCidr() } : {}),
+  };
 }
 
 interface DockerOptsArgs {
@@ -115,7 +126,7 @@ interface DockerOptsArgs {
 
 export const dockerOptsCommand: CommandModule<object, DockerOptsArgs> = {
   command: 'docker-opts',
-  describe: 'write Docker daemon options (--bip, --mtu, --ip-masq) from the subnet env file (mk-docker-opts.sh)',
+  describe: 'write Docker daemon options (--bip, --mtu, --ip-masq; --ipv6 --fixed-cidr-v6 in dual stack) from the subnet env file (mk-docker-opts.sh)',
   builder: (y) =>
     y
       .option('subnet-file', { alias: 'f', type: 'string', default: DEFAULT_SUBNET_FILE, describe: 'flannel subnet env file to read' })

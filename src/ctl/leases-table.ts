@@ -26,11 +26,16 @@ export function vtepMacOf(record: LeaseRecord): string {
 }
 
 export function renderLeaseTable(rows: LeaseRow[], invalid: InvalidLeaseKey[], now = new Date()): string {
-  const header = ['SUBNET', 'PUBLIC IP', 'BACKEND', 'VTEP MAC', 'EXPIRES'];
+  // Dual stack: two more columns, only when some lease has an IPv6 subnet (IPv4-only output is unchanged).
+  const dual = rows.some((r) => r.record.ipv6Subnet);
+  const v6 = (...cells: string[]): string[] => (dual ? cells : []);
+  const header = ['SUBNET', ...v6('IPV6 SUBNET'), 'PUBLIC IP', ...v6('PUBLIC IPV6'), 'BACKEND', 'VTEP MAC', 'EXPIRES'];
   const sorted = [...rows].sort((a, b) => a.record.subnet.ip - b.record.subnet.ip);
   const lines = sorted.map(({ record, ttlSeconds }) => [
     record.subnet.toString(),
+    ...v6(record.ipv6Subnet?.toString() ?? '-'),
     printable(record.attrs.publicIP, 40),
+    ...v6(printable(record.attrs.publicIPv6 ?? '-', 60)),
     record.attrs.backendType,
     vtepMacOf(record),
     ttlSeconds === null
@@ -38,7 +43,8 @@ export function renderLeaseTable(rows: LeaseRow[], invalid: InvalidLeaseKey[], n
       : `${new Date(now.getTime() + ttlSeconds * 1000).toISOString().replace(/\.\d+Z$/, 'Z')} (in ${formatDuration(ttlSeconds)})`,
   ]);
   for (const bad of invalid) {
-    lines.push([bad.subnet?.toString() ?? printable(bad.key, MAX_KEY_CHARS), '-', 'INVALID', '-', printable(bad.reason, 300)]);
+    const ipv6 = v6(bad.ipv6Subnet?.toString() ?? '-');
+    lines.push([bad.subnet?.toString() ?? printable(bad.key, MAX_KEY_CHARS), ...ipv6, '-', ...v6('-'), 'INVALID', '-', printable(bad.reason, 300)]);
   }
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
   const fmt = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');

@@ -97,6 +97,7 @@ await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
       if (args.json) {
         const out = rows.map(({ record, ttlSeconds }) => ({
           subnet: record.subnet.toString(),
+          ...(record.ipv6Subnet ? { ipv6Subnet: record.ipv6Subnet.toString(), publicIPv6: record.attrs.publicIPv6 } : {}),
           publicIP: record.attrs.publicIP,
           backendType: record.attrs.backendType,
           vtepMAC: vtepMacOf(record) === '-' ? null : vtepMacOf(record),

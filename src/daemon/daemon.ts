@@ -6,7 +6,7 @@ import { createBackend } from '../backend/index.js';
 import { EtcdRegistry, type Stoppable, etcdErrorFields } from '../etcd/registry.js';
 import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
 import { ConfigError, type NetworkConfig, checkNetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
-import { previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
+import { previousIpv6Subnet, previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
 import type { Lease } from '../subnet/lease.js';
 import { Backoff, RETRY_MAX_MS } from '../common/retry.js';
 import { LeaseManager, NetworkFullError } from '../subnet/manager.js';
@@ -26,6 +26,8 @@ export class Daemon {
   private backend: Backend | null = null;
   private manager: LeaseManager | null = null;
   private iptables: IptablesRules | null = null;
+  /** The ip6tables half of a dual-stack node's rules. */
+  private ip6tables: IptablesRules | null = null;
   private network: NetworkConfig | null = null;
   private ready = false;
   private startup: Promise<void> | null = null;
@@ -56,7 +58,10 @@ export class Daemon {
     this.status.set(`starting; etcd ${this.opts.etcd.endpoints.join(',')}`);
     this.etcd = new EtcdRegistry(this.opts.etcd, this.log);
     const extIface = await findExternalInterface(this.opts);
-    this.log.info({ iface: extIface.name, ifaceIP: extIface.ifaceIP, publicIP: extIface.publicIP, mtu: extIface.mtu }, 'using underlay interface');
+    this.log.info(
+      { iface: extIface.name, ifaceIP: extIface.ifaceIP, publicIP: extIface.publicIP, publicIPv6: extIface.publicIPv6 ?? null, mtu: extIface.mtu },
+      'using underlay interface',
+    );
     if (this.opts.healthzPort > 0) {
       this.health = await startHealthServer(this.opts.healthzIP, this.opts.healthzPort, {
         ready: () => this.ready,
@@ -71,7 +76,16 @@ export class Daemon {
     const network = await this.waitForConfig();
     if (network === null || this.stopping) return;
     this.network = network;
-    this.log.info({ network: network.network.toString(), subnetLen: network.subnetLen, backend: network.backend.type }, 'network config');
+    this.log.info(
+      {
+        network: network.network.toString(), subnetLen: network.subnetLen, backend: network.backend.type,
+        ...(network.ipv6 ? { ipv6Network: network.ipv6.network.toString(), ipv6SubnetLen: network.ipv6.subnetLen } : {}),
+      },
+      'network config',
+    );
+    if (network.ipv6 && !extIface.publicIPv6) {
+      throw new Error(`EnableIPv6 is set but ${extIface.name} has no global IPv6 address: give it one, or name one with --public-ipv6`);
+    }
 
     const backend = createBackend({ extIface, network, log: this.log.child({ backend: network.backend.type }) });
     this.backend = backend;
@@ -81,13 +95,15 @@ export class Daemon {
       network,
       attrs: {
         publicIP: extIface.publicIP,
-        publicIPv6: null,
+        publicIPv6: network.ipv6 ? (extIface.publicIPv6 ?? null) : null,
         backendType: network.backend.type,
         backendData: announcement.backendData,
+        ...(network.ipv6 && announcement.backendV6Data ? { backendV6Data: announcement.backendV6Data } : {}),
       },
       ttlSeconds: this.opts.subnetLeaseTtlSeconds,
       renewMarginSeconds: this.opts.subnetLeaseRenewMarginMinutes * 60,
       previousSubnet: previousSubnet(this.opts.subnetFile),
+      previousIpv6Subnet: network.ipv6 ? previousIpv6Subnet(this.opts.subnetFile) : null,
       log: this.log.child({ component: 'leases' }),
     });
     this.manager = manager;
@@ -105,8 +121,12 @@ export class Daemon {
       try {
         await manager.start({
           onOwnLease: async (lease, change) => {
-            writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq });
-            this.log.info({ subnet: lease.subnet.toString(), publicIP: extIface.publicIP, change }, 'subnet lease held; env file written');
+            const v6 = network.ipv6 && lease.ipv6Subnet ? { ipv6Network: network.ipv6.network, ipv6Subnet: lease.ipv6Subnet } : {};
+            writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq, ...v6 });
+            this.log.info(
+              { subnet: lease.subnet.toString(), ...(lease.ipv6Subnet ? { ipv6Subnet: lease.ipv6Subnet.toString() } : {}), publicIP: extIface.publicIP, change },
+              'subnet lease held; env file written',
+            );
             await backend.setOwnLease(lease);
             await this.applyIptables(lease, network);
           },
@@ -124,6 +144,7 @@ export class Daemon {
   }
 
   private async applyIptables(lease: Lease, network: NetworkConfig): Promise<void> {
+    await this.applyIp6tables(lease, network);
     if (this.iptables) return this.iptables.updateSubnet(lease.subnet);
     if (!this.opts.ipMasq && !this.opts.iptablesForwardRules) return;
     this.iptables = await startIptablesRules({
@@ -132,6 +153,23 @@ export class Daemon {
       ipMasq: this.opts.ipMasq,
       forwardRules: this.opts.iptablesForwardRules,
       log: this.log.child({ component: 'iptables' }),
+      resyncMs: this.opts.iptablesResyncSeconds * 1000,
+    });
+  }
+
+  /** Dual stack: the same forward and masquerade rules for the IPv6 network, through ip6tables. */
+  private async applyIp6tables(lease: Lease, network: NetworkConfig): Promise<void> {
+    const subnet = lease.ipv6Subnet;
+    if (!network.ipv6 || !subnet) return;
+    if (this.ip6tables) return this.ip6tables.updateSubnet(subnet);
+    if (!this.opts.ipMasq && !this.opts.iptablesForwardRules) return;
+    this.ip6tables = await startIptablesRules({
+      network: network.ipv6.network,
+      subnet,
+      ipv6: true,
+      ipMasq: this.opts.ipMasq,
+      forwardRules: this.opts.iptablesForwardRules,
+      log: this.log.child({ component: 'ip6tables' }),
       resyncMs: this.opts.iptablesResyncSeconds * 1000,
     });
   }
@@ -220,6 +258,7 @@ export class Daemon {
     await this.manager?.stop();
     await this.configWatch?.stop().catch(() => undefined);
     await this.iptables?.stop({ removeRules: this.opts.iptablesCleanup });
+    await this.ip6tables?.stop({ removeRules: this.opts.iptablesCleanup });
     await this.backend?.close();
     await new Promise<void>((r) => (this.health ? this.health.close(() => r()) : r()));
     this.etcd?.close();

@@ -16,6 +16,8 @@ export interface DaemonOptions {
   ifaceRegex: string[];
   ifaceCanReach: string | null;
   publicIP: string | null;
+  /** --public-ipv6 (dual stack). */
+  publicIPv6: string | null;
   subnetFile: string;
   subnetLeaseRenewMarginMinutes: number;
   subnetLeaseTtlSeconds: number;
@@ -48,8 +50,7 @@ export const UNSUPPORTED_UPSTREAM_FLAGS: Readonly<Record<string, string>> = {
   'set-node-network-unavailable': 'the Kubernetes subnet manager is not supported; leases are kept in etcd (--etcd-endpoints)',
   'use-multi-cluster-cidr': 'the Kubernetes subnet manager is not supported; leases are kept in etcd (--etcd-endpoints)',
   'net-config-path': 'the network config is read from etcd; store the file there with `flannelctl config set -f FILE`',
-  'public-ipv6': 'IPv6 is not supported; drop the flag (the lease carries PublicIPv6: null)',
-  'auto-detect-ipv6': 'IPv6 is not supported; drop the flag',
+  'auto-detect-ipv6': 'IPv6 auto-detection is not supported; name the address with --public-ipv6 or an IPv6 --iface',
   'charon-executable-path': 'the ipsec backend is not supported; use the vxlan backend',
   'charon-viciurl': 'the ipsec backend is not supported; use the vxlan backend',
 };
@@ -74,6 +75,7 @@ function daemonParser(argv: string[]) {
     .option('iface-regex', { type: 'string', array: true, default: [] as string[], describe: 'regex matched against interface names and IPs; repeatable' })
     .option('iface-can-reach', { type: 'string', coerce: lastString, describe: 'use the interface that routes to this IP' })
     .option('public-ip', { type: 'string', coerce: lastString, describe: 'IP other nodes use to reach this one (default: the interface IP)' })
+    .option('public-ipv6', { type: 'string', coerce: lastString, describe: 'IPv6 address other nodes use to reach this one (default: the interface IPv6 address)' })
     .option('subnet-file', { type: 'string', default: DEFAULT_SUBNET_FILE, coerce: lastString, describe: 'where to write the subnet env file' })
     .option('subnet-lease-renew-margin', { type: 'number', default: 60, coerce: lastNumber, describe: 'renew the lease this many minutes before it expires' })
     .option('subnet-lease-ttl', { type: 'number', default: 86400, coerce: lastNumber, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' })
@@ -143,6 +145,7 @@ export function parseDaemonFlags(argv: readonly string[], env: Readonly<Record<s
     ifaceRegex: parsed.ifaceRegex,
     ifaceCanReach: parsed.ifaceCanReach ?? null,
     publicIP: parsed.publicIp ?? null,
+    publicIPv6: parsed.publicIpv6 ?? null,
     subnetFile: parsed.subnetFile,
     subnetLeaseRenewMarginMinutes: parsed.subnetLeaseRenewMargin,
     subnetLeaseTtlSeconds: parsed.subnetLeaseTtl,

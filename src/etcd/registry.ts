@@ -5,11 +5,12 @@
 import type { Etcd3, IKeyValue, IRangeResponse, IWatchResponse } from 'etcd3';
 import type { Logger } from '../common/log.js';
 import { Backoff } from '../common/retry.js';
-import { Ip4Net } from '../subnet/ip4.js';
+import type { Ip4Net } from '../subnet/ip4.js';
+import type { Ip6Net } from '../subnet/ip6.js';
 import { type LeaseAttrs, encodeLeaseAttrs } from '../subnet/lease.js';
 import {
   type InvalidLeaseKey, type LeaseChange, type LeaseListing, type LeaseRecord, type LeaseStore, type LeaseWatchHandlers, type Stoppable,
-  type WrittenLease, parseLeaseKey, parseStoredLease,
+  type WrittenLease, leaseKeyName, parseLeaseKey, parseStoredLease,
 } from '../subnet/lease-store.js';
 import { EtcdClient } from './client.js';
 import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS, isResponseTooLarge } from './connection.js';
@@ -60,8 +61,9 @@ export class EtcdRegistry implements LeaseStore {
     return this.client.etcd;
   }
 
-  private subnetKey(subnet: Ip4Net): string {
-    return this.subnetsPrefix + subnet.toKey();
+  /** `<prefix>/subnets/a.b.c.d-24`, or `…-24&<ipv6>-64` in dual stack (upstream's layout). */
+  private subnetKey(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null): string {
+    return this.subnetsPrefix + leaseKeyName(subnet, ipv6Subnet);
   }
 
   /** False from the first call that could not reach etcd until one that could. */
@@ -191,8 +193,8 @@ export class EtcdRegistry implements LeaseStore {
         const key = kv.key.toString();
         const modRevision = String(kv.mod_revision);
         const named = parseLeaseKey(key, key.slice(this.subnetsPrefix.length), modRevision);
-        const subnet = named instanceof Ip4Net ? named : null;
-        invalid.push({ key, code: 'too_large', reason: 'the value is larger than an etcd response may be', subnet, modRevision });
+        const subnets = 'code' in named ? { subnet: null, ipv6Subnet: null } : named;
+        invalid.push({ key, code: 'too_large', reason: 'the value is larger than an etcd response may be', ...subnets, modRevision });
         from = Buffer.concat([kv.key, Buffer.from([0])]);
         continue;
       }
@@ -229,9 +231,9 @@ export class EtcdRegistry implements LeaseStore {
    * exist, so two nodes racing for the same subnet can never both win. Returns the etcd lease ID
    * and the revision of the write, or null when the key already existed.
    */
-  async createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null> {
+  async createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number, ipv6Subnet: Ip6Net | null = null): Promise<WrittenLease | null> {
     const leaseId = await this.grant(ttlSeconds);
-    const key = this.subnetKey(subnet);
+    const key = this.subnetKey(subnet, ipv6Subnet);
     const res = await this.client.call('create lease', (etcd) =>
       etcd.if(key, 'Create', '==', 0).then(etcd.put(key).value(encodeLeaseAttrs(attrs)).lease(leaseId)).commit(),
     );
@@ -249,7 +251,7 @@ export class EtcdRegistry implements LeaseStore {
    * the key changed meanwhile.
    */
   async takeOverLease(existing: LeaseRecord, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null> {
-    const key = this.subnetKey(existing.subnet);
+    const key = this.subnetKey(existing.subnet, existing.ipv6Subnet ?? null);
     const leaseId = existing.leaseId === null ? null : await this.grant(ttlSeconds);
     const res = await this.client.call('take over lease', (etcd) => {
       const put = etcd.put(key).value(encodeLeaseAttrs(attrs));
@@ -315,8 +317,8 @@ export class EtcdRegistry implements LeaseStore {
     });
   }
 
-  async deleteLease(subnet: Ip4Net): Promise<boolean> {
-    const res = await this.client.call('delete lease', (etcd) => etcd.delete().key(this.subnetKey(subnet)).exec());
+  async deleteLease(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null): Promise<boolean> {
+    const res = await this.client.call('delete lease', (etcd) => etcd.delete().key(this.subnetKey(subnet, ipv6Subnet)).exec());
     return Number(res.deleted) > 0;
   }
 
@@ -354,7 +356,8 @@ export class EtcdRegistry implements LeaseStore {
       if (ev.type === 'Delete') {
         const key = ev.kv.key.toString();
         const named = parseLeaseKey(key, key.slice(this.subnetsPrefix.length), revision);
-        changes.push({ type: 'delete', key, subnet: named instanceof Ip4Net ? named : null, revision });
+        const subnets = 'code' in named ? { subnet: null, ipv6Subnet: null } : named;
+        changes.push({ type: 'delete', key, ...subnets, revision });
       } else {
         const parsed = this.parseKv(ev.kv);
         changes.push('code' in parsed ? { type: 'invalid', revision, ...parsed } : { type: 'put', record: parsed });

@@ -5,13 +5,17 @@
 import { SerialQueue } from '../common/serial-queue.js';
 import type { Logger } from '../common/log.js';
 import type { Ip4Net } from '../subnet/ip4.js';
+import type { Ip6Net } from '../subnet/ip6.js';
 import { forwardRules, masqRules, ownChains, restoreLine, type IptablesRule, type IptablesTable } from './rules.js';
 import { iptablesRestore, iptablesSupportsRandomFully, runIptables, type IptablesRunOptions } from './runner.js';
 
 export interface IptablesOptions {
-  network: Ip4Net;
+  /** An IPv6 network (with `ipv6: true`) for the ip6tables half of a dual-stack node. */
+  network: Ip4Net | Ip6Net;
   /** This node's leased subnet. */
-  subnet: Ip4Net;
+  subnet: Ip4Net | Ip6Net;
+  /** Program ip6tables instead of iptables. */
+  ipv6?: boolean;
   ipMasq: boolean;
   forwardRules: boolean;
   log: Logger;
@@ -23,7 +27,7 @@ export interface IptablesOptions {
 
 export interface IptablesRules {
   /** Our subnet changed (lease lost and re-claimed elsewhere). */
-  updateSubnet(subnet: Ip4Net): Promise<void>;
+  updateSubnet(subnet: Ip4Net | Ip6Net): Promise<void>;
   /** Stops the periodic check; removes the rules only when asked. */
   stop(opts?: { removeRules?: boolean }): Promise<void>;
 }
@@ -77,7 +81,7 @@ async function removeRuleSet(rules: readonly IptablesRule[], run: IptablesRunOpt
 }
 
 export async function startIptablesRules(opts: IptablesOptions): Promise<IptablesRules> {
-  const run: IptablesRunOptions = opts.netns ? { netns: opts.netns } : {};
+  const run: IptablesRunOptions = { ...(opts.netns ? { netns: opts.netns } : {}), ...(opts.ipv6 ? { ipv6: true } : {}) };
   const log = opts.log; // the caller names the component
   let subnet = opts.subnet;
   let randomFully = false;
@@ -126,8 +130,8 @@ export async function startIptablesRules(opts: IptablesOptions): Promise<Iptable
   }
 
   return {
-    async updateSubnet(next: Ip4Net): Promise<void> {
-      if (next.equals(subnet)) return;
+    async updateSubnet(next: Ip4Net | Ip6Net): Promise<void> {
+      if (next.toString() === subnet.toString()) return;
       subnet = next;
       // The masquerade chain is refilled as a whole, which also drops the rule for the old subnet.
       await ensure();

@@ -1,6 +1,10 @@
 // The iptables rules flanneld installs, as upstream flanneld v0.20.2 does: same chains, same order,
 // same match arguments and comments, so a node switched between the two daemons keeps one rule set.
 import type { Ip4Net } from '../subnet/ip4.js';
+import type { Ip6Net } from '../subnet/ip6.js';
+
+/** An IPv4 or IPv6 network: the rule sets are the same for both families (ip6tables for IPv6). */
+type Net = Ip4Net | Ip6Net;
 
 export type IptablesTable = 'filter' | 'nat';
 
@@ -19,9 +23,10 @@ export const MASQ_COMMENT = 'flanneld masq';
 /** kube-proxy marks packets it will masquerade itself with this bit; masquerading them twice breaks some kernels. */
 export const KUBE_PROXY_MARK = '0x4000/0x4000';
 const MULTICAST = '224.0.0.0/4';
+const MULTICAST_V6 = 'ff00::/8';
 
 /** filter FORWARD: accept everything from or to the flannel network (hosts whose FORWARD policy is DROP, e.g. Docker). */
-export function forwardRules(network: Ip4Net): IptablesRule[] {
+export function forwardRules(network: Net): IptablesRule[] {
   const n = network.toString();
   const comment = ['-m', 'comment', '--comment', FORWARD_COMMENT];
   return [
@@ -35,8 +40,9 @@ export function forwardRules(network: Ip4Net): IptablesRule[] {
  * nat POSTROUTING: masquerade pod traffic leaving the flannel network, never traffic between pods, and
  * masquerade host traffic into the network except when it is addressed to this node's own subnet.
  */
-export function masqRules(network: Ip4Net, subnet: Ip4Net, randomFully: boolean): IptablesRule[] {
+export function masqRules(network: Net, subnet: Net, randomFully: boolean): IptablesRule[] {
   const n = network.toString();
+  const multicast = network.toString().includes(':') ? MULTICAST_V6 : MULTICAST;
   const sn = subnet.toString();
   const comment = ['-m', 'comment', '--comment', MASQ_COMMENT];
   const masquerade = randomFully ? ['-j', 'MASQUERADE', '--random-fully'] : ['-j', 'MASQUERADE'];
@@ -47,7 +53,7 @@ export function masqRules(network: Ip4Net, subnet: Ip4Net, randomFully: boolean)
     // Pod to pod stays unmasqueraded (source addresses are routable inside the overlay).
     rule(['-s', n, '-d', n, ...comment, '-j', 'RETURN']),
     // Pod to the outside world, except multicast.
-    rule(['-s', n, '!', '-d', MULTICAST, ...comment, ...masquerade]),
+    rule(['-s', n, '!', '-d', multicast, ...comment, ...masquerade]),
     // Outside traffic arriving for this node's own pods keeps its source.
     rule(['!', '-s', n, '-d', sn, ...comment, '-j', 'RETURN']),
     // The host reaching pods on other nodes: replies must come back through the overlay.

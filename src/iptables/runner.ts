@@ -4,6 +4,8 @@ import { execFile, spawn } from 'node:child_process';
 
 export interface IptablesRunOptions {
   netns?: string;
+  /** Run ip6tables / ip6tables-restore instead (the IPv6 half of a dual-stack rule set). */
+  ipv6?: boolean;
 }
 
 export interface IptablesResult {
@@ -35,7 +37,7 @@ function command(binary: string, args: readonly string[], opts: IptablesRunOptio
  * chain is missing); rejects only when iptables could not be run at all.
  */
 export function runIptables(args: readonly string[], opts: IptablesRunOptions = {}): Promise<IptablesResult> {
-  return run(command('iptables', [...WAIT, ...args], opts));
+  return run(command(opts.ipv6 ? 'ip6tables' : 'iptables', [...WAIT, ...args], opts));
 }
 
 function run([file, argv]: [string, string[]]): Promise<IptablesResult> {
@@ -52,7 +54,7 @@ function run([file, argv]: [string, string[]]): Promise<IptablesResult> {
 
 /** Applies `input` in one `iptables-restore --noflush` transaction: all of it or none of it. */
 export function iptablesRestore(input: string, opts: IptablesRunOptions = {}): Promise<void> {
-  const [file, argv] = command('iptables-restore', [...WAIT, '--noflush'], opts);
+  const [file, argv] = command(opts.ipv6 ? 'ip6tables-restore' : 'iptables-restore', [...WAIT, '--noflush'], opts);
   return new Promise((resolve, reject) => {
     const child = spawn(file, argv, { stdio: ['pipe', 'ignore', 'pipe'] });
     let stderr = '';
@@ -66,7 +68,7 @@ export function iptablesRestore(input: string, opts: IptablesRunOptions = {}): P
 
 /** MASQUERADE --random-fully needs iptables 1.6.2 or newer (the same test upstream's go-iptables makes). */
 export async function iptablesSupportsRandomFully(opts: IptablesRunOptions = {}): Promise<boolean> {
-  const r = await run(command('iptables', ['--version'], opts));
+  const r = await run(command(opts.ipv6 ? 'ip6tables' : 'iptables', ['--version'], opts));
   const m = /v(\d+)\.(\d+)\.(\d+)/.exec(r.stdout);
   if (r.code !== 0 || !m) return false;
   const [major, minor, patch] = [Number(m[1]), Number(m[2]), Number(m[3])];

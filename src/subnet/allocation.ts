@@ -1,9 +1,14 @@
 // Choosing this node's subnet from a listing of every lease: pure, so every rule (reuse, reservations,
 // the previous subnet, random choice, a full network) is tested without a store.
 import { type NetworkConfig, candidateSubnets } from './config.js';
+import { type Ip6NetworkConfig, candidateIpv6Subnets, isIpv6Candidate } from './config-ipv6.js';
 import { type Ip4Net, formatIp4 } from './ip4.js';
+import { Ip6Net, formatIp6 } from './ip6.js';
 import type { LeaseListing, LeaseRecord } from './lease-store.js';
 import { checkLeaseSubnet } from './lease-validation.js';
+
+/** How many free IPv6 subnets, from the lowest, the random choice is made among (upstream's bound too). */
+export const IPV6_CHOICES = 100;
 
 export class NetworkFullError extends Error {
   constructor(config: NetworkConfig, taken: number) {
@@ -15,12 +20,23 @@ export class NetworkFullError extends Error {
   }
 }
 
+export class Ipv6NetworkFullError extends NetworkFullError {
+  constructor(config: NetworkConfig, ipv6: Ip6NetworkConfig, taken: number) {
+    super(config, taken);
+    this.message =
+      `no free IPv6 subnet: all ${taken} /${ipv6.subnetLen} subnets between ${formatIp6(ipv6.subnetMin)} and ` +
+      `${formatIp6(ipv6.subnetMax)} in ${ipv6.network} are leased or reserved`;
+  }
+}
+
 export interface AllocationRequest {
   network: NetworkConfig;
   /** Ours: a lease already carrying it is ours from before a restart (or a reservation for us). */
   publicIP: string;
   /** Tried before a random subnet when free: the env file's subnet, or the one we just lost. */
   preferred: Ip4Net | null;
+  /** The same for the IPv6 subnet (dual stack). */
+  preferredIpv6?: Ip6Net | null;
   /** Never chosen: the subnet another node took from us. */
   avoid: Ip4Net | null;
   /** A number in [0, 1); Math.random in production, a seeded source in tests. */
@@ -30,8 +46,8 @@ export interface AllocationRequest {
 export type Allocation =
   /** Rewrite this existing key (ours, or reserved for us). */
   | { kind: 'take-over'; record: LeaseRecord }
-  /** Create the key for this free subnet. */
-  | { kind: 'create'; subnet: Ip4Net; preferred: boolean };
+  /** Create the key for this free subnet (and free IPv6 subnet, in dual stack). */
+  | { kind: 'create'; subnet: Ip4Net; ipv6Subnet: Ip6Net | null; preferred: boolean };
 
 /** A subnet we may lease under this config. */
 export function isCandidate(subnet: Ip4Net, c: NetworkConfig): boolean {
@@ -45,18 +61,53 @@ export function isCandidate(subnet: Ip4Net, c: NetworkConfig): boolean {
 export function chooseSubnet(listing: LeaseListing, req: AllocationRequest): Allocation {
   const { records, invalid } = listing;
   const avoided = (sn: Ip4Net) => req.avoid !== null && sn.equals(req.avoid);
-  const mine = records.find((r) => r.attrs.publicIP === req.publicIP && isCandidate(r.subnet, req.network) && !avoided(r.subnet));
+  const ipv6 = req.network.ipv6 ?? null;
+  // In dual stack only a key with both subnets is ours to reuse; in IPv4 only, only a key without one.
+  const familiesFit = (r: LeaseRecord) => (ipv6 ? !!r.ipv6Subnet && isIpv6Candidate(r.ipv6Subnet, ipv6) : !r.ipv6Subnet);
+  const mine = records.find((r) => r.attrs.publicIP === req.publicIP && isCandidate(r.subnet, req.network) && familiesFit(r) && !avoided(r.subnet));
   if (mine) return { kind: 'take-over', record: mine };
 
   const occupancy = new Occupancy(listing, req.network);
   const isFree = (sn: Ip4Net) => occupancy.isFree(sn) && !avoided(sn);
   const { preferred } = req;
+  const ipv6Subnet = ipv6 ? chooseIpv6Subnet(listing, req, ipv6) : null;
   if (preferred !== null && isCandidate(preferred, req.network) && isFree(preferred)) {
-    return { kind: 'create', subnet: preferred, preferred: true };
+    return { kind: 'create', subnet: preferred, ipv6Subnet, preferred: true };
   }
   const free = [...candidateSubnets(req.network)].filter(isFree);
   if (free.length === 0) throw new NetworkFullError(req.network, records.length + invalid.length);
-  return { kind: 'create', subnet: free[Math.floor(req.random() * free.length)]!, preferred: false };
+  return { kind: 'create', subnet: free[Math.floor(req.random() * free.length)]!, ipv6Subnet, preferred: false };
+}
+
+/**
+ * The IPv6 half of a new key: the preferred subnet when free, else one at random among the lowest
+ * IPV6_CHOICES free ones (an IPv6 network may hold billions of subnets: the scan stops there).
+ */
+function chooseIpv6Subnet(listing: LeaseListing, req: AllocationRequest, ipv6: Ip6NetworkConfig): Ip6Net {
+  const taken: Ip6Net[] = [
+    ...listing.records.flatMap((r) => (r.ipv6Subnet ? [r.ipv6Subnet] : [])),
+    ...listing.invalid.flatMap((bad) => (bad.ipv6Subnet ? [bad.ipv6Subnet] : [])),
+  ];
+  const sameLength = new Set(taken.filter((n) => n.prefixLen === ipv6.subnetLen).map((n) => n.toKey()));
+  const others = taken.filter((n) => n.prefixLen !== ipv6.subnetLen);
+  const isFree = (n: Ip6Net) => !sameLength.has(n.toKey()) && !others.some((o) => o.overlaps(n));
+  const preferred = req.preferredIpv6 ?? null;
+  if (preferred !== null && isIpv6Candidate(preferred, ipv6) && isFree(preferred)) return preferred;
+  const free: Ip6Net[] = [];
+  let sn: Ip6Net | null = candidateIpv6Subnets(ipv6).next().value ?? null;
+  while (sn !== null && sn.ip <= ipv6.subnetMax && free.length < IPV6_CHOICES) {
+    // A shorter key (say a /56 among /64s) blocks a whole run of candidates: step past it at once,
+    // so the scan is bounded by the number of keys plus IPV6_CHOICES.
+    const blocker = others.find((o) => o.overlaps(sn!));
+    if (blocker && blocker.prefixLen < sn.prefixLen) {
+      sn = blocker.last + 1n > ipv6.subnetMax ? null : new Ip6Net(blocker.last + 1n, sn.prefixLen);
+      continue;
+    }
+    if (!blocker && !sameLength.has(sn.toKey())) free.push(sn);
+    sn = sn.next();
+  }
+  if (free.length === 0) throw new Ipv6NetworkFullError(req.network, ipv6, taken.length);
+  return free[Math.floor(req.random() * free.length)]!;
 }
 
 /** The subnets already held, for fast "is this one free?" checks while choosing. */

@@ -1,6 +1,10 @@
 // The network config stored at <prefix>/config, in upstream flannel's JSON, with upstream's defaults.
 // Every rejection names the field at fault so that an operator can fix it with one etcdctl put.
 import { type Ip4, Ip4Net, formatIp4, parseIp4 } from './ip4.js';
+import { type Ip6NetworkConfig, Ipv6ConfigError, parseIpv6Config } from './config-ipv6.js';
+import { formatIp6 } from './ip6.js';
+
+export type { Ip6NetworkConfig } from './config-ipv6.js';
 
 export interface VxlanBackendConfig {
   type: 'vxlan';
@@ -17,7 +21,12 @@ export interface UdpBackendConfig {
   port: number;
 }
 
-export type BackendConfig = VxlanBackendConfig | UdpBackendConfig;
+/** host-gw takes no options: a route per peer via its PublicIP (and PublicIPv6). */
+export interface HostGwBackendConfig {
+  type: 'host-gw';
+}
+
+export type BackendConfig = VxlanBackendConfig | UdpBackendConfig | HostGwBackendConfig;
 
 export interface NetworkConfig {
   network: Ip4Net;
@@ -25,6 +34,8 @@ export interface NetworkConfig {
   subnetMin: Ip4;
   subnetMax: Ip4;
   backend: BackendConfig;
+  /** Dual stack (EnableIPv6): the IPv6 network and its subnets; absent or null for IPv4 only. */
+  ipv6?: Ip6NetworkConfig | null;
 }
 
 export class ConfigError extends Error {
@@ -54,6 +65,7 @@ const TOP_LEVEL_KEYS = [
 const BACKEND_KEYS: Record<string, readonly string[]> = {
   udp: ['Type', 'Port'],
   vxlan: ['Type', 'VNI', 'Port', 'GBP', 'DirectRouting', 'MTU', 'Learning', 'MacPrefix'],
+  'host-gw': ['Type'],
 };
 
 /**
@@ -104,7 +116,7 @@ function parseBackend(backend: unknown, unknown: string[]): BackendConfig {
   const type = canonicalKeys(backend, ['Type'], '').fields['Type'] ?? 'udp';
   if (typeof type !== 'string') throw new ConfigError('Backend.Type', 'must be a string');
   const keys = BACKEND_KEYS[type.toLowerCase()];
-  if (keys === undefined) throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan)`);
+  if (keys === undefined) throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan, host-gw)`);
   const { fields: raw, unknown: extra } = canonicalKeys(backend, keys, 'Backend.');
   unknown.push(...extra);
   switch (type.toLowerCase()) {
@@ -119,8 +131,10 @@ function parseBackend(backend: unknown, unknown: string[]): BackendConfig {
         directRouting: optionalBool(raw, 'DirectRouting', 'Backend.DirectRouting') ?? false,
         mtu: optionalInt(raw, 'MTU', 'Backend.MTU', 68, 65535) ?? null,
       };
+    case 'host-gw':
+      return { type: 'host-gw' };
     default:
-      throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan)`);
+      throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan, host-gw)`);
   }
 }
 
@@ -144,10 +158,15 @@ export function checkNetworkConfig(text: string): { config: NetworkConfig; unkno
   if (!isObject(json)) throw new ConfigError('(json)', 'must be a JSON object');
   const { fields: raw, unknown: unknownKeys } = canonicalKeys(json, TOP_LEVEL_KEYS, '');
 
-  if (raw['EnableIPv6'] === true || (raw['IPv6Network'] !== undefined && raw['IPv6Network'] !== '')) {
-    throw new ConfigError('EnableIPv6', 'IPv6 networks are not supported by this daemon');
+  // Upstream's keys for an IPv6-only network would need lease keys without an IPv4 part: not supported.
+  if (raw['EnableIPv4'] === false) throw new ConfigError('EnableIPv4', 'IPv6-only networks are not supported: IPv4 must be enabled (dual stack: EnableIPv6 beside Network)');
+  let ipv6: Ip6NetworkConfig | null;
+  try {
+    ipv6 = parseIpv6Config(raw);
+  } catch (err) {
+    if (err instanceof Ipv6ConfigError) throw new ConfigError(err.field, err.reason);
+    throw err;
   }
-  if (raw['EnableIPv4'] === false) throw new ConfigError('EnableIPv4', 'IPv4 must be enabled (it is the only family supported)');
 
   const networkText = raw['Network'];
   if (networkText === undefined || networkText === null || networkText === '') throw new ConfigError('Network', 'is required');
@@ -190,7 +209,9 @@ export function checkNetworkConfig(text: string): { config: NetworkConfig; unkno
   }
 
   const backend = parseBackend(raw['Backend'], unknownKeys);
-  return { config: { network, subnetLen, subnetMin, subnetMax, backend }, unknownKeys };
+  // As upstream: the udp backend carries IPv4 packets only.
+  if (ipv6 && backend.type === 'udp') throw new ConfigError('EnableIPv6', 'the udp backend does not support IPv6 (as upstream): use vxlan or host-gw for dual stack');
+  return { config: { network, subnetLen, subnetMin, subnetMax, backend, ...(ipv6 ? { ipv6 } : {}) }, unknownKeys };
 }
 
 /**
@@ -198,18 +219,23 @@ export function checkNetworkConfig(text: string): { config: NetworkConfig; unkno
  * `flannelctl config set` (or etcdctl) and read the same by this daemon and by upstream flanneld.
  */
 export function formatNetworkConfig(c: NetworkConfig): Record<string, unknown> {
+  const b = c.backend;
   const backend: Record<string, unknown> =
-    c.backend.type === 'udp'
-      ? { Type: 'udp', Port: c.backend.port }
-      : {
-          Type: 'vxlan',
-          VNI: c.backend.vni,
-          Port: c.backend.port,
-          GBP: c.backend.gbp,
-          DirectRouting: c.backend.directRouting,
-          ...(c.backend.mtu === null ? {} : { MTU: c.backend.mtu }),
-        };
-  return { Network: c.network.toString(), SubnetLen: c.subnetLen, SubnetMin: formatIp4(c.subnetMin), SubnetMax: formatIp4(c.subnetMax), Backend: backend };
+    b.type === 'udp'
+      ? { Type: 'udp', Port: b.port }
+      : b.type === 'host-gw'
+        ? { Type: 'host-gw' }
+        : { Type: 'vxlan', VNI: b.vni, Port: b.port, GBP: b.gbp, DirectRouting: b.directRouting, ...(b.mtu === null ? {} : { MTU: b.mtu }) };
+  const ipv6 = c.ipv6
+    ? {
+        EnableIPv6: true,
+        IPv6Network: c.ipv6.network.toString(),
+        IPv6SubnetLen: c.ipv6.subnetLen,
+        IPv6SubnetMin: formatIp6(c.ipv6.subnetMin),
+        IPv6SubnetMax: formatIp6(c.ipv6.subnetMax),
+      }
+    : {};
+  return { Network: c.network.toString(), SubnetLen: c.subnetLen, SubnetMin: formatIp4(c.subnetMin), SubnetMax: formatIp4(c.subnetMax), ...ipv6, Backend: backend };
 }
 
 /** Every subnet a node may lease under this config, in address order. */
@@ -222,5 +248,6 @@ export function* candidateSubnets(config: NetworkConfig): Generator<Ip4Net> {
 
 /** True when two configs describe the same network and backend (a change of either needs a restart). */
 export function sameNetwork(a: NetworkConfig, b: NetworkConfig): boolean {
-  return JSON.stringify({ ...a, network: a.network.toString() }) === JSON.stringify({ ...b, network: b.network.toString() });
+  const bigints = (_key: string, v: unknown): unknown => (typeof v === 'bigint' ? v.toString() : v); // IPv6 addresses
+  return JSON.stringify({ ...a, network: a.network.toString() }, bigints) === JSON.stringify({ ...b, network: b.network.toString() }, bigints);
 }

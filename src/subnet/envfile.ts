@@ -1,11 +1,12 @@
 // The subnet env file that Docker (--bip/--mtu via docker-opts) and the CNI plugin read, in upstream's
 // format. The one reader and writer of it: the daemon, the CNI plugin and `flannelctl docker-opts` all
-// parse it here, with the same strictness. Free of npm dependencies, so the CNI plugin (started for
-// every pod) loads fast.
+// parse it here, with the same strictness. Its only npm dependency is ipaddr.js (through ip6.ts), which
+// the CNI plugin's copy of dist/ takes along.
 import { readFileSync } from 'node:fs';
 import { writeFileAtomic } from '../common/atomic-file.js';
 import { quoted } from '../common/printable.js';
 import { Ip4Net, formatIp4 } from './ip4.js';
+import { Ip6Net } from './ip6.js';
 
 export const DEFAULT_SUBNET_FILE = '/run/flannel/subnet.env';
 
@@ -16,6 +17,9 @@ export interface SubnetEnv {
   subnet: Ip4Net;
   mtu: number;
   ipMasq: boolean;
+  /** Dual stack: FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET (host part cleared); absent otherwise. */
+  ipv6Network?: Ip6Net | null;
+  ipv6Subnet?: Ip6Net | null;
 }
 
 /** Why an env file cannot be used: `missing` when the file does not exist, `invalid` otherwise. */
@@ -36,10 +40,13 @@ export function bridgeAddress(subnet: Ip4Net): string {
   return `${formatIp4(subnet.ip + 1)}/${subnet.prefixLen}`;
 }
 
+/** Upstream's order: the IPv6 lines follow the IPv4 ones; FLANNEL_IPV6_SUBNET is the `::1` address, as FLANNEL_SUBNET is `.1`. */
 export function formatSubnetEnv(env: SubnetEnv): string {
   return [
     `FLANNEL_NETWORK=${env.networks.join(',')}`,
     `FLANNEL_SUBNET=${bridgeAddress(env.subnet)}`,
+    ...(env.ipv6Network ? [`FLANNEL_IPV6_NETWORK=${env.ipv6Network}`] : []),
+    ...(env.ipv6Subnet ? [`FLANNEL_IPV6_SUBNET=${env.ipv6Subnet.firstHostCidr()}`] : []),
     `FLANNEL_MTU=${env.mtu}`,
     `FLANNEL_IPMASQ=${env.ipMasq}`,
     '',
@@ -90,7 +97,20 @@ export function parseSubnetEnv(text: string, source: string): SubnetEnv {
   if (!/^\d+$/.test(mtuText) || mtu < 68 || mtu > 65535) throw bad('FLANNEL_MTU', 'is not an MTU (68-65535)');
   const masq = vars['FLANNEL_IPMASQ']!;
   if (masq !== 'true' && masq !== 'false') throw bad('FLANNEL_IPMASQ', 'is not true or false');
-  return { networks, subnet, mtu, ipMasq: masq === 'true' };
+  const v6 = (key: string): Ip6Net | null => {
+    if (!vars[key]) return null;
+    try {
+      return Ip6Net.parse(vars[key]!, true);
+    } catch {
+      throw bad(key, 'is not an IPv6 address/prefix');
+    }
+  };
+  const ipv6Network = v6('FLANNEL_IPV6_NETWORK');
+  const ipv6Subnet = v6('FLANNEL_IPV6_SUBNET');
+  if ((ipv6Network === null) !== (ipv6Subnet === null)) {
+    throw new SubnetEnvError(`${source}: FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET come together (dual stack), one is missing`, 'invalid');
+  }
+  return { networks, subnet, mtu, ipMasq: masq === 'true', ...(ipv6Network && ipv6Subnet ? { ipv6Network, ipv6Subnet } : {}) };
 }
 
 /** Reads and parses an env file; a missing file is a SubnetEnvError of kind `missing`. */
@@ -111,6 +131,15 @@ export function readSubnetEnvFile(path: string): SubnetEnv {
 export function previousSubnet(path: string): Ip4Net | null {
   try {
     return readSubnetEnvFile(path).subnet;
+  } catch {
+    return null;
+  }
+}
+
+/** The IPv6 subnet recorded by a previous dual-stack run, or null. */
+export function previousIpv6Subnet(path: string): Ip6Net | null {
+  try {
+    return readSubnetEnvFile(path).ipv6Subnet ?? null;
   } catch {
     return null;
   }

@@ -3,14 +3,44 @@
 // take over one unchanged since it was read, keep an expiring lease alive, and delete. src/etcd/
 // implements it on etcd v3; src/subnet/memory-store.ts implements it in memory for fast tests.
 import { Ip4Net } from './ip4.js';
+import { Ip6Net } from './ip6.js';
 import { type LeaseAttrs, decodeLeaseAttrs } from './lease.js';
 import { rejectionOf } from './lease-validation.js';
+
+/** The subnets one lease key names: always an IPv4 one, and an IPv6 one in a dual-stack network. */
+export interface LeaseSubnets {
+  subnet: Ip4Net;
+  ipv6Subnet: Ip6Net | null;
+}
+
+/** The key name under subnets/, as upstream writes it: `a.b.c.d-24`, or `a.b.c.d-24&<ipv6>-64` in dual stack. */
+export function leaseKeyName(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null): string {
+  return ipv6Subnet ? `${subnet.toKey()}&${ipv6Subnet.toKey()}` : subnet.toKey();
+}
+
+/** Parses a key name under subnets/ (see leaseKeyName); throws with the reason. */
+export function parseLeaseKeyName(name: string): LeaseSubnets {
+  const amp = name.indexOf('&');
+  if (amp < 0) return { subnet: Ip4Net.fromKey(name), ipv6Subnet: null };
+  const v6 = name.slice(amp + 1);
+  // Upstream writes (and matches) the IPv6 part in lower case only.
+  if (!/^[0-9a-f:]+-\d{1,3}$/.test(v6)) throw new Error(`not a subnet key: "${name}"`);
+  return { subnet: Ip4Net.fromKey(name.slice(0, amp)), ipv6Subnet: Ip6Net.fromKey(v6) };
+}
+
+/** Two lease keys name the same subnets. */
+export function sameSubnets(a: { subnet: Ip4Net; ipv6Subnet?: Ip6Net | null }, b: { subnet: Ip4Net; ipv6Subnet?: Ip6Net | null }): boolean {
+  const [x, y] = [a.ipv6Subnet ?? null, b.ipv6Subnet ?? null];
+  return a.subnet.equals(b.subnet) && (x === null ? y === null : y !== null && x.equals(y));
+}
 
 /** A lease as stored. Revisions are decimal strings: etcd's are int64. */
 export interface LeaseRecord {
   /** The whole key, as stored. */
   key: string;
   subnet: Ip4Net;
+  /** The IPv6 subnet the key names too (`…&<ipv6>-<len>`); null or absent in an IPv4-only key. */
+  ipv6Subnet?: Ip6Net | null;
   attrs: LeaseAttrs;
   /** The expiring lease the key is bound to (decimal string), or null for a reservation. */
   leaseId: string | null;
@@ -29,6 +59,8 @@ export interface InvalidLeaseKey {
   reason: string;
   /** The subnet named by the key, when the key itself is well-formed (the key still occupies it). */
   subnet: Ip4Net | null;
+  /** The IPv6 subnet named by the key, when there is one and the key is well-formed. */
+  ipv6Subnet?: Ip6Net | null;
   modRevision: string;
 }
 
@@ -42,7 +74,7 @@ export interface LeaseListing {
 export type LeaseChange =
   | { type: 'put'; record: LeaseRecord }
   /** `revision` is the revision of the deletion; `key` the whole key. */
-  | { type: 'delete'; key: string; subnet: Ip4Net | null; revision: string }
+  | { type: 'delete'; key: string; subnet: Ip4Net | null; ipv6Subnet?: Ip6Net | null; revision: string }
   | ({ type: 'invalid'; revision: string } & InvalidLeaseKey);
 
 export interface LeaseWatchHandlers {
@@ -79,10 +111,10 @@ export interface LeaseStore {
   /** Every lease, read at one revision, plus the keys that cannot be used. */
   listLeases(): Promise<LeaseListing>;
   /**
-   * Creates the key for `subnet` only if it does not exist, bound to a fresh expiring lease of
-   * `ttlSeconds`. Null when the key already existed (another node won the race).
+   * Creates the key for `subnet` (and `ipv6Subnet`, in dual stack) only if it does not exist, bound to
+   * a fresh expiring lease of `ttlSeconds`. Null when the key already existed (another node won the race).
    */
-  createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null>;
+  createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number, ipv6Subnet?: Ip6Net | null): Promise<WrittenLease | null>;
   /**
    * Rewrites an existing key (ours from before a restart) with fresh attrs, provided it is unchanged
    * since `existing.modRevision`. A reservation stays a reservation. Null when it changed meanwhile.
@@ -90,18 +122,18 @@ export interface LeaseStore {
   takeOverLease(existing: LeaseRecord, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null>;
   /** Extends an expiring lease to its full TTL again: the new TTL in seconds, or 0 when it is gone. */
   renewLease(leaseId: string): Promise<number>;
-  /** Deletes the key of `subnet`; false when there was none. */
-  deleteLease(subnet: Ip4Net): Promise<boolean>;
+  /** Deletes the key of `subnet` (and `ipv6Subnet`); false when there was none. */
+  deleteLease(subnet: Ip4Net, ipv6Subnet?: Ip6Net | null): Promise<boolean>;
   /** Follows changes from `fromRevision` (inclusive), resuming by itself after lost connections. */
   watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable>;
   /** Waits before a retry: `ms`, or less when the store answers again meanwhile or is closing. */
   backoff(ms: number): Promise<void>;
 }
 
-/** The subnet a key under subnets/ names (`name` is the part after the prefix), or why it names none. */
-export function parseLeaseKey(key: string, name: string, modRevision: string): Ip4Net | InvalidLeaseKey {
+/** The subnets a key under subnets/ names (`name` is the part after the prefix), or why it names none. */
+export function parseLeaseKey(key: string, name: string, modRevision: string): LeaseSubnets | InvalidLeaseKey {
   try {
-    return Ip4Net.fromKey(name);
+    return parseLeaseKeyName(name);
   } catch (err) {
     const { reason, detail } = rejectionOf(err);
     return { key, code: reason === 'bad_json' ? 'bad_key' : reason, reason: detail, subnet: null, modRevision };
@@ -113,13 +145,14 @@ export function parseStoredLease(
   entry: { key: string; name: string; value: string; leaseId: string | null; modRevision: string; createRevision: string },
 ): LeaseRecord | InvalidLeaseKey {
   const { key, modRevision } = entry;
-  const subnet = parseLeaseKey(key, entry.name, modRevision);
-  if (!(subnet instanceof Ip4Net)) return subnet;
+  const named = parseLeaseKey(key, entry.name, modRevision);
+  if ('code' in named) return named;
+  const { subnet, ipv6Subnet } = named;
   try {
     const attrs = decodeLeaseAttrs(entry.value);
-    return { key, subnet, attrs, leaseId: entry.leaseId, modRevision, createRevision: entry.createRevision };
+    return { key, subnet, ipv6Subnet, attrs, leaseId: entry.leaseId, modRevision, createRevision: entry.createRevision };
   } catch (err) {
     const { reason, detail } = rejectionOf(err);
-    return { key, code: reason, reason: detail, subnet, modRevision };
+    return { key, code: reason, reason: detail, subnet, ipv6Subnet, modRevision };
   }
 }

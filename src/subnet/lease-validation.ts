@@ -6,6 +6,7 @@
 // unknown keys are ignored) but refuses anything that upstream would accept only by accident and
 // that could hurt a peer: padded or Unicode-spaced addresses, multicast MACs, control characters,
 // oversized values.
+import { formatIp6, parseIp6 } from './ip6.js';
 import { quoted } from '../common/printable.js';
 import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from './ip4.js';
@@ -85,75 +86,17 @@ export function goJsonFields<N extends string>(obj: Record<string, unknown>, nam
 // ---------------------------------------------------------------------------------------------
 // IPv6 (PublicIPv6)
 
-const HEX_GROUP = /^[0-9a-fA-F]{1,4}$/;
-const EMBEDDED_V4 = /^(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})$/;
-
-/**
- * Parses an IPv6 address as Go's net.ParseIP does (hex groups of 1-4 digits in either case, one
- * "::", an optional dotted quad in the last 32 bits) but with no zone, no spaces and no IPv4
- * text on its own. Returns the 8 groups.
- */
-export function parseIp6(text: string): number[] {
-  const bad = (): Error => new Error(`not an IPv6 address: ${quoted(text)}`);
-  if (typeof text !== 'string' || text.length < 2 || text.length > 45) throw bad();
-  const halves = text.split('::');
-  if (halves.length > 2) throw bad();
-  const groupsOf = (part: string, last: boolean): number[] => {
-    if (part === '') return [];
-    const words = part.split(':');
-    const groups: number[] = [];
-    words.forEach((w, i) => {
-      if (last && i === words.length - 1 && w.includes('.')) {
-        const m = EMBEDDED_V4.exec(w);
-        if (!m) throw bad();
-        const o = m.slice(1, 5).map(Number);
-        if (o.some((x) => x > 255)) throw bad();
-        groups.push((o[0]! << 8) | o[1]!, (o[2]! << 8) | o[3]!);
-      } else {
-        if (!HEX_GROUP.test(w)) throw bad();
-        groups.push(parseInt(w, 16));
-      }
-    });
-    return groups;
-  };
-  if (halves.length === 1) {
-    const groups = groupsOf(text, true);
-    if (groups.length !== 8) throw bad();
-    return groups;
-  }
-  const head = groupsOf(halves[0]!, false);
-  const tail = groupsOf(halves[1]!, true);
-  if (head.length + tail.length > 7) throw bad(); // "::" stands for at least one zero group
-  return [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail];
-}
-
-/** RFC 5952 text: lower case, no leading zeros, the longest run (≥ 2) of zero groups as "::". */
-export function formatIp6(groups: readonly number[]): string {
-  let bestAt = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) [bestAt, bestLen] = [i, j - i];
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestAt < 0) return hex.join(':');
-  return `${hex.slice(0, bestAt).join(':')}::${hex.slice(bestAt + bestLen).join(':')}`;
-}
+// Parsing and the canonical text form are ip6.ts's (ipaddr.js underneath); re-exported for callers here.
+export { formatIp6, parseIp6 } from './ip6.js';
 
 /** A node's IPv6 address: parsed exactly, unicast, returned in canonical form. */
 export function parseUnicastIp6(text: string): string {
-  const g = parseIp6(text);
-  const canonical = formatIp6(g);
-  if (g.every((x) => x === 0)) throw new Error(`${canonical} is the unspecified address`);
-  if (canonical === '::1') throw new Error('::1 is the loopback address');
-  if (g[0]! >> 8 === 0xff) throw new Error(`${canonical} is a multicast address`);
-  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) throw new Error(`${canonical} is an IPv4-mapped address`);
+  const ip = parseIp6(text);
+  const canonical = formatIp6(ip);
+  if (ip === 0n) throw new Error(`${canonical} is the unspecified address`);
+  if (ip === 1n) throw new Error('::1 is the loopback address');
+  if (ip >> 120n === 0xffn) throw new Error(`${canonical} is a multicast address`);
+  if (ip >> 32n === 0xffffn) throw new Error(`${canonical} is an IPv4-mapped address`);
   return canonical;
 }
 

@@ -1,11 +1,14 @@
 // A subnet lease as stored in etcd, in upstream flannel's JSON so that upstream nodes and ours
 // can share one cluster (see docs/compatibility.md).
 import { printable, quoted } from '../common/printable.js';
-import { type Ip4Net, parseUnicastIp4 } from './ip4.js';
+import type { Ip4Net } from './ip4.js';
+import { parseUnicastIp4 } from './ip4.js';
+import type { Ip6Net } from './ip6.js';
 import { LeaseRejected, hasControlChars } from './lease-reject.js';
 import { MAX_LEASE_VALUE_BYTES, goJsonFields, parseUnicastIp6, parseVtepMac } from './lease-validation.js';
 
-export type BackendType = 'udp' | 'vxlan';
+export type BackendType = 'udp' | 'vxlan' | 'host-gw';
+const BACKEND_TYPES: readonly string[] = ['udp', 'vxlan', 'host-gw'];
 
 /** What a node publishes about itself alongside its subnet. */
 export interface LeaseAttrs {
@@ -14,10 +17,14 @@ export interface LeaseAttrs {
   backendType: BackendType;
   /** vxlan: { VNI, VtepMAC }; udp: none. Kept as parsed JSON; each backend validates its own. */
   backendData: Record<string, unknown> | null;
+  /** Dual-stack vxlan: { VNI, VtepMAC } of the IPv6 device. Absent (not written) otherwise. */
+  backendV6Data?: Record<string, unknown> | null;
 }
 
 export interface Lease {
   subnet: Ip4Net;
+  /** The IPv6 subnet of a dual-stack lease. */
+  ipv6Subnet?: Ip6Net | null;
   attrs: LeaseAttrs;
   /** When the etcd lease runs out; null for a reservation (a key with no etcd lease) or when not tracked. */
   expiration: Date | null;
@@ -25,17 +32,21 @@ export interface Lease {
 
 export type LeaseEvent = { type: 'added'; lease: Lease } | { type: 'removed'; lease: Lease };
 
-/** Serialises attrs as upstream does: udp leases carry no BackendType/BackendData at all. */
+/**
+ * Serialises attrs as upstream does: udp leases carry no BackendType/BackendData at all, host-gw ones
+ * no BackendData (upstream omits empty data), and only dual-stack vxlan ones BackendV6Data.
+ */
 export function encodeLeaseAttrs(attrs: LeaseAttrs): string {
   const wire: Record<string, unknown> = { PublicIP: attrs.publicIP, PublicIPv6: attrs.publicIPv6 };
   if (attrs.backendType !== 'udp') {
     wire['BackendType'] = attrs.backendType;
-    wire['BackendData'] = attrs.backendData;
+    if (attrs.backendData !== null || attrs.backendType === 'vxlan') wire['BackendData'] = attrs.backendData;
+    if (attrs.backendV6Data) wire['BackendV6Data'] = attrs.backendV6Data;
   }
   return JSON.stringify(wire);
 }
 
-const TOP_FIELDS = ['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData'] as const;
+const TOP_FIELDS = ['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData', 'BackendV6Data'] as const;
 const VXLAN_FIELDS = ['VNI', 'VtepMAC'] as const;
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -57,13 +68,13 @@ function refuseControlChars(v: unknown, path: string): void {
 }
 
 /** vxlan's BackendData, normalised: canonical key names, VNI when given, VtepMAC in lower case. */
-function decodeVxlanData(data: unknown): Record<string, unknown> {
-  if (!isObject(data)) throw new LeaseRejected('bad_backend_data', 'vxlan lease: BackendData is missing or not a JSON object');
-  const f = goJsonFields(data, VXLAN_FIELDS, 'BackendData');
+function decodeVxlanData(data: unknown, field = 'BackendData'): Record<string, unknown> {
+  if (!isObject(data)) throw new LeaseRejected('bad_backend_data', `vxlan lease: ${field} is missing or not a JSON object`);
+  const f = goJsonFields(data, VXLAN_FIELDS, field);
   const out: Record<string, unknown> = {};
   if (f.VNI !== undefined && f.VNI !== null) {
     if (typeof f.VNI !== 'number' || !Number.isInteger(f.VNI) || f.VNI < 0 || f.VNI > 0xffffff) {
-      throw new LeaseRejected('bad_backend_data', `vxlan lease: BackendData.VNI ${printable(JSON.stringify(f.VNI), 32)} is not a VNI (0-16777215)`);
+      throw new LeaseRejected('bad_backend_data', `vxlan lease: ${field}.VNI ${printable(JSON.stringify(f.VNI), 32)} is not a VNI (0-16777215)`);
     }
     out['VNI'] = f.VNI;
   }
@@ -115,9 +126,9 @@ export function decodeLeaseAttrs(value: string): LeaseAttrs {
   const type = f.BackendType ?? '';
   if (typeof type !== 'string') throw new LeaseRejected('bad_backend_type', 'lease BackendType is not a string');
   let backendType: BackendType;
-  if (type === '' || type === 'udp') backendType = 'udp';
-  else if (type === 'vxlan') backendType = 'vxlan';
-  else throw new LeaseRejected('bad_backend_type', `lease BackendType ${quoted(type, 32)} is not supported by this daemon (udp, vxlan)`);
+  if (type === '') backendType = 'udp';
+  else if (BACKEND_TYPES.includes(type)) backendType = type as BackendType;
+  else throw new LeaseRejected('bad_backend_type', `lease BackendType ${quoted(type, 32)} is not supported by this daemon (${BACKEND_TYPES.join(', ')})`);
 
   let backendData: Record<string, unknown> | null;
   if (backendType === 'vxlan') {
@@ -128,7 +139,13 @@ export function decodeLeaseAttrs(value: string): LeaseAttrs {
     }
     backendData = (f.BackendData as Record<string, unknown> | undefined) ?? null;
   }
-  return { publicIP: f.PublicIP, publicIPv6, backendType, backendData };
+  // Dual-stack vxlan: the IPv6 device's VNI and MAC, checked as BackendData is. Other backends publish none.
+  let backendV6Data: Record<string, unknown> | null = null;
+  if (f.BackendV6Data !== undefined && f.BackendV6Data !== null) {
+    if (backendType === 'vxlan') backendV6Data = decodeVxlanData(f.BackendV6Data, 'BackendV6Data');
+    else if (!isObject(f.BackendV6Data)) throw new LeaseRejected('bad_backend_data', 'lease BackendV6Data is not a JSON object');
+  }
+  return { publicIP: f.PublicIP, publicIPv6, backendType, backendData, ...(backendV6Data ? { backendV6Data } : {}) };
 }
 
 export function sameAttrs(a: LeaseAttrs, b: LeaseAttrs): boolean {

@@ -14,9 +14,10 @@ import { SerialQueue } from '../common/serial-queue.js';
 import { NetworkFullError, chooseSubnet } from './allocation.js';
 import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from './ip4.js';
+import type { Ip6Net } from './ip6.js';
 import { KnownLeases } from './known-leases.js';
 import { type Lease, type LeaseAttrs, type LeaseEvent, sameAttrs } from './lease.js';
-import { type LeaseChange, type LeaseListing, type LeaseStore, LeaseStoreUnavailableError, type Stoppable } from './lease-store.js';
+import { type LeaseChange, type LeaseListing, type LeaseStore, LeaseStoreUnavailableError, type Stoppable, sameSubnets } from './lease-store.js';
 
 export { NetworkFullError } from './allocation.js';
 export { RETRY_MAX_MS, RETRY_MIN_MS } from '../common/retry.js';
@@ -31,6 +32,8 @@ export interface LeaseManagerOptions {
   renewMarginSeconds: number;
   /** The subnet recorded by a previous run (env file), tried before a random one. */
   previousSubnet: Ip4Net | null;
+  /** The same for the IPv6 subnet (dual stack). */
+  previousIpv6Subnet?: Ip6Net | null;
   log: Logger;
   clock?: Clock;
   /** A number in [0, 1): picks among free subnets and spreads retries after a lost race. */
@@ -46,6 +49,7 @@ export interface LeaseManagerListener {
 
 interface OwnLease {
   subnet: Ip4Net;
+  ipv6Subnet: Ip6Net | null;
   /** null for a reservation, which has no expiring lease and never expires. */
   leaseId: string | null;
   expiration: Date | null;
@@ -94,7 +98,7 @@ export class LeaseManager {
     // start() may follow a failed start() and its stop() (e.g. the network was full): begin afresh.
     this.stopped = false;
     this.listener = listener;
-    const listing = await this.claim(this.opts.previousSubnet, null);
+    const listing = await this.claim(this.opts.previousSubnet, null, null, this.opts.previousIpv6Subnet ?? null);
     const own = this.own!;
     await listener.onOwnLease(this.toLease(own), 'claimed');
     await listener.onLeaseEvents(this.known.replaceAll(listing));
@@ -113,7 +117,7 @@ export class LeaseManager {
   }
 
   private toLease(own: OwnLease): Lease {
-    return { subnet: own.subnet, attrs: this.opts.attrs, expiration: own.expiration };
+    return { subnet: own.subnet, ...(own.ipv6Subnet ? { ipv6Subnet: own.ipv6Subnet } : {}), attrs: this.opts.attrs, expiration: own.expiration };
   }
 
   private get log(): Logger {
@@ -130,24 +134,36 @@ export class LeaseManager {
    * Picks and claims a subnet (see chooseSubnet). Retries from a fresh listing when another node wins
    * a race; the first attempt uses `listing` when the caller has just read one.
    */
-  private async claim(preferred: Ip4Net | null, avoid: Ip4Net | null, listing: LeaseListing | null = null): Promise<LeaseListing> {
+  private async claim(
+    preferred: Ip4Net | null,
+    avoid: Ip4Net | null,
+    listing: LeaseListing | null = null,
+    preferredIpv6: Ip6Net | null = null,
+  ): Promise<LeaseListing> {
     const { store, attrs, ttlSeconds, network } = this.opts;
     for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++, listing = null) {
       listing ??= await store.listLeases();
-      const choice = chooseSubnet(listing, { network, publicIP: attrs.publicIP, preferred, avoid, random: this.random });
+      const choice = chooseSubnet(listing, { network, publicIP: attrs.publicIP, preferred, preferredIpv6, avoid, random: this.random });
       if (choice.kind === 'take-over') {
         const written = await store.takeOverLease(choice.record, attrs, ttlSeconds);
         if (written === null) continue; // changed since we read it: list again
-        this.setOwn(choice.record.subnet, written.leaseId === '' ? null : written.leaseId, written.revision);
-        this.log.info({ subnet: choice.record.subnet.toString(), reservation: written.leaseId === '' }, 'reusing the lease that carries our public IP');
+        const ipv6Subnet = choice.record.ipv6Subnet ?? null;
+        this.setOwn(choice.record.subnet, ipv6Subnet, written.leaseId === '' ? null : written.leaseId, written.revision);
+        this.log.info(
+          { subnet: choice.record.subnet.toString(), ...(ipv6Subnet ? { ipv6Subnet: ipv6Subnet.toString() } : {}), reservation: written.leaseId === '' },
+          'reusing the lease that carries our public IP',
+        );
         return listing;
       }
-      const written = await store.createLease(choice.subnet, attrs, ttlSeconds);
+      const written = await store.createLease(choice.subnet, attrs, ttlSeconds, choice.ipv6Subnet);
       if (written !== null) {
-        this.setOwn(choice.subnet, written.leaseId, written.revision);
+        this.setOwn(choice.subnet, choice.ipv6Subnet, written.leaseId, written.revision);
         this.counters.claims++;
         leaseMetrics.claims.inc();
-        this.log.info({ subnet: choice.subnet.toString(), attempt }, choice.preferred ? 'claimed our previous subnet' : 'claimed a new subnet');
+        this.log.info(
+          { subnet: choice.subnet.toString(), ...(choice.ipv6Subnet ? { ipv6Subnet: choice.ipv6Subnet.toString() } : {}), attempt },
+          choice.preferred ? 'claimed our previous subnet' : 'claimed a new subnet',
+        );
         return listing;
       }
       // Lost a race for that subnet: another node created the key after our listing. Try again.
@@ -156,10 +172,10 @@ export class LeaseManager {
     throw new Error(`could not claim a subnet after ${MAX_CLAIM_ATTEMPTS} attempts (too much contention)`);
   }
 
-  private setOwn(subnet: Ip4Net, leaseId: string | null, revision: string): void {
+  private setOwn(subnet: Ip4Net, ipv6Subnet: Ip6Net | null, leaseId: string | null, revision: string): void {
     const expiration = leaseId === null ? null : new Date(this.clock.now() + this.opts.ttlSeconds * 1000);
-    this.own = { subnet, leaseId, expiration, revision: BigInt(revision) };
-    this.known.setOwn(subnet);
+    this.own = { subnet, ipv6Subnet, leaseId, expiration, revision: BigInt(revision) };
+    this.known.setOwn(subnet, ipv6Subnet);
   }
 
   private async startWatch(afterRevision: string): Promise<void> {
@@ -187,8 +203,8 @@ export class LeaseManager {
     const others: LeaseChange[] = [];
     let lostReason: string | null = null;
     for (const change of changes) {
-      const subnet = change.type === 'put' ? change.record.subnet : change.subnet;
-      if (subnet === null || !subnet.equals(own.subnet)) {
+      const named = change.type === 'put' ? change.record : change.subnet ? { subnet: change.subnet, ipv6Subnet: change.ipv6Subnet ?? null } : null;
+      if (named === null || !sameSubnets(named, own)) {
         others.push(change);
         continue;
       }
@@ -219,11 +235,12 @@ export class LeaseManager {
     while (!this.stopped) {
       try {
         const current = await this.opts.store.listLeases();
-        const holder = current.records.find((r) => r.subnet.equals(old.subnet));
+        const holder = current.records.find((r) => sameSubnets(r, old));
         const occupiedByOther =
-          (holder !== undefined && holder.attrs.publicIP !== this.opts.attrs.publicIP) || current.invalid.some((bad) => bad.subnet?.equals(old.subnet));
+          (holder !== undefined && holder.attrs.publicIP !== this.opts.attrs.publicIP) ||
+          current.invalid.some((bad) => bad.subnet !== null && sameSubnets({ subnet: bad.subnet, ipv6Subnet: bad.ipv6Subnet ?? null }, old));
         // The claim's first attempt chooses from this same listing rather than reading another.
-        listing = await this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, current);
+        listing = await this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, current, occupiedByOther ? null : old.ipv6Subnet);
         break;
       } catch (err) {
         const delay = backoff.next();
@@ -235,7 +252,7 @@ export class LeaseManager {
     if (this.stopped || !listing) return;
     this.scheduleRenewal();
     const own = this.own!;
-    if (own.subnet.equals(old.subnet)) {
+    if (sameSubnets(own, old)) {
       this.log.info({ subnet: own.subnet.toString() }, 're-claimed our subnet');
     } else {
       this.log.error(
@@ -276,7 +293,7 @@ export class LeaseManager {
         const events = this.known.replaceAll(listing);
         if (events.length > 0) await this.listener!.onLeaseEvents(events);
         const own = this.own!;
-        const holder = listing.records.find((r) => r.subnet.equals(own.subnet));
+        const holder = listing.records.find((r) => sameSubnets(r, own));
         const stillOurs = holder && sameAttrs(holder.attrs, this.opts.attrs) && holder.leaseId === own.leaseId;
         await this.startWatch(listing.revision);
         if (!stillOurs) await this.reclaim(holder ? 'our key was overwritten' : 'our key is gone');

@@ -6,10 +6,11 @@
 // as etcd's, so malformed values behave alike. Used by the fast unit tests of the lease manager.
 import { type Clock, type TimerHandle, systemClock } from '../common/clock.js';
 import type { Ip4Net } from './ip4.js';
+import type { Ip6Net } from './ip6.js';
 import { type LeaseAttrs, encodeLeaseAttrs } from './lease.js';
 import {
   type InvalidLeaseKey, type LeaseChange, type LeaseListing, type LeaseRecord, type LeaseStore, LeaseStoreUnavailableError,
-  type LeaseWatchHandlers, type Stoppable, type WrittenLease, parseLeaseKey, parseStoredLease,
+  type LeaseWatchHandlers, type Stoppable, type WrittenLease, leaseKeyName, parseLeaseKey, parseStoredLease,
 } from './lease-store.js';
 
 interface Entry {
@@ -70,9 +71,9 @@ export class MemoryLeaseStore implements LeaseStore {
     return { records, invalid, revision: String(this.revision) };
   }
 
-  async createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null> {
+  async createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number, ipv6Subnet: Ip6Net | null = null): Promise<WrittenLease | null> {
     this.serve('create lease');
-    const name = subnet.toKey();
+    const name = leaseKeyName(subnet, ipv6Subnet);
     if (this.entries.has(name)) return null;
     const leaseId = this.grant(ttlSeconds);
     this.write([{ name, value: encodeLeaseAttrs(attrs), leaseId }]);
@@ -81,7 +82,7 @@ export class MemoryLeaseStore implements LeaseStore {
 
   async takeOverLease(existing: LeaseRecord, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null> {
     this.serve('take over lease');
-    const name = existing.subnet.toKey();
+    const name = leaseKeyName(existing.subnet, existing.ipv6Subnet ?? null);
     const entry = this.entries.get(name);
     if (!entry || String(entry.modRevision) !== existing.modRevision) return null;
     const leaseId = existing.leaseId === null ? null : this.grant(ttlSeconds);
@@ -99,9 +100,9 @@ export class MemoryLeaseStore implements LeaseStore {
     return lease.ttlSeconds;
   }
 
-  async deleteLease(subnet: Ip4Net): Promise<boolean> {
+  async deleteLease(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null): Promise<boolean> {
     this.serve('delete lease');
-    return this.deleteKey(subnet.toKey());
+    return this.deleteKey(leaseKeyName(subnet, ipv6Subnet));
   }
 
   async watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable> {
@@ -272,7 +273,7 @@ export class MemoryLeaseStore implements LeaseStore {
     const key = this.prefix + ev.name;
     if (ev.entry === null) {
       const named = parseLeaseKey(key, ev.name, revision);
-      return { type: 'delete', key, subnet: 'code' in named ? null : named, revision };
+      return { type: 'delete', key, subnet: 'code' in named ? null : named.subnet, ipv6Subnet: 'code' in named ? null : named.ipv6Subnet, revision };
     }
     const parsed = this.parse(ev.name, ev.entry);
     return 'code' in parsed ? { type: 'invalid', revision, ...parsed } : { type: 'put', record: parsed };

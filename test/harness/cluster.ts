@@ -2,6 +2,10 @@
 //   hub ns:   bridge br0 198.18.0.254/24 and etcd on 198.18.0.254:2379
 //   node i:   eth0 198.18.0.i/24 (veth into br0), ip_forward=1, flanneld, bridge cni0 for its pods
 //   pods:     one ns each, eth0 (veth into the node's cni0) addressed from the node's subnet.
+// With `ipv6`, node i also has 2001:2::i on eth0 and pods get an address from FLANNEL_IPV6_SUBNET too.
+// With `offLinkNodes`, that many more nodes sit on a second L2 segment (bridge br1 in the hub, which
+// routes between the two): node 100+k has 198.18.0.(200+k) and 2001:2::1:0:0:(200+k), and the first
+// segment's nodes then use /25 and /80 prefixes, so neither segment is on link for the other.
 // The test process stays in the root namespace. Everything started is recorded (PIDs, namespace
 // names, temp dirs) so destroy() — or destroyFromState() from another process — removes it all.
 import type { ChildProcess } from 'node:child_process';
@@ -12,6 +16,7 @@ import { ipBatch } from '../../src/routes/ip.js';
 import { parseEnvText } from '../../src/subnet/envfile.js';
 import { spawnFlanneldIn } from './flanneld.js';
 import { Ip4Net, formatIp4 } from '../../src/subnet/ip4.js';
+import { Ip6Net, formatIp6 } from '../../src/subnet/ip6.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
 import { addNetns, delNetns, run, runId, sleep, waitFor } from './netns.js';
 
@@ -35,11 +40,17 @@ export interface ClusterOptions {
   daemonTimeoutMs?: number;
   /** Record what was started in <stateDir>/cluster.json (for destroyFromState from another process). */
   stateDir?: string;
+  /** IPv6 underlay (2001:2::i/64 on node i) and dual-stack pods. */
+  ipv6?: boolean;
+  /** Nodes on a second L2 segment, not on link with the first (see the file comment). */
+  offLinkNodes?: number;
 }
 
 export interface Pod {
   ns: string;
   ip: string;
+  /** The pod's IPv6 address when the node's env file has FLANNEL_IPV6_SUBNET. */
+  ip6: string | null;
   node: ClusterNode;
 }
 
@@ -47,6 +58,10 @@ export interface ClusterNode {
   index: number;
   ns: string;
   ip: string;
+  /** Underlay IPv6 address (with `ipv6`). */
+  ip6: string | null;
+  /** 1, or 2 for the off-link segment. */
+  segment: 1 | 2;
   subnetFile: string;
   logFile: string;
   /** Daemon PID while running. */
@@ -161,14 +176,20 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
   };
 
   const nodes: ClusterNode[] = [];
-  for (let i = 1; i <= opts.nodes; i++) {
+  const offLink = opts.offLinkNodes ?? 0;
+  if (offLink > 50 || (offLink > 0 && opts.nodes > 120)) throw new Error('offLinkNodes must be at most 50, with at most 120 nodes');
+  const indexes = [...Array.from({ length: opts.nodes }, (_, k) => k + 1), ...Array.from({ length: offLink }, (_, k) => 101 + k)];
+  for (const i of indexes) {
     const dir = join(tmpDir, `node${i}`);
     mkdirSync(dir);
     const subnetFile = join(dir, 'subnet.env');
+    const segment = i > 100 ? 2 : 1;
     nodes.push({
       index: i,
       ns: `${prefix}-n${i}`,
-      ip: `198.18.0.${i}`,
+      ip: segment === 1 ? `198.18.0.${i}` : `198.18.0.${i + 99}`,
+      ip6: opts.ipv6 ? (segment === 1 ? `2001:2::${i.toString(16)}` : `2001:2::1:0:0:${(i + 99).toString(16)}`) : null,
+      segment,
       subnetFile,
       logFile: join(dir, 'flanneld.log'),
       pid: null,
@@ -259,6 +280,7 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
     await ipBatch([
       ['link', 'add', 'cni0', 'mtu', mtu, 'type', 'bridge'],
       ['addr', 'add', cidr, 'dev', 'cni0'],
+      ...(env['FLANNEL_IPV6_SUBNET'] ? [['addr', 'add', env['FLANNEL_IPV6_SUBNET'], 'dev', 'cni0', 'nodad']] : []),
       ['link', 'set', 'cni0', 'up'],
     ], { netns: node.ns });
   };
@@ -274,7 +296,10 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
     let j = 1; // the first free slot: names and addresses stay unique after removePod
     while (node.pods.some((p) => p.ns === `${node.ns}-p${j}`)) j++;
     const podIp = formatIp4(subnet.ip + 1 + j); // .1 is the bridge; pods get .2, .3, ...
-    const pod: Pod = { ns: `${node.ns}-p${j}`, ip: podIp, node };
+    const cidr6 = env['FLANNEL_IPV6_SUBNET'] ?? null;
+    const subnet6 = cidr6 ? Ip6Net.parse(cidr6, true) : null;
+    const podIp6 = subnet6 ? formatIp6(subnet6.ip + 1n + BigInt(j)) : null; // ::1 is the bridge
+    const pod: Pod = { ns: `${node.ns}-p${j}`, ip: podIp, ip6: podIp6, node };
     await newNetns(pod.ns);
     await ipBatch([
       ['link', 'add', `vp${j}`, 'mtu', mtu, 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', mtu, 'netns', pod.ns],
@@ -282,8 +307,10 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
     ], { netns: node.ns });
     await ipBatch([
       ['addr', 'add', `${podIp}/${subnet.prefixLen}`, 'dev', 'eth0'],
+      ...(podIp6 && subnet6 ? [['addr', 'add', `${podIp6}/${subnet6.prefixLen}`, 'dev', 'eth0', 'nodad']] : []),
       ['link', 'set', 'eth0', 'up'],
       ['route', 'add', 'default', 'via', gateway],
+      ...(cidr6 ? [['route', 'add', '::/0', 'via', cidr6.split('/')[0]!]] : []),
     ], { netns: pod.ns });
     node.pods.push(pod);
     return pod;
@@ -336,6 +363,13 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
       ['link', 'add', 'br0', 'type', 'bridge'],
       ['addr', 'add', `${HUB_IP}/24`, 'dev', 'br0'],
       ['link', 'set', 'br0', 'up'],
+      // The second segment: the hub answers for its own address there too and routes its upper half.
+      ...(offLink > 0 ? [
+        ['link', 'add', 'br1', 'type', 'bridge'],
+        ['addr', 'add', `${HUB_IP}/32`, 'dev', 'br1'],
+        ['link', 'set', 'br1', 'up'],
+        ['route', 'add', '198.18.0.192/26', 'dev', 'br1'],
+      ] : []),
     ], { netns: hubNs });
     etcd = await startEtcd({
       netns: hubNs, host: HUB_IP, clientPort: 2379, dataDir: mkdtempSync(join(tmpDir, 'etcd-')),
@@ -347,13 +381,18 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
       await newNetns(node.ns);
       await ipBatch([
         ['link', 'add', `v${node.index}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', node.ns],
-        ['link', 'set', `v${node.index}`, 'master', 'br0', 'up'],
+        ['link', 'set', `v${node.index}`, 'master', node.segment === 1 ? 'br0' : 'br1', 'up'],
       ], { netns: hubNs });
+      // Two segments: each node's prefixes cover its own segment only; the hub (etcd) stays on link.
+      const [len4, len6] = offLink === 0 ? [24, 64] : node.segment === 1 ? [25, 80] : [26, 80];
       await ipBatch([
-        ['addr', 'add', `${node.ip}/24`, 'dev', 'eth0'],
+        ['addr', 'add', `${node.ip}/${len4}`, 'dev', 'eth0'],
+        ...(node.ip6 ? [['addr', 'add', `${node.ip6}/${len6}`, 'dev', 'eth0', 'nodad']] : []),
         ['link', 'set', 'eth0', 'up'],
+        ...(offLink > 0 ? [['route', 'add', `${HUB_IP}/32`, 'dev', 'eth0']] : []),
       ], { netns: node.ns });
       await run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1'], { netns: node.ns });
+      if (node.ip6) await run(['sysctl', '-q', '-w', 'net.ipv6.conf.all.forwarding=1'], { netns: node.ns });
     }
     if (opts.startDaemons ?? true) {
       const before = nodes.map((node) => fileVersion(node.subnetFile));
@@ -372,14 +411,23 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
  * Pings from every node's first pod to every other node's first pod, retrying each pair for up to
  * `timeoutMs` while the leases converge. Returns the pairs that never got an answer.
  */
-export async function unreachablePodPairs(cluster: Cluster, timeoutMs = 10_000): Promise<string[]> {
-  const pods = cluster.nodes.map((n) => n.pods[0]!);
+export async function unreachablePodPairs(
+  cluster: Cluster,
+  timeoutMs = 10_000,
+  opts: { family?: 4 | 6; nodes?: ClusterNode[] } = {},
+): Promise<string[]> {
+  const pods = (opts.nodes ?? cluster.nodes).map((n) => n.pods[0]!);
   const failed: string[] = [];
   for (const from of pods) {
     for (const to of pods) {
       if (from === to) continue;
-      const ok = await waitFor(() => cluster.ping(from, to.ip, { timeoutS: 1 }), timeoutMs, 0);
-      if (!ok) failed.push(`pod on node ${from.node.index} -> pod on node ${to.node.index} (${to.ip})`);
+      const dst = opts.family === 6 ? to.ip6 : to.ip;
+      if (dst === null) {
+        failed.push(`pod on node ${to.node.index} has no IPv6 address`);
+        continue;
+      }
+      const ok = await waitFor(() => cluster.ping(from, dst, { timeoutS: 1 }), timeoutMs, 0);
+      if (!ok) failed.push(`pod on node ${from.node.index} -> pod on node ${to.node.index} (${dst})`);
     }
   }
   return failed;

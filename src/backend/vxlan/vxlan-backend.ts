@@ -16,6 +16,7 @@ import { listNeighbours } from '../../routes/neigh.js';
 import { listRoutes, routeGet } from '../../routes/route.js';
 import { ensureVxlanDevice } from './device.js';
 import { leaseVtepMac, planSync, type Peer, type Plan } from './peers.js';
+import { VxlanV6Side } from './v6-side.js';
 
 /** Per-IP encapsulation cost: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
 export const VXLAN_OVERHEAD = 50;
@@ -37,6 +38,8 @@ export class VxlanBackend implements Backend {
   private timer: NodeJS.Timeout | null = null;
   private queue: Promise<void> = Promise.resolve();
   private readonly counters = { eventBatches: 0, resyncs: 0, repairs: 0, errors: 0, skippedLeases: 0, deviceRecreated: 0 };
+  /** Dual stack (EnableIPv6): the flannel-v6.<VNI> device and its tables (v6-side.ts). */
+  private readonly v6: VxlanV6Side | null;
 
   constructor(
     readonly ctx: BackendContext,
@@ -45,6 +48,7 @@ export class VxlanBackend implements Backend {
   ) {
     this.device = `flannel.${config.vni}`;
     this.ipOpts = options.netns ? { netns: options.netns } : {};
+    this.v6 = ctx.network.ipv6 ? new VxlanV6Side(ctx, config, this.ipOpts) : null;
   }
 
   private get mtu(): number {
@@ -71,7 +75,8 @@ export class VxlanBackend implements Backend {
     const link = await ensureVxlanDevice(this.spec(), this.ctx.log, this.ipOpts);
     this.mac = link.address;
     this.extSubnets = (await listIp4Addrs(this.ctx.extIface.name, this.ipOpts)).map((a) => Ip4Net.parse(a.cidr, true));
-    return { backendData: { VNI: this.config.vni, VtepMAC: this.mac }, mtu: link.mtu };
+    const backendV6Data = this.v6 ? await this.v6.prepare() : null;
+    return { backendData: { VNI: this.config.vni, VtepMAC: this.mac }, mtu: link.mtu, ...(backendV6Data ? { backendV6Data } : {}) };
   }
 
   async setOwnLease(lease: Lease): Promise<void> {
@@ -81,6 +86,7 @@ export class VxlanBackend implements Backend {
       // known set without a 'removed' event): it must not be routed into the overlay.
       this.peers.delete(lease.subnet.toString());
       await this.addressDevice(lease);
+      await this.v6?.setOwnLease(lease);
     }, { rethrow: true });
   }
 
@@ -124,6 +130,7 @@ export class VxlanBackend implements Backend {
       this.startResync();
       await this.sync('event');
     });
+    await this.v6?.handleLeaseEvents(events);
   }
 
   private async applyEvent(event: LeaseEvent): Promise<void> {
@@ -194,6 +201,7 @@ export class VxlanBackend implements Backend {
     this.timer = setInterval(() => {
       void this.serialized(async () => {
         this.counters.resyncs++;
+        await this.v6?.sync('resync');
         const repaired = await this.sync('resync');
         if (repaired > 0) {
           this.counters.repairs += repaired;
@@ -218,12 +226,13 @@ export class VxlanBackend implements Backend {
 
   stats(): Record<string, number> {
     const peers = [...this.peers.values()];
-    return { peers: peers.length, directPeers: peers.filter((p) => p.direct).length, ...this.counters };
+    return { peers: peers.length, directPeers: peers.filter((p) => p.direct).length, ...this.counters, ...(this.v6?.stats() ?? {}) };
   }
 
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await this.queue;
+    await this.v6?.close();
   }
 }

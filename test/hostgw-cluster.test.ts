@@ -1,0 +1,144 @@
+// host-gw in dual stack: three real flanneld daemons on one L2 segment plus one on another segment,
+// all started at the same moment, sharing one etcd. Every pod pair on the shared segment pings over
+// IPv4 and IPv6; the off-link node is skipped with a clear log line; the etcd keys and values, the
+// env file and the kernel routes are upstream's (shared/reference/upstream-wire-format.md); deleted
+// routes come back; a departing node's routes go on both families; a restart keeps both subnets.
+// Needs `npm run build` (bin/flanneld runs dist/).
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip6Net } from '../src/subnet/ip6.js';
+import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { run, waitFor } from './harness/netns.js';
+
+const CONFIG = { Network: '198.19.0.0/16', EnableIPv6: true, IPv6Network: '2001:2:1::/48', Backend: { Type: 'host-gw' } };
+let cluster: Cluster;
+let onLink: ClusterNode[];
+let offLink: ClusterNode;
+
+beforeAll(async () => {
+  cluster = await createCluster({ nodes: 3, offLinkNodes: 1, ipv6: true, config: CONFIG });
+  onLink = cluster.nodes.filter((n) => n.segment === 1);
+  offLink = cluster.nodes.find((n) => n.segment === 2)!;
+}, 120_000);
+
+afterAll(async () => {
+  await cluster?.destroy();
+});
+
+async function subnetsOf(node: ClusterNode): Promise<{ v4: Ip4Net; v6: Ip6Net }> {
+  const env = await node.env();
+  return { v4: Ip4Net.parse(env['FLANNEL_SUBNET']!, true), v6: Ip6Net.parse(env['FLANNEL_IPV6_SUBNET']!, true) };
+}
+
+/** `ip route` text for one family on a node, one route per line. */
+async function routeLines(node: ClusterNode, family: 4 | 6): Promise<string[]> {
+  const res = await run(['ip', `-${family}`, 'route', 'show'], { netns: node.ns });
+  return res.stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+}
+
+const keyOf = (s: { v4: Ip4Net; v6: Ip6Net }) => `/coreos.com/network/subnets/${s.v4.toKey()}&${s.v6.toKey()}`;
+
+test('four nodes started at once get distinct subnets of both families, and the env file is upstream\'s', async () => {
+  const all = await Promise.all(cluster.nodes.map(subnetsOf));
+  expect(new Set(all.map((s) => s.v4.toString())).size).toBe(4);
+  expect(new Set(all.map((s) => s.v6.toString())).size).toBe(4);
+  for (const [k, node] of cluster.nodes.entries()) {
+    const { v4, v6 } = all[k]!;
+    const text = (await run(['cat', node.subnetFile])).stdout;
+    // Upstream's lines, in upstream's order; host-gw leaves the underlay's MTU to pods.
+    expect(text).toBe(
+      `FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET=${v4.toString().replace('.0/', '.1/')}\n` +
+      `FLANNEL_IPV6_NETWORK=2001:2:1::/48\nFLANNEL_IPV6_SUBNET=${v6.firstHostCidr()}\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n`,
+    );
+    expect(v6.firstHostCidr()).toMatch(/^2001:2:1:[0-9a-f]{1,4}::1\/64$/);
+  }
+});
+
+test('every pod on the shared segment reaches every other over IPv4 and over IPv6', async () => {
+  expect(await unreachablePodPairs(cluster, 15_000, { nodes: onLink })).toEqual([]);
+  expect(await unreachablePodPairs(cluster, 15_000, { nodes: onLink, family: 6 })).toEqual([]);
+});
+
+test('etcd keys, values and kernel routes are upstream\'s', async () => {
+  const [n1, n2] = onLink as [ClusterNode, ClusterNode];
+  const s1 = await subnetsOf(n1);
+  const s2 = await subnetsOf(n2);
+  const value = (await cluster.etcdctl(['get', keyOf(s1), '--print-value-only'])).trim();
+  expect(value).toBe('{"PublicIP":"198.18.0.1","PublicIPv6":"2001:2::1","BackendType":"host-gw"}');
+  const keys = (await cluster.etcdctl(['get', '/coreos.com/network/subnets/', '--prefix', '--keys-only'])).split('\n').filter(Boolean);
+  expect(keys).toHaveLength(4);
+  for (const key of keys) expect(key).toMatch(/^\/coreos\.com\/network\/subnets\/198\.19\.\d+\.0-24&2001:2:1:[0-9a-f]{1,4}::-64$/);
+  // One route per family through the peer's underlay address, exactly as `ip route` prints upstream's.
+  expect(await routeLines(n1, 4)).toContain(`${s2.v4} via 198.18.0.2 dev eth0`);
+  expect(await routeLines(n1, 6)).toContain(`${s2.v6} via 2001:2::2 dev eth0 metric 1024 pref medium`);
+  // Nothing else: no device of ours.
+  const links = (await run(['ip', '-o', 'link', 'show'], { netns: n1.ns })).stdout;
+  expect(links).not.toMatch(/flannel/);
+  // ip6tables carries the same forward rules as iptables, for the IPv6 network.
+  const fwd6 = (await run(['ip6tables', '-w', '5', '-S', 'FLANNEL-FWD'], { netns: n1.ns })).stdout;
+  expect(fwd6).toContain('-A FLANNEL-FWD -s 2001:2:1::/48 -m comment --comment "flanneld forward" -j ACCEPT');
+  expect(fwd6).toContain('-A FLANNEL-FWD -d 2001:2:1::/48 -m comment --comment "flanneld forward" -j ACCEPT');
+});
+
+test('a node on another L2 segment is skipped with a clear log line, on both families, while the others work', async () => {
+  const far = await subnetsOf(offLink);
+  for (const node of onLink) {
+    const said = await waitFor(() => /not on the same L2 network \(not on link\)/.test(cluster.logTail(node, 1_000_000)), 5000);
+    expect(said, cluster.logTail(node)).toBe(true);
+    const lines = cluster.logTail(node, 1_000_000).split('\n').filter((l) => l.includes('not on link') && l.includes(far.v4.toString()));
+    expect(lines.some((l) => l.includes('"family":"ipv4"') && l.includes(offLink.ip))).toBe(true);
+    expect(lines.some((l) => l.includes('"family":"ipv6"') && l.includes(offLink.ip6!))).toBe(true);
+    expect((await routeLines(node, 4)).some((l) => l.startsWith(far.v4.toString()))).toBe(false);
+    expect((await routeLines(node, 6)).some((l) => l.startsWith(far.v6.toString()))).toBe(false);
+  }
+  // The off-link node, for its part, skips the others and keeps running.
+  expect(offLink.pid).not.toBeNull();
+  expect(await unreachablePodPairs(cluster, 5_000, { nodes: onLink.slice(0, 2) })).toEqual([]);
+});
+
+test('routes deleted by hand come back at the next resync', async () => {
+  const [n1, n2] = onLink as [ClusterNode, ClusterNode];
+  const s2 = await subnetsOf(n2);
+  await run(['ip', 'route', 'del', s2.v4.toString()], { netns: n1.ns });
+  await run(['ip', '-6', 'route', 'del', s2.v6.toString()], { netns: n1.ns });
+  const back = await waitFor(async () => {
+    const [r4, r6] = await Promise.all([routeLines(n1, 4), routeLines(n1, 6)]);
+    return r4.includes(`${s2.v4} via 198.18.0.2 dev eth0`) && r6.some((l) => l.startsWith(`${s2.v6} via 2001:2::2 dev eth0`));
+  }, 15_000, 200);
+  expect(back, cluster.logTail(n1)).toBe(true);
+});
+
+test('a departing node\'s routes disappear on both families', async () => {
+  const leaving = onLink[2]!;
+  const s = await subnetsOf(leaving);
+  await cluster.stopDaemon(leaving);
+  await cluster.etcdctl(['del', keyOf(s)]);
+  for (const node of onLink.slice(0, 2)) {
+    const gone = await waitFor(async () => {
+      const [r4, r6] = await Promise.all([routeLines(node, 4), routeLines(node, 6)]);
+      return !r4.some((l) => l.startsWith(s.v4.toString())) && !r6.some((l) => l.startsWith(s.v6.toString()));
+    }, 5000);
+    expect(gone, `node ${node.index} still routes ${s.v4} / ${s.v6}`).toBe(true);
+  }
+});
+
+test('a restarted node keeps both subnets and is reachable again on both families', async () => {
+  const [n1, n2] = onLink as [ClusterNode, ClusterNode];
+  const before = await subnetsOf(n2);
+  await cluster.stopDaemon(n2);
+  await cluster.startDaemon(n2);
+  const after = await subnetsOf(n2);
+  expect([after.v4.toString(), after.v6.toString()]).toEqual([before.v4.toString(), before.v6.toString()]);
+  const [p1, p2] = [n1.pods[0]!, n2.pods[0]!];
+  for (const [from, to] of [[p1, p2], [p2, p1]] as const) {
+    expect(await waitFor(() => cluster.ping(from, to.ip, { timeoutS: 1 }), 10_000, 0)).toBe(true);
+    expect(await waitFor(() => cluster.ping(from, to.ip6!, { timeoutS: 1 }), 10_000, 0)).toBe(true);
+  }
+});
+
+test('the daemons logged no errors', () => {
+  for (const node of cluster.nodes) {
+    const errors = cluster.logTail(node, 1_000_000).split('\n').filter((l) => /"level":(50|60)/.test(l));
+    expect(errors, `node ${node.index}`).toEqual([]);
+  }
+});

@@ -1,0 +1,69 @@
+// The known-lease set kept incrementally (a watch batch costs its own size) must always equal the
+// set decided from scratch over the same keys: random change streams, including keys that contest a
+// subnet, refused values, our own subnet, and deletions, checked after every batch.
+import { describe, expect, it } from 'vitest';
+import { silentLogger } from '../src/common/log.js';
+import { parseNetworkConfig } from '../src/subnet/config.js';
+import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip6Net } from '../src/subnet/ip6.js';
+import { KnownLeases } from '../src/subnet/known-leases.js';
+import type { LeaseChange, LeaseRecord } from '../src/subnet/lease-store.js';
+
+const network = parseNetworkConfig('{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:2:1::/48","Backend":{"Type":"vxlan"}}');
+
+function seeded(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+describe('known leases, incremental against from-scratch', () => {
+  it.each([1, 2, 3, 4, 5])('random change stream %i: the same leases after every batch', (seed) => {
+    const rnd = seeded(seed);
+    const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+    const own = { subnet: Ip4Net.parse('198.19.9.0/24'), ipv6Subnet: Ip6Net.parse('2001:2:1:9::/64') };
+    const v4 = [1, 2, 3, 4, 9].map((i) => `198.19.${i}.0-24`).concat(['198.19.8.0-23', '198.19.5.0-25']);
+    const v6 = ['2001:2:1:1::-64', '2001:2:1:2::-64', '2001:2:1:9::-64', null];
+    const incremental = new KnownLeases(network, silentLogger);
+    incremental.setOwn(own.subnet, own.ipv6Subnet);
+    const live = new Map<string, LeaseRecord>();
+    let revision = 10;
+    for (let batch = 0; batch < 60; batch++) {
+      const changes: LeaseChange[] = [];
+      for (let n = 1 + Math.floor(rnd() * 4); n > 0; n--) {
+        revision++;
+        const v4key = pick(v4);
+        const v6key = pick(v6);
+        const name = v6key ? `${v4key}&${v6key}` : v4key;
+        const key = `/p/${name}`;
+        const [a, len] = v4key.split('-');
+        const subnet = new Ip4Net(Ip4Net.parse(`${a}/32`).ip, Number(len));
+        const ipv6Subnet = v6key ? Ip6Net.fromKey(v6key) : null;
+        const roll = rnd();
+        if (roll < 0.25 && live.has(key)) {
+          live.delete(key);
+          changes.push({ type: 'delete', key, subnet, revision: String(revision) });
+        } else if (roll < 0.35) {
+          live.delete(key);
+          changes.push({ type: 'invalid', key, code: 'bad_json', reason: 'x', subnet, modRevision: String(revision), revision: String(revision) });
+        } else {
+          const created = live.get(key)?.createRevision ?? String(revision);
+          const record: LeaseRecord = {
+            key, subnet, ipv6Subnet, leaseId: '1', modRevision: String(revision), createRevision: created,
+            attrs: { publicIP: `198.18.0.${1 + Math.floor(rnd() * 5)}`, publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:01' } },
+          };
+          live.set(key, record);
+          changes.push({ type: 'put', record });
+        }
+      }
+      incremental.apply(changes);
+      const fresh = new KnownLeases(network, silentLogger);
+      fresh.setOwn(own.subnet, own.ipv6Subnet);
+      const events = fresh.replaceAll({ records: [...live.values()], invalid: [], revision: String(revision) });
+      const want = events.filter((e) => e.type === 'added').map((e) => `${e.lease.subnet} ${e.lease.ipv6Subnet ?? '-'} ${e.lease.attrs.publicIP}`).sort();
+      expect(incremental.snapshot().map((l) => `${l.subnet} ${l.ipv6Subnet ?? '-'} ${l.attrs.publicIP}`).sort(), `batch ${batch}`).toEqual(want);
+    }
+  });
+});
