@@ -1,6 +1,8 @@
 // Runs iproute2 (`ip`, and `bridge` for the vxlan FDB). Arguments are passed as an argv array (never through a shell), so lease data
-// from etcd can never be interpreted as shell syntax. Batches go through `ip -batch -` on stdin.
+// from etcd can never be interpreted as shell syntax. Batches go through `ip -batch -` on stdin; every
+// batch word is checked (src/routes/words.ts) so that none can change how iproute2 splits a line.
 import { execFile, spawn } from 'node:child_process';
+import { assertSafeWord } from './words.js';
 
 export class IpCommandError extends Error {
   constructor(
@@ -22,7 +24,7 @@ function baseArgs(opts: IpOptions): string[] {
   return opts.netns ? ['-n', opts.netns] : [];
 }
 
-type Tool = 'ip' | 'bridge';
+export type Tool = 'ip' | 'bridge';
 
 function runTool(tool: Tool, args: readonly string[], opts: IpOptions): Promise<string> {
   const full = [...baseArgs(opts), ...args];
@@ -55,15 +57,6 @@ export function bridgeJson<T = unknown>(args: readonly string[], opts: IpOptions
   return runToolJson<T>('bridge', args, opts);
 }
 
-/** Quotes one batch word for `ip -batch`, which splits lines on whitespace and honours double quotes. */
-function batchWord(word: string): string {
-  if (/[\s"\\]/.test(word) || word === '') {
-    if (/["\\\n]/.test(word)) throw new Error(`refusing to pass ${JSON.stringify(word)} to ip -batch`);
-    return `"${word}"`;
-  }
-  return word;
-}
-
 /**
  * Applies many commands in one `ip -batch` process. With `force`, ip carries on past failing lines
  * and the error lists them; the lines that succeeded stay applied.
@@ -77,17 +70,104 @@ export function bridgeBatch(commands: readonly (readonly string[])[], opts: IpOp
   return batch('bridge', commands, opts);
 }
 
-// async so that a refused word rejects the promise instead of throwing at the call site.
-async function batch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions & { force?: boolean }): Promise<void> {
-  if (commands.length === 0) return;
-  const args = [...baseArgs(opts), ...(opts.force ? ['-force'] : []), '-batch', '-'];
-  const input = commands.map((c) => c.map(batchWord).join(' ')).join('\n') + '\n';
+/** What one `-force -batch` run did, line by line. */
+export interface BatchOutcome {
+  /** 0-based index of each refused line → iproute2's message for it. */
+  failed: Map<number, string>;
+  /**
+   * Lines from this index on have an unknown outcome: the tool stopped early (it exits on a line it
+   * cannot parse, even with -force). -1 when every line ran.
+   */
+  unknownFrom: number;
+}
+
+/**
+ * Runs every command in one `-force -batch` process and reports which lines the kernel refused
+ * (iproute2 prints its message, then "Command failed -:N"); never rejects for a refused line.
+ */
+export async function forceBatch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions = {}): Promise<BatchOutcome> {
+  const outcome: BatchOutcome = { failed: new Map(), unknownFrom: -1 };
+  if (commands.length === 0) return outcome;
+  const { code, stderr } = await spawnBatch(tool, batchInput(commands), [...baseArgs(opts), '-force', '-batch', '-']);
+  let message: string[] = [];
+  let last = -1;
+  for (const line of stderr.split('\n')) {
+    const m = /^Command failed -:(\d+)$/.exec(line.trim());
+    if (!m) {
+      if (line.trim() !== '') message.push(line.trim());
+      continue;
+    }
+    const index = Number(m[1]) - 1;
+    outcome.failed.set(index, message.join('; ') || 'failed');
+    last = Math.max(last, index);
+    message = [];
+  }
+  // Text after the last attributed failure, with a failing exit, is a line that ended the batch.
+  if (code !== 0 && (message.length > 0 || outcome.failed.size === 0)) outcome.unknownFrom = Math.max(last + 1, 0);
+  return outcome;
+}
+
+function batchInput(commands: readonly (readonly string[])[]): string {
+  return commands.map((c) => c.map(assertSafeWord).join(' ')).join('\n') + '\n';
+}
+
+function spawnBatch(tool: Tool, input: string, args: string[]): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(tool, args, { stdio: ['pipe', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code))));
+    child.on('close', (code) => resolve({ code, stderr }));
     child.stdin.end(input);
+  });
+}
+
+// async so that a refused word rejects the promise instead of throwing at the call site.
+async function batch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions & { force?: boolean }): Promise<void> {
+  if (commands.length === 0) return;
+  const args = [...baseArgs(opts), ...(opts.force ? ['-force'] : []), '-batch', '-'];
+  const { code, stderr } = await spawnBatch(tool, batchInput(commands), args);
+  if (code !== 0) throw new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code);
+}
+
+/**
+ * Runs `TOOL ARGS...` and hands each line of its output to `onLine` as it arrives, so a big dump is
+ * parsed a chunk per event-loop turn instead of as one large string at the end.
+ */
+export function streamLines(tool: Tool, args: readonly string[], opts: IpOptions, onLine: (line: string) => void): Promise<void> {
+  const full = [...baseArgs(opts), ...args];
+  return new Promise((resolve, reject) => {
+    const child = spawn(tool, full, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let rest = '';
+    let stderr = '';
+    let failed: unknown = null;
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk: string) => {
+      const text = rest + chunk;
+      let start = 0;
+      for (let nl = text.indexOf('\n'); nl !== -1; nl = text.indexOf('\n', start)) {
+        try {
+          onLine(text.slice(start, nl));
+        } catch (err) {
+          failed ??= err;
+        }
+        start = nl + 1;
+      }
+      rest = text.slice(start);
+    });
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (rest !== '' && failed === null) {
+        try {
+          onLine(rest);
+        } catch (err) {
+          failed = err;
+        }
+      }
+      if (code !== 0) reject(new IpCommandError(tool === 'ip' ? full : [tool, ...full], stderr, code));
+      else if (failed !== null) reject(failed instanceof Error ? failed : new Error(String(failed)));
+      else resolve();
+    });
   });
 }

@@ -2,23 +2,32 @@
 // and, per remote node, a route to its subnet via the subnet's network address (onlink), a permanent
 // neighbour entry mapping that address to the node's VTEP MAC, and a permanent FDB entry sending
 // that MAC to the node's PublicIP. The kernel moves every packet; this class only keeps the tables
-// right. It holds the wanted peers and makes the kernel match them — on every event batch, and
-// every few seconds to repair entries removed by hand or left over from an earlier run.
+// right. Lease events update an in-memory model (model.ts) and only the differences reach the
+// kernel, coalesced: whatever arrives while a batch is being applied goes into the next one. A full
+// reconcile against a kernel snapshot runs first and every few seconds, and repairs what others
+// changed. Each entry succeeds or fails on its own (one `-force -batch` line each).
+import { performance } from 'node:perf_hooks';
 import type { Backend, BackendAnnouncement, BackendContext } from '../backend.js';
+import { kernelMetrics } from '../../common/metrics.js';
+import { SerialQueue } from '../../common/serial-queue.js';
 import type { VxlanBackendConfig } from '../../subnet/config.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
 import { Ip4Net, formatIp4, parseIp4 } from '../../subnet/ip4.js';
 import { addrDeleteCommand, addrReplaceCommand, listIp4Addrs } from '../../routes/addr.js';
-import { listFdb } from '../../routes/fdb.js';
-import { bridgeBatch, ipBatch, type IpOptions } from '../../routes/ip.js';
+import { readFdb } from '../../routes/fdb.js';
+import { forceBatch, ipBatch, type BatchOutcome, type IpOptions } from '../../routes/ip.js';
 import { linkSetCommand, readLink, type VxlanSpec } from '../../routes/link.js';
-import { listNeighbours } from '../../routes/neigh.js';
-import { listRoutes, routeGet } from '../../routes/route.js';
+import { readNeighbours } from '../../routes/neigh.js';
+import { readRoutesWithin, routeGet } from '../../routes/route.js';
 import { ensureVxlanDevice } from './device.js';
-import { leaseVtepMac, planSync, type Peer, type Plan } from './peers.js';
+import { PeerModel, type KernelOp, type KernelSnapshot } from './model.js';
+import { leaseVtepMac, type Peer } from './peers.js';
 
 /** Per-IP encapsulation cost: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
 export const VXLAN_OVERHEAD = 50;
+
+/** Above this many peers added in one batch, each is logged at debug and the batch once at info. */
+const LOG_EACH_UP_TO = 20;
 
 export interface VxlanBackendOptions {
   /** Program this named network namespace instead of our own (tests drive several "nodes" from one process). */
@@ -30,13 +39,24 @@ export interface VxlanBackendOptions {
 export class VxlanBackend implements Backend {
   private readonly device: string;
   private readonly ipOpts: IpOptions;
-  private readonly peers = new Map<string, Peer>();
+  private readonly model: PeerModel;
   private extSubnets: Ip4Net[] = [];
   private mac: string | null = null;
   private ownLease: Lease | null = null;
   private timer: NodeJS.Timeout | null = null;
-  private queue: Promise<void> = Promise.resolve();
-  private readonly counters = { eventBatches: 0, resyncs: 0, repairs: 0, errors: 0, skippedLeases: 0, deviceRecreated: 0 };
+  /** Kernel work, one batch at a time. */
+  private readonly kernel = new SerialQueue();
+  /** Event intake, in order (DirectRouting looks routes up before an event reaches the model). */
+  private readonly intake = new SerialQueue();
+  /** A flush queued behind the one running: every event arriving meanwhile joins it. */
+  private nextFlush: Promise<void> | null = null;
+  /** The first event batch has arrived: the wanted set is complete, so reconciles may delete. */
+  private synced = false;
+  /** A kernel snapshot has been taken: the model's programmed side is real. */
+  private snapshotTaken = false;
+  /** Last logged failure per entry, so a refused entry is logged once per distinct error, not every resync. */
+  private readonly failures = new Map<string, string>();
+  private readonly counters = { eventBatches: 0, flushes: 0, resyncs: 0, repairs: 0, errors: 0, skippedLeases: 0, deviceRecreated: 0 };
 
   constructor(
     readonly ctx: BackendContext,
@@ -45,6 +65,7 @@ export class VxlanBackend implements Backend {
   ) {
     this.device = `flannel.${config.vni}`;
     this.ipOpts = options.netns ? { netns: options.netns } : {};
+    this.model = new PeerModel({ device: this.device, extIface: ctx.extIface.name, network: ctx.network.network, subnetLen: ctx.network.subnetLen });
   }
 
   private get mtu(): number {
@@ -76,12 +97,17 @@ export class VxlanBackend implements Backend {
 
   async setOwnLease(lease: Lease): Promise<void> {
     this.ownLease = lease;
-    await this.serialized(async () => {
+    await this.intake.run(async () => {
       // After a move our new subnet may still be known as a peer's (the manager drops it from its
       // known set without a 'removed' event): it must not be routed into the overlay.
-      this.peers.delete(lease.subnet.toString());
-      await this.addressDevice(lease);
-    }, { rethrow: true });
+      this.model.removePeer(lease.subnet.toString());
+    });
+    await this.kernel.run(() => this.addressDevice(lease)).catch((err: unknown) => {
+      this.countError('address');
+      this.ctx.log.error({ err }, 'vxlan backend: cannot address the device');
+      throw err;
+    });
+    if (this.synced) await this.requestFlush();
   }
 
   // The subnet's network address as /32: a source address for host-to-pod traffic that creates no
@@ -115,38 +141,48 @@ export class VxlanBackend implements Backend {
     return 1;
   }
 
+  /**
+   * Puts the events into the model and resolves once a batch holding them has been applied (the
+   * first call: once the full reconcile is done). Never rejects: refused entries are logged,
+   * counted and retried by the periodic reconcile.
+   */
   async handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void> {
-    await this.serialized(async () => {
-      this.counters.eventBatches++;
-      for (const event of events) await this.applyEvent(event);
-      // The wanted set is complete from the first batch on: from then, resyncs may remove state
-      // (and they retry this batch's changes should applying them fail).
-      this.startResync();
-      await this.sync('event');
-    });
+    this.counters.eventBatches++;
+    await this.intake.run(() => this.applyEvents(events));
+    this.synced = true;
+    // The wanted set is complete from the first batch on: from then, reconciles may remove state.
+    this.startResync();
+    await this.requestFlush();
   }
 
-  private async applyEvent(event: LeaseEvent): Promise<void> {
-    const key = event.lease.subnet.toString();
-    if (event.type === 'removed') {
-      if (this.peers.delete(key)) this.ctx.log.info({ subnet: key }, 'removing subnet');
-      return;
+  private async applyEvents(events: readonly LeaseEvent[]): Promise<void> {
+    const added: string[] = [];
+    for (const event of events) {
+      const key = event.lease.subnet.toString();
+      if (event.type === 'removed') {
+        if (this.model.removePeer(key)) this.ctx.log.info({ subnet: key }, 'removing subnet');
+        continue;
+      }
+      const { lease } = event;
+      const vtep = leaseVtepMac(lease);
+      if ('error' in vtep) {
+        this.counters.skippedLeases++;
+        this.model.removePeer(key);
+        this.ctx.log.warn({ subnet: key, publicIP: lease.attrs.publicIP, reason: vtep.error }, 'ignoring lease');
+        continue;
+      }
+      if (this.ownLease && this.ownLease.subnet.toString() === key) continue;
+      const peer: Peer = { subnet: lease.subnet, publicIP: lease.attrs.publicIP, vtepMac: vtep.mac, direct: await this.directRoute(lease.attrs.publicIP) };
+      const change = this.model.setPeer(peer);
+      if (!change) continue;
+      const fields = { subnet: key, publicIP: peer.publicIP, vtepMAC: peer.vtepMac, direct: peer.direct !== null };
+      if (events.length <= LOG_EACH_UP_TO || change === 'updated') this.ctx.log.info(fields, change === 'added' ? 'adding subnet' : 'updating subnet');
+      else {
+        this.ctx.log.debug(fields, 'adding subnet');
+        added.push(key);
+      }
     }
-    const { lease } = event;
-    const vtep = leaseVtepMac(lease);
-    if ('error' in vtep) {
-      this.counters.skippedLeases++;
-      this.peers.delete(key);
-      this.ctx.log.warn({ subnet: key, publicIP: lease.attrs.publicIP, reason: vtep.error }, 'ignoring lease');
-      return;
-    }
-    if (this.ownLease && this.ownLease.subnet.toString() === key) return;
-    const peer: Peer = { subnet: lease.subnet, publicIP: lease.attrs.publicIP, vtepMac: vtep.mac, direct: await this.directRoute(lease.attrs.publicIP) };
-    const old = this.peers.get(key);
-    if (!old || old.vtepMac !== peer.vtepMac || old.publicIP !== peer.publicIP || old.direct?.dev !== peer.direct?.dev) {
-      this.ctx.log.info({ subnet: key, publicIP: peer.publicIP, vtepMAC: peer.vtepMac, direct: peer.direct !== null }, old ? 'updating subnet' : 'adding subnet');
-    }
-    this.peers.set(key, peer);
+    if (added.length > 0) this.ctx.log.info({ count: added.length, first: added[0], last: added[added.length - 1] }, 'adding subnets');
   }
 
   // DirectRouting: a peer on our own L2 segment is reached by plain routing via its PublicIP.
@@ -158,72 +194,148 @@ export class VxlanBackend implements Backend {
     return lookup && lookup.gateway === null ? { dev: lookup.dev } : null;
   }
 
-  /** Makes the kernel tables match the wanted peers. Returns how many changes were applied. */
-  private async sync(reason: 'event' | 'resync'): Promise<number> {
-    const deviceRepairs = await this.repairDevice();
-    const plan = await this.plan();
-    const changes = plan.fdb.length + plan.ip.length + deviceRepairs;
-    if (plan.fdb.length + plan.ip.length === 0) return changes;
-    this.ctx.log.debug({ reason, fdb: plan.fdb, ip: plan.ip }, 'applying vxlan table changes');
-    // FDB first: a route must never point at a neighbour whose MAC has nowhere to go. -force
-    // applies every line it can; the next resync retries what failed.
-    const failures: unknown[] = [];
-    await bridgeBatch(plan.fdb, { ...this.ipOpts, force: true }).catch((err: unknown) => failures.push(err));
-    await ipBatch(plan.ip, { ...this.ipOpts, force: true }).catch((err: unknown) => failures.push(err));
-    if (failures.length > 0) throw new AggregateError(failures, failures.map(String).join('; '));
-    return changes;
+  /** Joins the flush queued behind the running one, or queues one. */
+  private requestFlush(): Promise<void> {
+    if (!this.nextFlush) {
+      this.nextFlush = this.kernel.run(async () => {
+        this.nextFlush = null;
+        await this.flush();
+      });
+    }
+    return this.nextFlush;
   }
 
-  private async plan(): Promise<Plan> {
+  private async flush(): Promise<void> {
+    try {
+      if (!this.snapshotTaken) {
+        await this.reconcile('start');
+        return;
+      }
+      const ops = this.model.plan();
+      if (ops.length === 0) return;
+      this.counters.flushes++;
+      await this.apply(ops, 'event');
+    } catch (err) {
+      this.countError('sync');
+      this.ctx.log.error({ err }, 'vxlan backend: kernel update failed; the next resync retries it');
+    }
+  }
+
+  /**
+   * Reads the kernel's tables and makes them match the model: repairs what was changed behind our
+   * back, removes what no peer wants (leftovers of an earlier run), retries refused entries.
+   * Returns the number of changes made.
+   */
+  private async reconcile(reason: 'start' | 'resync'): Promise<number> {
+    const deviceRepairs = await this.repairDevice();
+    // Event deltas first, so that what the snapshot turns up afterwards is a repair.
+    if (this.snapshotTaken && this.model.pending > 0) await this.apply(this.model.plan(), 'event');
+    const snapshot = await this.readKernel();
+    const extra = this.model.resetFromKernel(snapshot);
+    this.snapshotTaken = true;
+    const changed = await this.apply([...extra, ...this.model.plan()], reason);
+    return changed + deviceRepairs;
+  }
+
+  private async readKernel(): Promise<KernelSnapshot> {
     const [routes, neighs, fdb] = await Promise.all([
-      listRoutes({}, this.ipOpts),
-      listNeighbours(this.device, this.ipOpts),
-      listFdb(this.device, this.ipOpts),
+      readRoutesWithin(this.ctx.network.network.toString(), this.ipOpts),
+      readNeighbours(this.device, this.ipOpts),
+      readFdb(this.device, this.ipOpts),
     ]);
-    return planSync([...this.peers.values()], { routes, neighs, fdb }, {
-      device: this.device,
-      extIface: this.ctx.extIface.name,
-      network: this.ctx.network.network,
-      subnetLen: this.ctx.network.subnetLen,
+    return { routes, neighs, fdb };
+  }
+
+  /**
+   * Runs the ops — FDB lines in one `bridge -force -batch`, then route and neighbour lines in one
+   * `ip -force -batch` — and records each line's outcome. Returns how many the kernel accepted.
+   */
+  private async apply(ops: readonly KernelOp[], reason: 'event' | 'start' | 'resync'): Promise<number> {
+    if (ops.length === 0) return 0;
+    const started = performance.now();
+    const fdb: KernelOp[] = [];
+    const rest: KernelOp[] = [];
+    for (const o of ops) {
+      if (!o.words) this.failed(o, o.invalid ?? 'invalid entry');
+      else (o.kind === 'fdb' ? fdb : rest).push(o);
+    }
+    let accepted = 0;
+    for (const [tool, group] of [['bridge', fdb], ['ip', rest]] as const) {
+      if (group.length === 0) continue;
+      let outcome: BatchOutcome;
+      try {
+        outcome = await forceBatch(tool, group.map((o) => o.words!), this.ipOpts);
+      } catch (err) {
+        outcome = { failed: new Map(), unknownFrom: 0 };
+        this.ctx.log.error({ err, tool }, 'vxlan backend: cannot run the batch');
+      }
+      group.forEach((o, i) => {
+        const refused = outcome.failed.get(i) ?? (outcome.unknownFrom >= 0 && i >= outcome.unknownFrom ? 'not applied: the batch stopped early' : null);
+        if (refused !== null) return this.failed(o, refused);
+        this.model.applied(o);
+        this.failures.delete(`${o.kind} ${o.key}`);
+        kernelMetrics.changes.inc({ kind: o.kind });
+        accepted++;
+      });
+    }
+    kernelMetrics.applySeconds.observe({ reason }, (performance.now() - started) / 1000);
+    kernelMetrics.peers.set({ backend: 'vxlan' }, this.model.programmed.routes.size);
+    this.ctx.log.debug({ reason, ops: ops.length, accepted, ms: Math.round(performance.now() - started) }, 'applied vxlan table changes');
+    return accepted;
+  }
+
+  private failed(o: KernelOp, error: string): void {
+    this.countError(o.kind);
+    const id = `${o.kind} ${o.key}`;
+    const fields = { kind: o.kind, action: o.action, subnet: o.subnet, entry: o.words?.join(' ') ?? o.key, error };
+    if (this.failures.get(id) === error) {
+      this.ctx.log.debug(fields, 'kernel refused an entry again; retrying at the next resync');
+      return;
+    }
+    this.failures.set(id, error);
+    this.ctx.log.warn(fields, 'kernel refused an entry; every other entry is applied, this one is retried at the next resync');
+  }
+
+  private countError(kind: string): void {
+    this.counters.errors++;
+    kernelMetrics.errors.inc({ kind });
+  }
+
+  /** One reconcile pass now, queued behind the kernel work in flight; resolves with the changes it made. */
+  resync(): Promise<number> {
+    return this.kernel.run(async () => {
+      this.counters.resyncs++;
+      try {
+        const repaired = await this.reconcile('resync');
+        if (repaired > 0) {
+          this.counters.repairs += repaired;
+          kernelMetrics.repairs.inc(repaired);
+          this.ctx.log.info({ changes: repaired }, 'resync repaired vxlan kernel state');
+        }
+        return repaired;
+      } catch (err) {
+        this.countError('sync');
+        this.ctx.log.error({ err }, 'vxlan backend: resync failed; retrying at the next one');
+        return 0;
+      }
     });
   }
 
   private startResync(): void {
     const interval = this.options.resyncIntervalMs ?? 5000;
     if (interval <= 0 || this.timer) return;
-    this.timer = setInterval(() => {
-      void this.serialized(async () => {
-        this.counters.resyncs++;
-        const repaired = await this.sync('resync');
-        if (repaired > 0) {
-          this.counters.repairs += repaired;
-          this.ctx.log.info({ changes: repaired }, 'resync repaired vxlan kernel state');
-        }
-      });
-    }, interval);
+    this.timer = setInterval(() => void this.resync(), interval);
     this.timer.unref();
   }
 
-  // One kernel update at a time. A failed lease update is logged and counted, never thrown into
-  // the event loop: the periodic resync retries it. Only setOwnLease reports failure to its caller.
-  private serialized(work: () => Promise<void>, opts: { rethrow?: boolean } = {}): Promise<void> {
-    const result = this.queue.then(work);
-    this.queue = result.catch(() => {});
-    return result.catch((err: unknown) => {
-      this.counters.errors++;
-      this.ctx.log.error({ err }, 'vxlan backend: kernel update failed');
-      if (opts.rethrow) throw err;
-    });
-  }
-
   stats(): Record<string, number> {
-    const peers = [...this.peers.values()];
-    return { peers: peers.length, directPeers: peers.filter((p) => p.direct).length, ...this.counters };
+    return { peers: this.model.wanted.size, directPeers: this.model.directCount, programmedRoutes: this.model.programmed.routes.size, ...this.counters };
   }
 
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.queue;
+    await this.intake.idle();
+    await this.kernel.idle();
   }
 }
