@@ -86,9 +86,14 @@ export interface BatchOutcome {
  * (iproute2 prints its message, then "Command failed -:N"); never rejects for a refused line.
  */
 export async function forceBatch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions = {}): Promise<BatchOutcome> {
-  const outcome: BatchOutcome = { failed: new Map(), unknownFrom: -1 };
-  if (commands.length === 0) return outcome;
+  if (commands.length === 0) return { failed: new Map(), unknownFrom: -1 };
   const { code, stderr } = await spawnBatch(tool, batchInput(commands), [...baseArgs(opts), '-force', '-batch', '-']);
+  return parseBatchErrors(stderr, code);
+}
+
+/** Attributes a `-force -batch` run's stderr to its lines: each message ends with "Command failed -:N". */
+export function parseBatchErrors(stderr: string, code: number | null): BatchOutcome {
+  const outcome: BatchOutcome = { failed: new Map(), unknownFrom: -1 };
   let message: string[] = [];
   let last = -1;
   for (const line of stderr.split('\n')) {
@@ -103,7 +108,7 @@ export async function forceBatch(tool: Tool, commands: readonly (readonly string
     message = [];
   }
   // Text after the last attributed failure, with a failing exit, is a line that ended the batch.
-  if (code !== 0 && (message.length > 0 || outcome.failed.size === 0)) outcome.unknownFrom = Math.max(last + 1, 0);
+  if (code !== 0 && (message.length > 0 || outcome.failed.size === 0)) outcome.unknownFrom = last + 1;
   return outcome;
 }
 
