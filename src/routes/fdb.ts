@@ -1,6 +1,6 @@
 // Forwarding-database entries of a vxlan device: which underlay IP a VTEP MAC lives at. iproute2's
 // `ip` cannot program these; `bridge fdb` (same package, same batch format) can.
-import { bridgeJson, streamLines, type IpOptions } from './ip.js';
+import { bridge, bridgeJson, parseLines, type IpOptions } from './ip.js';
 import { deviceWord, ip4Word, macWord } from './words.js';
 
 export interface FdbEntry {
@@ -34,19 +34,19 @@ export async function listFdb(dev: string, opts: IpOptions = {}): Promise<FdbEnt
 
 /** One line of `bridge fdb show dev D`, e.g. "f6:bd:17:d2:cf:1b dst 198.18.0.2 self permanent"; null without a dst. */
 export function parseFdbLine(line: string): FdbEntry | null {
-  const w = line.trim().split(/\s+/);
+  const w = line.split(' ').filter((x) => x !== '');
   const at = w.indexOf('dst');
   const mac = (w[0] ?? '').toLowerCase();
   if (at < 0 || !w[at + 1] || mac === '00:00:00:00:00:00') return null;
   return { mac, dst: w[at + 1]!, permanent: w.includes('permanent') };
 }
 
-/** The same entries as listFdb, parsed from the text dump as it streams in. */
+/** The `bridge` arguments of the text dump of a device's FDB. */
+export function fdbArgs(dev: string): string[] {
+  return ['fdb', 'show', 'dev', deviceWord(dev)];
+}
+
+/** The same entries as listFdb, from the text dump. */
 export async function readFdb(dev: string, opts: IpOptions = {}): Promise<FdbEntry[]> {
-  const out: FdbEntry[] = [];
-  await streamLines('bridge', ['fdb', 'show', 'dev', deviceWord(dev)], opts, (line) => {
-    const e = parseFdbLine(line);
-    if (e) out.push(e);
-  });
-  return out;
+  return parseLines(await bridge(fdbArgs(dev), opts), parseFdbLine);
 }

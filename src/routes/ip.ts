@@ -47,6 +47,40 @@ export function ip(args: readonly string[], opts: IpOptions = {}): Promise<strin
   return runTool('ip', args, opts);
 }
 
+/** Runs `ip` or `bridge` and resolves with its stdout as bytes (a digest needs no decoding). */
+export function toolBytes(tool: Tool, args: readonly string[], opts: IpOptions = {}): Promise<Buffer> {
+  const full = [...baseArgs(opts), ...args];
+  return new Promise((resolve, reject) => {
+    execFile(tool, full, { maxBuffer: 64 * 1024 * 1024, encoding: 'buffer' }, (err, stdout, stderr) => {
+      if (err) reject(new IpCommandError(tool === 'ip' ? full : [tool, ...full], stderr.toString(), typeof err.code === 'number' ? err.code : null));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** Runs `bridge ARGS...` and resolves with stdout. */
+export function bridge(args: readonly string[], opts: IpOptions = {}): Promise<string> {
+  return runTool('bridge', args, opts);
+}
+
+/**
+ * Parses a text dump line by line, handing the event loop back every `chunk` lines, so that a dump
+ * of thousands of entries never holds it for long.
+ */
+export async function parseLines<T>(text: string, parse: (line: string) => T | null, chunk = 2000): Promise<T[]> {
+  const out: T[] = [];
+  let start = 0;
+  for (let n = 1; start < text.length; n++) {
+    let end = text.indexOf('\n', start);
+    if (end === -1) end = text.length;
+    const item = parse(text.slice(start, end));
+    if (item !== null) out.push(item);
+    start = end + 1;
+    if (n % chunk === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  return out;
+}
+
 /** Runs `ip -json ARGS...` and parses the result (an empty output is an empty list). */
 export function ipJson<T = unknown>(args: readonly string[], opts: IpOptions = {}): Promise<T[]> {
   return runToolJson<T>('ip', args, opts);
@@ -133,46 +167,4 @@ async function batch(tool: Tool, commands: readonly (readonly string[])[], opts:
   const args = [...baseArgs(opts), ...(opts.force ? ['-force'] : []), '-batch', '-'];
   const { code, stderr } = await spawnBatch(tool, batchInput(commands), args);
   if (code !== 0) throw new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code);
-}
-
-/**
- * Runs `TOOL ARGS...` and hands each line of its output to `onLine` as it arrives, so a big dump is
- * parsed a chunk per event-loop turn instead of as one large string at the end.
- */
-export function streamLines(tool: Tool, args: readonly string[], opts: IpOptions, onLine: (line: string) => void): Promise<void> {
-  const full = [...baseArgs(opts), ...args];
-  return new Promise((resolve, reject) => {
-    const child = spawn(tool, full, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let rest = '';
-    let stderr = '';
-    let failed: unknown = null;
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk: string) => {
-      const text = rest + chunk;
-      let start = 0;
-      for (let nl = text.indexOf('\n'); nl !== -1; nl = text.indexOf('\n', start)) {
-        try {
-          onLine(text.slice(start, nl));
-        } catch (err) {
-          failed ??= err;
-        }
-        start = nl + 1;
-      }
-      rest = text.slice(start);
-    });
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (rest !== '' && failed === null) {
-        try {
-          onLine(rest);
-        } catch (err) {
-          failed = err;
-        }
-      }
-      if (code !== 0) reject(new IpCommandError(tool === 'ip' ? full : [tool, ...full], stderr, code));
-      else if (failed !== null) reject(failed instanceof Error ? failed : new Error(String(failed)));
-      else resolve();
-    });
-  });
 }

@@ -1,5 +1,5 @@
 // IPv4 neighbour (ARP) entries.
-import { ipJson, streamLines, type IpOptions } from './ip.js';
+import { ip, ipJson, parseLines, type IpOptions } from './ip.js';
 import { deviceWord, ip4Word, macWord } from './words.js';
 
 export interface NeighEntry {
@@ -30,18 +30,18 @@ export async function listNeighbours(dev: string, opts: IpOptions = {}): Promise
 
 /** One line of `ip -4 neigh show dev D nud all`, e.g. "198.19.22.0 lladdr f6:bd:17:d2:cf:1b PERMANENT". */
 export function parseNeighLine(line: string): NeighEntry | null {
-  const w = line.trim().split(/\s+/);
+  const w = line.split(' ').filter((x) => x !== '');
   if (w.length < 2 || w[0] === '') return null;
   const at = w.indexOf('lladdr');
   return { ip: w[0]!, mac: at >= 0 ? (w[at + 1] ?? '').toLowerCase() || null : null, permanent: w.includes('PERMANENT') };
 }
 
-/** The device's IPv4 neighbours, parsed from the text dump as it streams in. */
+/** The `ip` arguments of the text dump of a device's IPv4 neighbours. */
+export function neighboursArgs(dev: string): string[] {
+  return ['-4', 'neigh', 'show', 'dev', deviceWord(dev), 'nud', 'all'];
+}
+
+/** The device's IPv4 neighbours, from the text dump. */
 export async function readNeighbours(dev: string, opts: IpOptions = {}): Promise<NeighEntry[]> {
-  const out: NeighEntry[] = [];
-  await streamLines('ip', ['-4', 'neigh', 'show', 'dev', deviceWord(dev), 'nud', 'all'], opts, (line) => {
-    const n = parseNeighLine(line);
-    if (n) out.push(n);
-  });
-  return out;
+  return parseLines(await ip(neighboursArgs(dev), opts), parseNeighLine);
 }

@@ -1,5 +1,5 @@
 // IPv4 routes in the main table.
-import { ipJson, streamLines, type IpOptions } from './ip.js';
+import { ip, ipJson, parseLines, type IpOptions } from './ip.js';
 import { cidrWord, deviceWord, ip4Word } from './words.js';
 
 export interface RouteSpec {
@@ -58,7 +58,7 @@ const ROUTE_TYPES = new Set(['unicast', 'local', 'broadcast', 'multicast', 'thro
  */
 export function parseRouteLine(line: string): RouteEntry | null {
   if (line === '' || line[0] === ' ' || line[0] === '\t') return null;
-  const w = line.trim().split(/\s+/);
+  const w = line.split(' ').filter((x) => x !== '');
   if (ROUTE_TYPES.has(w[0]!)) {
     if (w[0] !== 'unicast') return null;
     w.shift();
@@ -76,17 +76,14 @@ export function parseRouteLine(line: string): RouteEntry | null {
   return entry;
 }
 
-/**
- * Main-table IPv4 routes whose destination lies inside `within` ("a.b.c.d/len"), read from the text
- * dump as it streams in: thousands of routes cost one short parse per chunk, not one long parse.
- */
+/** The `ip` arguments of the text dump of main-table IPv4 routes inside `within`. */
+export function routesWithinArgs(within: string): string[] {
+  return ['-4', 'route', 'show', 'table', 'main', 'root', cidrWord(within)];
+}
+
+/** Main-table IPv4 routes whose destination lies inside `within` ("a.b.c.d/len"), from the text dump. */
 export async function readRoutesWithin(within: string, opts: IpOptions = {}): Promise<RouteEntry[]> {
-  const out: RouteEntry[] = [];
-  await streamLines('ip', ['-4', 'route', 'show', 'table', 'main', 'root', cidrWord(within)], opts, (line) => {
-    const r = parseRouteLine(line);
-    if (r) out.push(r);
-  });
-  return out;
+  return parseLines(await ip(routesWithinArgs(within), opts), parseRouteLine);
 }
 
 export interface RouteLookup {

@@ -150,6 +150,11 @@ export class UdpBackend implements Backend {
     });
   }
 
+  /** One repair pass now (the periodic one, on demand): flannel0, its address and the Network route. */
+  resyncNow(): Promise<void> {
+    return this.exclusive(() => this.resync());
+  }
+
   private exclusive<T>(work: () => Promise<T>): Promise<T> {
     const next = this.serial.then(work, work);
     this.serial = next.catch(() => undefined);

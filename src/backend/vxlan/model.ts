@@ -75,13 +75,22 @@ function routeValue(r: { via?: string | null; dev: string }): string {
   return `${r.via ?? ''}|${r.dev}`;
 }
 
+/** A wanted peer with the strings its entries need, computed once when it is set. */
+interface WantedPeer {
+  peer: Peer;
+  route: RouteSpec;
+  routeValue: string;
+  /** The neighbour (next hop) address; null for a DirectRouting peer. */
+  neighIp: string | null;
+}
+
 function sameRoute(a: Peer, b: Peer): boolean {
   return a.publicIP === b.publicIP && a.vtepMac === b.vtepMac && (a.direct?.dev ?? null) === (b.direct?.dev ?? null);
 }
 
 export class PeerModel {
   /** Remote peers by subnet ("a.b.c.d/len"). */
-  readonly wanted = new Map<string, Peer>();
+  private readonly peers = new Map<string, WantedPeer>();
   /** What we believe the kernel holds: route dst → "via|dev", neighbour IP → MAC, FDB MAC → dst. */
   readonly programmed = { routes: new Map<string, string>(), neighs: new Map<string, string>(), fdb: new Map<string, string>() };
   private readonly neighClaims = new Claims();
@@ -90,10 +99,20 @@ export class PeerModel {
 
   constructor(private readonly ctx: ModelContext) {}
 
+  private direct = 0;
+  /** Bumped by every change to the wanted peers. */
+  version = 0;
+
+  get size(): number {
+    return this.peers.size;
+  }
+
   get directCount(): number {
-    let n = 0;
-    for (const p of this.wanted.values()) if (p.direct) n++;
-    return n;
+    return this.direct;
+  }
+
+  has(subnet: string): boolean {
+    return this.peers.has(subnet);
   }
 
   /** Number of table keys waiting for a plan. */
@@ -104,43 +123,43 @@ export class PeerModel {
   /** Adds or updates a peer; returns 'added', 'updated' or null when nothing changed. */
   setPeer(peer: Peer): 'added' | 'updated' | null {
     const key = peer.subnet.toString();
-    const old = this.wanted.get(key);
-    if (old && sameRoute(old, peer)) return null;
+    const old = this.peers.get(key);
+    if (old && sameRoute(old.peer, peer)) return null;
     if (old) this.release(key, old);
-    this.wanted.set(key, peer);
+    this.version++;
+    const route = peerRoute(peer, this.ctx.device);
+    const entry: WantedPeer = { peer, route, routeValue: routeValue(route), neighIp: peer.direct ? null : formatIp4(peer.subnet.ip) };
+    this.peers.set(key, entry);
     this.dirty.routes.add(key);
-    if (!peer.direct) {
-      const ip = formatIp4(peer.subnet.ip);
-      this.neighClaims.set(ip, key, peer.vtepMac);
+    if (entry.neighIp !== null) {
+      this.neighClaims.set(entry.neighIp, key, peer.vtepMac);
       this.fdbClaims.set(peer.vtepMac, key, peer.publicIP);
-      this.dirty.neighs.add(ip);
+      this.dirty.neighs.add(entry.neighIp);
       this.dirty.fdb.add(peer.vtepMac);
-    }
+    } else this.direct++;
     return old ? 'updated' : 'added';
   }
 
   /** Drops a peer; returns whether it was known. */
   removePeer(subnet: string): boolean {
-    const old = this.wanted.get(subnet);
+    const old = this.peers.get(subnet);
     if (!old) return false;
-    this.wanted.delete(subnet);
+    this.peers.delete(subnet);
+    this.version++;
     this.release(subnet, old);
     this.dirty.routes.add(subnet);
     return true;
   }
 
-  private release(key: string, peer: Peer): void {
-    if (peer.direct) return;
-    const ip = formatIp4(peer.subnet.ip);
-    this.neighClaims.release(ip, key);
-    this.fdbClaims.release(peer.vtepMac, key);
-    this.dirty.neighs.add(ip);
-    this.dirty.fdb.add(peer.vtepMac);
-  }
-
-  private wantRoute(dst: string): RouteSpec | undefined {
-    const peer = this.wanted.get(dst);
-    return peer ? peerRoute(peer, this.ctx.device) : undefined;
+  private release(key: string, old: WantedPeer): void {
+    if (old.neighIp === null) {
+      this.direct--;
+      return;
+    }
+    this.neighClaims.release(old.neighIp, key);
+    this.fdbClaims.release(old.peer.vtepMac, key);
+    this.dirty.neighs.add(old.neighIp);
+    this.dirty.fdb.add(old.peer.vtepMac);
   }
 
   /**
@@ -173,10 +192,10 @@ export class PeerModel {
       else if (have !== undefined) neighDel.push(op('neigh', 'delete', ip, null, have, () => neighDeleteCommand(device, ip)));
     }
     for (const dst of this.dirty.routes) {
-      const want = this.wantRoute(dst);
+      const want = this.peers.get(dst);
       const have = this.programmed.routes.get(dst);
-      if (want && routeValue(want) === have) continue;
-      if (want) routeAdd.push(op('route', 'replace', dst, dst, routeValue(want), () => routeReplaceCommand(want)));
+      if (want && want.routeValue === have) continue;
+      if (want) routeAdd.push(op('route', 'replace', dst, dst, want.routeValue, () => routeReplaceCommand(want.route)));
       else if (have !== undefined) {
         const [via, dev] = have.split('|') as [string, string];
         routeDel.push(op('route', 'delete', dst, null, have, () => routeDeleteCommand({ dst, ...(via ? { via } : {}), dev })));
@@ -208,15 +227,13 @@ export class PeerModel {
     fdb.clear();
     for (const r of snapshot.routes) {
       if (r.protocol === 'kernel' || routes.has(r.dst)) continue;
-      let net: Ip4Net;
-      try {
-        net = Ip4Net.parse(r.dst);
-      } catch {
+      if (this.peers.has(r.dst)) {
+        routes.set(r.dst, routeValue({ via: r.gateway, dev: r.dev }));
         continue;
       }
-      if (!network.covers(net)) continue;
-      const ours = r.dev === device || (r.dev === extIface && r.gateway !== null && net.prefixLen === subnetLen);
-      if (ours || this.wanted.has(r.dst)) routes.set(r.dst, routeValue({ via: r.gateway, dev: r.dev }));
+      // Not wanted: remove it only if it is inside the Network and looks like ours.
+      const ours = r.dev === device || (r.dev === extIface && r.gateway !== null && r.dst.endsWith(`/${subnetLen}`));
+      if (ours && inside(r.dst, network)) routes.set(r.dst, routeValue({ via: r.gateway, dev: r.dev }));
     }
     for (const n of snapshot.neighs) if (n.permanent && n.mac) neighs.set(n.ip, n.mac);
     const extra: KernelOp[] = [];
@@ -234,12 +251,20 @@ export class PeerModel {
       extra.push(op('fdb', 'delete', e.mac, null, e.dst, () => fdbDeleteCommand(device, e.mac, e.dst)));
     }
     for (const k of routes.keys()) this.dirty.routes.add(k);
-    for (const k of this.wanted.keys()) this.dirty.routes.add(k);
+    for (const k of this.peers.keys()) this.dirty.routes.add(k);
     for (const k of neighs.keys()) this.dirty.neighs.add(k);
     for (const k of this.neighClaims.keys()) this.dirty.neighs.add(k);
     for (const k of fdb.keys()) this.dirty.fdb.add(k);
     for (const k of this.fdbClaims.keys()) this.dirty.fdb.add(k);
     return extra;
+  }
+}
+
+function inside(cidr: string, network: Ip4Net): boolean {
+  try {
+    return network.covers(Ip4Net.parse(cidr));
+  } catch {
+    return false;
   }
 }
 
