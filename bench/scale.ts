@@ -67,16 +67,22 @@ const items = JSON.parse(readFileSync(file, 'utf8'));
 const client = new Etcd3({ hosts: endpoint });
 const lease = client.lease(7200, { autoKeepAlive: false });
 await lease.grant();
+console.log('ready');
 await Promise.all(items.map(([k, v]) => lease.put(k).value(v)));
 client.close();
 console.log(items.length);`;
 
-async function putLeases(cluster: Cluster, kind: Kind, from: number, count: number): Promise<void> {
+/** Resolves with the time the putting client was connected and started, once every put is done. */
+async function putLeases(cluster: Cluster, kind: Kind, from: number, count: number): Promise<number> {
   const items = Array.from({ length: count }, (_, k) => [`${PREFIX}/subnets/${subnetAt(from + k).toKey()}`, leaseValue(kind, from + k)]);
   const file = join(cluster.tmpDir, `leases-${from}.json`);
   writeFileSync(file, JSON.stringify(items));
-  const out = await nodeScript(cluster.hubNs, PUTS, [cluster.etcdEndpoint, file], 120_000).done;
+  const script = nodeScript(cluster.hubNs, PUTS, [cluster.etcdEndpoint, file], 120_000);
+  await script.ready;
+  const started = performance.now();
+  const out = await script.done;
   if (out !== String(count)) throw new Error(`put ${out} of ${count} leases`);
+  return started;
 }
 
 async function programmed(kind: Kind, node: ClusterNode): Promise<number> {
@@ -124,8 +130,7 @@ async function joinRun(kind: Kind, n: number): Promise<JoinResult> {
     const all = await until(kind, node, n, 60_000);
     await sleep(500);
     const rssMiB = rssKiB(node.pid!) / 1024;
-    const b0 = performance.now();
-    await putLeases(cluster, kind, n, BURST);
+    const b0 = await putLeases(cluster, kind, n, BURST);
     const burstDone = await until(kind, node, n + BURST, 120_000);
     await sleep(500);
     const rssAfterBurstMiB = rssKiB(node.pid!) / 1024;

@@ -17,6 +17,8 @@ import { UdpForwarder, type ForwarderFeatures, type ForwarderRoute } from './nat
 /** IPv4 header (20) + UDP header (8): what encapsulation adds to each packet. */
 export const UDP_ENCAP_OVERHEAD = 28;
 export const UDP_DEVICE = 'flannel0';
+/** During a burst, at most one table swap per this many ms (each swap copies the whole table). */
+const SWAP_INTERVAL_MS = 20;
 
 export interface UdpBackendOptions {
   /** Create the device and run `ip` inside this named network namespace (tests); default: ours. */
@@ -38,6 +40,7 @@ export class UdpBackend implements Backend {
   /** Table rows changed since the last swap (for the changes metric). */
   private changedSinceSwap = 0;
   private swaps = 0;
+  private lastSwap = -Infinity;
   /** Leases we cannot use, by subnet key, so that each is reported once, not at every renewal. */
   private readonly ignored = new Set<string>();
   private synced = false;
@@ -82,10 +85,13 @@ export class UdpBackend implements Backend {
   }
 
   /**
-   * Updates the table rows and resolves once a table swap holding them is done. Swaps are
-   * coalesced: every call made before the next turn of the event loop shares one swap.
+   * Updates the table rows and schedules a table swap. Swaps are coalesced: the first change after
+   * a quiet spell swaps at the next turn of the event loop, and during a burst every change within
+   * SWAP_INTERVAL_MS of the last swap shares the next one. The first call (every lease there is)
+   * resolves once its swap is done; later ones as soon as the rows are updated (`settled()` waits).
    */
   async handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void> {
+    const first = !this.synced;
     if (!this.synced) {
       // The first batch lists every lease there is: whatever we knew before is superseded.
       this.changedSinceSwap += this.remotes.size;
@@ -122,17 +128,27 @@ export class UdpBackend implements Backend {
       else this.ctx.log.debug(fields, 'udp backend: subnet added');
     }
     if (events.length > 20) this.ctx.log.info({ events: events.length, leases: this.remotes.size }, 'udp backend: lease batch');
-    await this.scheduleSwap();
+    const swapped = this.scheduleSwap();
+    if (first) await swapped;
+  }
+
+  /** Resolves once every lease handed over so far is in the forwarder's table. */
+  async settled(): Promise<void> {
+    await this.swap;
   }
 
   private scheduleSwap(): Promise<void> {
-    this.swap ??= new Promise<void>((resolve) =>
-      setImmediate(() => {
+    this.swap ??= new Promise<void>((resolve) => {
+      const swapNow = (): void => {
         this.swap = null;
         this.pushTable();
+        this.lastSwap = performance.now();
         resolve();
-      }),
-    );
+      };
+      const wait = this.lastSwap + SWAP_INTERVAL_MS - performance.now();
+      if (wait <= 0) setImmediate(swapNow);
+      else setTimeout(swapNow, wait);
+    });
     return this.swap;
   }
 

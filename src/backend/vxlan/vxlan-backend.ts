@@ -145,17 +145,28 @@ export class VxlanBackend implements Backend {
   }
 
   /**
-   * Puts the events into the model and resolves once a batch holding them has been applied (the
-   * first call: once the full reconcile is done). Never rejects: refused entries are logged,
-   * counted and retried by the periodic reconcile.
+   * Puts the events into the model and queues a kernel batch. The first call (every lease there is)
+   * resolves once the full reconcile is done, so the daemon is ready with every peer programmed.
+   * Later calls resolve once their events are in the model: the caller hands over the next watch
+   * response while this batch is applied, and everything that arrives meanwhile goes into the next
+   * batch — that is what turns a burst into a few batches. `settled()` waits for the kernel. Never
+   * rejects: refused entries are logged, counted and retried by the periodic reconcile.
    */
   async handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void> {
     this.counters.eventBatches++;
     await this.intake.run(() => this.applyEvents(events));
+    const first = !this.synced;
     this.synced = true;
     // The wanted set is complete from the first batch on: from then, reconciles may remove state.
     this.startResync();
-    await this.requestFlush();
+    const flushed = this.requestFlush();
+    if (first) await flushed;
+  }
+
+  /** Resolves once everything handed over so far has been applied to the kernel. */
+  async settled(): Promise<void> {
+    await this.intake.idle();
+    await this.kernel.idle();
   }
 
   private async applyEvents(events: readonly LeaseEvent[]): Promise<void> {
