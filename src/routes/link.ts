@@ -109,11 +109,11 @@ export async function readLink(name: string, opts: IpOptions = {}): Promise<Link
 }
 
 /** The named link's state and its IPv4 addresses ("a.b.c.d/len") from one `ip addr show`; null when it does not exist. */
-export async function readLinkAddrs(name: string, opts: IpOptions = {}): Promise<{ up: boolean; ip4: string[] } | null> {
+export async function readLinkAddrs(name: string, opts: IpOptions = {}): Promise<{ ifindex: number; up: boolean; ip4: string[] } | null> {
   try {
     const [raw] = await ipJson<RawLink & { addr_info?: { family: string; local: string; prefixlen: number }[] }>(['addr', 'show', 'dev', deviceWord(name)], opts);
     if (!raw) return null;
-    return { up: raw.flags?.includes('UP') ?? false, ip4: (raw.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`) };
+    return { ifindex: raw.ifindex, up: raw.flags?.includes('UP') ?? false, ip4: (raw.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`) };
   } catch (err) {
     if (err instanceof IpCommandError && /does not exist|Cannot find device/.test(err.stderr)) return null;
     throw err;

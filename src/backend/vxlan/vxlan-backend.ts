@@ -17,7 +17,8 @@ import { Ip4Net, formatIp4, parseIp4 } from '../../subnet/ip4.js';
 import { addrDeleteCommand, addrReplaceCommand, listIp4Addrs } from '../../routes/addr.js';
 import { fdbArgs, parseFdbLine } from '../../routes/fdb.js';
 import { forceBatch, ipBatch, parseLines, toolBytes, type BatchOutcome, type IpOptions } from '../../routes/ip.js';
-import { linkSetCommand, readLinkAddrs, type VxlanSpec } from '../../routes/link.js';
+import { linkSetCommand, readLink, readLinkAddrs, type VxlanSpec } from '../../routes/link.js';
+import { loadNetlink, RtNetlink, type NetlinkOp } from '../../routes/netlink.js';
 import { neighboursArgs, parseNeighLine } from '../../routes/neigh.js';
 import { parseRouteLine, routeGet, routesWithinArgs } from '../../routes/route.js';
 import { ensureVxlanDevice } from './device.js';
@@ -35,6 +36,8 @@ export interface VxlanBackendOptions {
   netns?: string;
   /** How often the kernel tables are checked and repaired; default 5000 ms, 0 disables. */
   resyncIntervalMs?: number;
+  /** How entries reach the kernel: rtnetlink from the addon (default when it is built) or `ip`/`bridge -batch`. */
+  kernelPath?: 'netlink' | 'iproute2';
 }
 
 export class VxlanBackend implements Backend {
@@ -59,6 +62,10 @@ export class VxlanBackend implements Backend {
   private clean: { digest: string; version: number } | null = null;
   /** Last logged failure per entry, so a refused entry is logged once per distinct error, not every resync. */
   private readonly failures = new Map<string, string>();
+  /** The rtnetlink socket, or null when entries go through `ip`/`bridge -batch`. */
+  private nl: RtNetlink | null = null;
+  private devIndex = 0;
+  private extIndex = 0;
   private readonly counters = { eventBatches: 0, flushes: 0, resyncs: 0, unchangedPasses: 0, repairs: 0, errors: 0, skippedLeases: 0, deviceRecreated: 0 };
 
   constructor(
@@ -94,6 +101,15 @@ export class VxlanBackend implements Backend {
   async prepare(): Promise<BackendAnnouncement> {
     const link = await ensureVxlanDevice(this.spec(), this.ctx.log, this.ipOpts);
     this.mac = link.address;
+    this.devIndex = link.ifindex;
+    this.extIndex = (await readLink(this.ctx.extIface.name, this.ipOpts))?.ifindex ?? 0;
+    if (!this.nl && (this.options.kernelPath ?? 'netlink') === 'netlink' && loadNetlink()) {
+      try {
+        this.nl = new RtNetlink(this.options.netns);
+      } catch (err) {
+        this.ctx.log.warn({ err }, 'vxlan backend: no rtnetlink socket; using ip -batch');
+      }
+    }
     this.extSubnets = (await listIp4Addrs(this.ctx.extIface.name, this.ipOpts)).map((a) => Ip4Net.parse(a.cidr, true));
     return { backendData: { VNI: this.config.vni, VtepMAC: this.mac }, mtu: link.mtu };
   }
@@ -131,10 +147,11 @@ export class VxlanBackend implements Backend {
     if (!this.mac) return 0; // not prepared
     // One `ip addr show` tells both whether the device exists and is up, and how it is addressed.
     const link = await readLinkAddrs(this.device, this.ipOpts);
-    if (!link) {
+    if (link) this.devIndex = link.ifindex;
+    else {
       this.ctx.log.warn({ device: this.device }, 'vxlan device disappeared; recreating it');
       this.counters.deviceRecreated++;
-      await ensureVxlanDevice(this.spec(), this.ctx.log, this.ipOpts);
+      this.devIndex = (await ensureVxlanDevice(this.spec(), this.ctx.log, this.ipOpts)).ifindex;
     }
     if (!this.ownLease) return link ? 0 : 1;
     const want = `${formatIp4(this.ownLease.subnet.ip)}/32`;
@@ -244,14 +261,16 @@ export class VxlanBackend implements Backend {
     const deviceRepairs = await this.repairDevice();
     // Event deltas first, so that what the snapshot turns up afterwards is a repair.
     if (this.snapshotTaken && this.model.pending > 0) await this.apply(this.model.plan(), 'event');
-    const dump = await this.dumpKernel();
-    // The kernel printed exactly what it printed at a pass that found nothing to do, and no peer
+    const dump = this.nl ? await this.dumpNetlink(this.nl) : await this.dumpKernel();
+    // The kernel holds exactly what it held at a pass that found nothing to do, and no peer
     // changed since: it still matches, and the parse and compare can be skipped.
     if (this.clean && this.clean.digest === dump.digest && this.clean.version === this.model.version && this.model.pending === 0) {
       this.counters.unchangedPasses++;
       return deviceRepairs;
     }
-    const extra = this.model.resetFromKernel(await this.parseKernel(dump.dumps));
+    const snapshot = 'tables' in dump ? dump.tables : await this.parseKernel(dump.dumps);
+    if (!snapshot) throw new Error('rtnetlink dump without tables'); // digest changed, so they are there
+    const extra = this.model.resetFromKernel(snapshot);
     this.snapshotTaken = true;
     const ops = [...extra, ...this.model.plan()];
     this.clean = ops.length === 0 && deviceRepairs === 0 ? { digest: dump.digest, version: this.model.version } : null;
@@ -269,6 +288,17 @@ export class VxlanBackend implements Backend {
     const hash = createHash('sha1');
     for (const d of dumps) hash.update(d).update('\0');
     return { digest: hash.digest('hex'), dumps };
+  }
+
+  private async dumpNetlink(nl: RtNetlink): Promise<{ digest: string; tables: KernelSnapshot | undefined }> {
+    // Only a digest that would let the pass be skipped may spare the tables.
+    const skippable = this.clean && this.clean.version === this.model.version && this.model.pending === 0 ? this.clean.digest : '';
+    const dump = await nl.dump(this.devIndex, skippable, (i) => this.devName(i));
+    return { digest: dump.digest, tables: dump.tables };
+  }
+
+  private devName(ifindex: number): string {
+    return ifindex === this.devIndex ? this.device : ifindex === this.extIndex ? this.ctx.extIface.name : `if${ifindex}`;
   }
 
   private async parseKernel([routes, neighs, fdb]: [Buffer, Buffer, Buffer]): Promise<KernelSnapshot> {
@@ -293,11 +323,12 @@ export class VxlanBackend implements Backend {
       else (o.kind === 'fdb' ? fdb : rest).push(o);
     }
     let accepted = 0;
-    for (const [tool, group] of [['bridge', fdb], ['ip', rest]] as const) {
+    const groups: [('bridge' | 'ip' | 'netlink'), KernelOp[]][] = this.nl ? [['netlink', [...fdb, ...rest]]] : [['bridge', fdb], ['ip', rest]];
+    for (const [tool, group] of groups) {
       if (group.length === 0) continue;
       let outcome: BatchOutcome;
       try {
-        outcome = await forceBatch(tool, group.map((o) => o.words!), this.ipOpts);
+        outcome = tool === 'netlink' ? await this.applyNetlink(this.nl!, group) : await forceBatch(tool, group.map((o) => o.words!), this.ipOpts);
       } catch (err) {
         outcome = { failed: new Map(), unknownFrom: 0 };
         this.ctx.log.error({ err, tool }, 'vxlan backend: cannot run the batch');
@@ -315,6 +346,34 @@ export class VxlanBackend implements Backend {
     kernelMetrics.peers.set({ backend: 'vxlan' }, this.model.programmed.routes.size);
     this.ctx.log.debug({ reason, ops: ops.length, accepted, ms: Math.round(performance.now() - started) }, 'applied vxlan table changes');
     return accepted;
+  }
+
+  /** The same ops as netlink messages, in the same order; an op naming an unknown device is refused here. */
+  private async applyNetlink(nl: RtNetlink, ops: readonly KernelOp[]): Promise<BatchOutcome> {
+    const failed = new Map<number, string>();
+    const sent: number[] = [];
+    const messages: NetlinkOp[] = [];
+    ops.forEach((o, i) => {
+      const m = this.netlinkOp(o);
+      if (typeof m === 'string') failed.set(i, m);
+      else {
+        sent.push(i);
+        messages.push(m);
+      }
+    });
+    for (const [k, message] of await nl.apply(messages)) failed.set(sent[k]!, message);
+    return { failed, unknownFrom: -1 };
+  }
+
+  private netlinkOp(o: KernelOp): NetlinkOp | string {
+    const del = o.action === 'delete';
+    if (o.kind === 'fdb') return { kind: 'fdb', del, ifindex: this.devIndex, ip: parseIp4(o.value), prefixLen: 0, gateway: 0, onlink: false, mac: o.key };
+    if (o.kind === 'neigh') return { kind: 'neigh', del, ifindex: this.devIndex, ip: parseIp4(o.key), prefixLen: 0, gateway: 0, onlink: false, mac: del ? null : o.value };
+    const [via, dev] = o.value.split('|') as [string, string];
+    const ifindex = dev === this.device ? this.devIndex : dev === this.ctx.extIface.name ? this.extIndex : 0;
+    if (!ifindex) return `unknown device ${dev}`;
+    const dst = Ip4Net.parse(o.key);
+    return { kind: 'route', del, ifindex, ip: dst.ip, prefixLen: dst.prefixLen, gateway: via ? parseIp4(via) : 0, onlink: dev === this.device, mac: null };
   }
 
   private failed(o: KernelOp, error: string): void {
@@ -362,7 +421,7 @@ export class VxlanBackend implements Backend {
   }
 
   stats(): Record<string, number> {
-    return { peers: this.model.size, directPeers: this.model.directCount, programmedRoutes: this.model.programmed.routes.size, ...this.counters };
+    return { peers: this.model.size, directPeers: this.model.directCount, programmedRoutes: this.model.programmed.routes.size, netlink: this.nl ? 1 : 0, ...this.counters };
   }
 
   async close(): Promise<void> {
@@ -370,5 +429,7 @@ export class VxlanBackend implements Backend {
     this.timer = null;
     await this.intake.idle();
     await this.kernel.idle();
+    this.nl?.close();
+    this.nl = null;
   }
 }
