@@ -142,6 +142,8 @@ async function joinRun(kind: Kind, n: number): Promise<JoinResult> {
 }
 
 interface ResyncResult {
+  /** vxlan (netlink), vxlan (ip -batch) or udp. */
+  label: string;
   kind: Kind;
   n: number;
   /** 'unchanged': the kernel as the last pass left it; 'repair': one route deleted by hand before each pass. */
@@ -159,7 +161,7 @@ interface ResyncResult {
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** Drives a backend directly in a namespace with N peers and times its resync pass. */
-async function resyncRun(kind: Kind, n: number): Promise<ResyncResult[]> {
+async function resyncRun(kind: Kind, n: number, kernelPath: 'netlink' | 'iproute2' = 'netlink'): Promise<ResyncResult[]> {
   const ns = `fl-${runId()}-scale`;
   namespaces.push(ns);
   await addNetns(ns);
@@ -174,7 +176,7 @@ async function resyncRun(kind: Kind, n: number): Promise<ResyncResult[]> {
     const network = parseNetworkConfig(JSON.stringify({ Network: NETWORK.toString(), SubnetLen: 29, Backend: { Type: kind } }));
     const ctx: BackendContext = { extIface: { name: 'eth0', ifaceIP: '198.18.0.1', publicIP: '198.18.0.1', mtu: 1500 }, network, log: silentLogger };
     const backend = kind === 'vxlan'
-      ? new VxlanBackend(ctx, network.backend as VxlanBackendConfig, { netns: ns, resyncIntervalMs: 0 })
+      ? new VxlanBackend(ctx, network.backend as VxlanBackendConfig, { netns: ns, resyncIntervalMs: 0, kernelPath })
       : new UdpBackend(ctx, network.backend as UdpBackendConfig, { netns: ns, resyncIntervalMs: 3_600_000 });
     try {
       const ann = await backend.prepare();
@@ -214,7 +216,7 @@ async function resyncRun(kind: Kind, n: number): Promise<ResyncResult[]> {
           loop.push(l);
           cpu.push((c.user + c.system) / 1000);
         }
-        results.push({ kind, n, state, loopMs: median(loop), cpuMs: median(cpu), wallMs: median(wall), longestTurnMs: longest });
+        results.push({ label: kind === 'udp' ? 'udp' : `vxlan (${kernelPath === 'netlink' ? 'netlink' : 'ip -batch'})`, kind, n, state, loopMs: median(loop), cpuMs: median(cpu), wallMs: median(wall), longestTurnMs: longest });
       }
       return results;
     } finally {
@@ -239,11 +241,11 @@ async function main(): Promise<void> {
     }
   }
   const resyncs: ResyncResult[] = [];
-  for (const kind of ['vxlan', 'udp'] as const) {
+  for (const [kind, path] of [['vxlan', 'netlink'], ['vxlan', 'iproute2'], ['udp', 'netlink']] as const) {
     for (const n of RESYNC_SIZES) {
-      for (const r of await resyncRun(kind, n)) {
+      for (const r of await resyncRun(kind, n, path)) {
         resyncs.push(r);
-        console.log(`${kind} resync pass at ${n} peers (${r.state}): event loop ${fmt(r.loopMs)} ms, CPU ${fmt(r.cpuMs)} ms, wall ${fmt(r.wallMs)} ms, longest turn ${fmt(r.longestTurnMs)} ms`);
+        console.log(`${r.label} resync pass at ${n} peers (${r.state}): event loop ${fmt(r.loopMs)} ms, CPU ${fmt(r.cpuMs)} ms, wall ${fmt(r.wallMs)} ms, longest turn ${fmt(r.longestTurnMs)} ms`);
       }
     }
   }
@@ -266,7 +268,7 @@ async function main(): Promise<void> {
   writeFileSync(join(root, 'docs', 'img', 'scale.svg'), svg);
 
   const rows = joins.map((j) => `| ${j.kind} | ${j.n.toLocaleString('en-US')} | ${fmt(j.envMs)} | ${fmt(j.allMs)} | ${j.rssMiB.toFixed(0)} | ${fmt(j.burstMs)} | ${j.rssAfterBurstMiB.toFixed(0)} |`);
-  const resyncRows = resyncs.map((r) => `| ${r.kind} | ${r.n.toLocaleString('en-US')} | ${r.state === 'unchanged' ? 'kernel unchanged' : 'one route deleted by hand'} | ${fmt(r.loopMs)} | ${fmt(r.cpuMs)} | ${fmt(r.wallMs)} | ${fmt(r.longestTurnMs)} |`);
+  const resyncRows = resyncs.map((r) => `| ${r.label} | ${r.n.toLocaleString('en-US')} | ${r.state === 'unchanged' ? 'kernel unchanged' : 'one route deleted by hand'} | ${fmt(r.loopMs)} | ${fmt(r.cpuMs)} | ${fmt(r.wallMs)} | ${fmt(r.longestTurnMs)} |`);
   const section = [
     '<!-- scale:begin (written by bench/scale.ts; edit the text around it, not inside) -->',
     `Measured ${date} at commit \`${commit}\` (\`npm run bench:scale\`; 2 shared cores, other agents' tests running).`,

@@ -69,6 +69,10 @@ class Claims {
   keys(): IterableIterator<string> {
     return this.byKey.keys();
   }
+
+  has(key: string): boolean {
+    return this.byKey.has(key);
+  }
 }
 
 function routeValue(r: { via?: string | null; dev: string }): string {
@@ -250,14 +254,18 @@ export class PeerModel {
       }
       extra.push(op('fdb', 'delete', e.mac, null, e.dst, () => fdbDeleteCommand(device, e.mac, e.dst)));
     }
-    for (const k of routes.keys()) this.dirty.routes.add(k);
-    for (const k of this.peers.keys()) this.dirty.routes.add(k);
-    for (const k of neighs.keys()) this.dirty.neighs.add(k);
-    for (const k of this.neighClaims.keys()) this.dirty.neighs.add(k);
-    for (const k of fdb.keys()) this.dirty.fdb.add(k);
-    for (const k of this.fdbClaims.keys()) this.dirty.fdb.add(k);
+    // Mark only the keys where the kernel differs from what is wanted: one Map lookup per key.
+    for (const [k, want] of this.peers) if (routes.get(k) !== want.routeValue) this.dirty.routes.add(k);
+    for (const k of routes.keys()) if (!this.peers.has(k)) this.dirty.routes.add(k);
+    markDiffering(this.neighClaims, neighs, this.dirty.neighs);
+    markDiffering(this.fdbClaims, fdb, this.dirty.fdb);
     return extra;
   }
+}
+
+function markDiffering(claims: Claims, have: Map<string, string>, dirty: Set<string>): void {
+  for (const k of claims.keys()) if (claims.get(k)!.value !== have.get(k)) dirty.add(k);
+  for (const k of have.keys()) if (!claims.has(k)) dirty.add(k);
 }
 
 function inside(cidr: string, network: Ip4Net): boolean {
