@@ -17,8 +17,8 @@ import { UdpForwarder, type ForwarderFeatures, type ForwarderRoute } from './nat
 /** IPv4 header (20) + UDP header (8): what encapsulation adds to each packet. */
 export const UDP_ENCAP_OVERHEAD = 28;
 export const UDP_DEVICE = 'flannel0';
-/** During a burst, at most one table swap per this many ms (each swap copies the whole table). */
-const SWAP_INTERVAL_MS = 20;
+/** A swap closer than this many times its own cost to the last one is deferred and shared. */
+const SWAP_SPACING = 4;
 
 export interface UdpBackendOptions {
   /** Create the device and run `ip` inside this named network namespace (tests); default: ours. */
@@ -40,7 +40,8 @@ export class UdpBackend implements Backend {
   /** Table rows changed since the last swap (for the changes metric). */
   private changedSinceSwap = 0;
   private swaps = 0;
-  private lastSwap = -Infinity;
+  private lastSwapEnd = -Infinity;
+  private lastSwapCost = 0;
   /** Leases we cannot use, by subnet key, so that each is reported once, not at every renewal. */
   private readonly ignored = new Set<string>();
   private synced = false;
@@ -85,10 +86,12 @@ export class UdpBackend implements Backend {
   }
 
   /**
-   * Updates the table rows and schedules a table swap. Swaps are coalesced: the first change after
-   * a quiet spell swaps at the next turn of the event loop, and during a burst every change within
-   * SWAP_INTERVAL_MS of the last swap shares the next one. The first call (every lease there is)
-   * resolves once its swap is done; later ones as soon as the rows are updated (`settled()` waits).
+   * Updates the table rows and swaps the table into the forwarder. Each swap copies the whole table,
+   * so swaps are coalesced: none when nothing changed; calls before the next turn of the event loop
+   * share one; and a call within SWAP_SPACING × (the last swap's cost) of the last swap joins a
+   * swap deferred to the end of that spell and returns without waiting — during a burst of watch
+   * responses at thousands of leases, swapping then takes at most about a fifth of the time. Other
+   * calls resolve once their swap is done. `settled()` waits for a deferred swap.
    */
   async handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void> {
     const first = !this.synced;
@@ -128,8 +131,10 @@ export class UdpBackend implements Backend {
       else this.ctx.log.debug(fields, 'udp backend: subnet added');
     }
     if (events.length > 20) this.ctx.log.info({ events: events.length, leases: this.remotes.size }, 'udp backend: lease batch');
-    const swapped = this.scheduleSwap();
-    if (first) await swapped;
+    if (!first && this.changedSinceSwap === 0) return;
+    const wait = this.lastSwapEnd + SWAP_SPACING * this.lastSwapCost - performance.now();
+    const swapped = this.scheduleSwap(wait);
+    if (first || wait <= 0) await swapped;
   }
 
   /** Resolves once every lease handed over so far is in the forwarder's table. */
@@ -137,17 +142,15 @@ export class UdpBackend implements Backend {
     await this.swap;
   }
 
-  private scheduleSwap(): Promise<void> {
+  private scheduleSwap(waitMs: number): Promise<void> {
     this.swap ??= new Promise<void>((resolve) => {
       const swapNow = (): void => {
         this.swap = null;
         this.pushTable();
-        this.lastSwap = performance.now();
         resolve();
       };
-      const wait = this.lastSwap + SWAP_INTERVAL_MS - performance.now();
-      if (wait <= 0) setImmediate(swapNow);
-      else setTimeout(swapNow, wait);
+      if (waitMs > 0) setTimeout(swapNow, waitMs);
+      else setImmediate(swapNow);
     });
     return this.swap;
   }
@@ -250,7 +253,9 @@ export class UdpBackend implements Backend {
       routes: [...this.remotes.values()],
     });
     this.swaps++;
-    kernelMetrics.applySeconds.observe({ reason: 'event' }, (performance.now() - started) / 1000);
+    this.lastSwapEnd = performance.now();
+    this.lastSwapCost = this.lastSwapEnd - started;
+    kernelMetrics.applySeconds.observe({ reason: 'event' }, this.lastSwapCost / 1000);
     kernelMetrics.peers.set({ backend: 'udp' }, this.remotes.size);
     if (this.changedSinceSwap > 0) kernelMetrics.changes.inc({ kind: 'udp-route' }, this.changedSinceSwap);
     this.changedSinceSwap = 0;
