@@ -106,6 +106,13 @@ describe.each(paths)('%s', (path) => {
     expect(after.routes).toHaveLength(PEERS - 1);
     expect(after.fdb).toContain(`${mac(1)} 198.18.0.222 true`);
     expect(after.fdb.some((e) => e.startsWith(mac(0)))).toBe(false);
+
+    // Our node moves to a new subnet: the device is re-addressed without ever being left without
+    // an address (which would flush every route through it), so nothing needs repairing.
+    const repairs = b.stats()['repairs']!;
+    await b.setOwnLease({ subnet: subnet(-2), attrs: { publicIP: '198.18.0.1', publicIPv6: null, backendType: 'vxlan', backendData: ann.backendData }, expiration: null });
+    expect(b.stats()['repairs']).toBe(repairs);
+    expect((await tables(ns)).routes).toHaveLength(PEERS - 1);
   });
 });
 

@@ -126,7 +126,8 @@ export class VxlanBackend implements Backend {
       this.ctx.log.error({ err }, 'vxlan backend: cannot address the device');
       throw err;
     });
-    if (this.synced) await this.requestFlush();
+    // A move re-addresses the device: check every entry against the kernel now, not in 5 s.
+    if (this.synced) await this.resync();
   }
 
   // The subnet's network address as /32: a source address for host-to-pod traffic that creates no
@@ -134,9 +135,11 @@ export class VxlanBackend implements Backend {
   private async addressDevice(lease: Lease): Promise<void> {
     const want = `${formatIp4(lease.subnet.ip)}/32`;
     const have = await listIp4Addrs(this.device, this.ipOpts);
+    // The new address goes on before the old ones come off: a device left without any IPv4
+    // address loses every route through it, which would cut every peer off until the next resync.
     await ipBatch([
-      ...have.filter((a) => a.cidr !== want).map((a) => addrDeleteCommand(this.device, a.cidr)),
       addrReplaceCommand(this.device, want),
+      ...have.filter((a) => a.cidr !== want).map((a) => addrDeleteCommand(this.device, a.cidr)),
       linkSetCommand(this.device, { up: true }),
     ], this.ipOpts);
   }
