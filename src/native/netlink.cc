@@ -14,6 +14,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -36,6 +37,7 @@ namespace {
 
 // One op, as src/routes/netlink.ts packs it: OP_WORDS uint32 each.
 constexpr size_t OP_WORDS = 8;
+constexpr int RECV_TIMEOUT_S = 10;
 enum Kind : uint32_t { FDB = 0, NEIGH = 1, ROUTE = 2 };
 
 struct Socket {
@@ -135,6 +137,10 @@ int openSocket(const std::string& path, std::string* error) {
   int one = 1, rcv = 4 << 20;
   setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+  // The kernel answers every request; should it ever not, a call fails instead of holding the
+  // backend's kernel queue forever.
+  timeval timeout{RECV_TIMEOUT_S, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   sockaddr_nl sa{};
   sa.nl_family = AF_NETLINK;
   if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
@@ -177,7 +183,7 @@ class ApplyWorker : public Napi::AsyncWorker {
         ssize_t r = recv(sock_->fd, in.data(), in.size(), 0);
         if (r < 0) {
           if (errno == EINTR) continue;
-          SetError(std::string("netlink recv: ") + strerror(errno));
+          SetError(errno == EAGAIN ? "netlink: no answer from the kernel within 10 s" : std::string("netlink recv: ") + strerror(errno));
           return;
         }
         int len = (int)r;
@@ -306,7 +312,7 @@ class DumpWorker : public Napi::AsyncWorker {
       ssize_t r = recv(sock_->fd, in.data(), in.size(), 0);
       if (r < 0) {
         if (errno == EINTR) continue;
-        SetError(std::string("netlink dump recv: ") + strerror(errno));
+        SetError(errno == EAGAIN ? "netlink dump: no answer from the kernel within 10 s" : std::string("netlink dump recv: ") + strerror(errno));
         return false;
       }
       int len = (int)r;
