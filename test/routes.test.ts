@@ -1,11 +1,11 @@
 // src/routes against a real kernel, in a throw-away namespace: build, apply, read back, re-apply.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { addrReplaceCommand, listIp4Addrs } from '../src/routes/addr.js';
-import { fdbDeleteCommand, fdbReplaceCommand, listFdb } from '../src/routes/fdb.js';
-import { bridgeBatch, ip, ipBatch, IpCommandError } from '../src/routes/ip.js';
+import { fdbDeleteCommand, fdbReplaceCommand, listFdb, readFdb } from '../src/routes/fdb.js';
+import { bridgeBatch, forceBatch, ip, ipBatch, IpCommandError } from '../src/routes/ip.js';
 import { linkDeleteCommand, linkSetCommand, readLink, vxlanAddCommand, vxlanMismatches, type VxlanSpec } from '../src/routes/link.js';
-import { listNeighbours, neighDeleteCommand, neighReplaceCommand } from '../src/routes/neigh.js';
-import { listRoutes, routeDeleteCommand, routeGet, routeReplaceCommand } from '../src/routes/route.js';
+import { listNeighbours, neighDeleteCommand, neighReplaceCommand, readNeighbours } from '../src/routes/neigh.js';
+import { listRoutes, readRoutesWithin, routeDeleteCommand, routeGet, routeReplaceCommand } from '../src/routes/route.js';
 import { addNetns, delNetns, runId } from './harness/netns.js';
 
 const ns = `fl-${runId()}-routes`;
@@ -62,6 +62,29 @@ describe('tables', () => {
     expect(await listFdb('flannel.7', opts)).toEqual([{ mac: PEER_MAC, dst: '198.18.0.2', permanent: true }]);
     const routes = await listRoutes({ dev: 'flannel.7' }, opts);
     expect(routes).toEqual([{ dst: '198.19.22.0/24', gateway: '198.19.22.0', dev: 'flannel.7', onlink: true, protocol: null }]);
+  });
+
+  test('the text dumps read back the same entries as the JSON ones', async () => {
+    expect(await readRoutesWithin('198.19.0.0/16', opts)).toEqual((await listRoutes({}, opts)).filter((r) => r.dst.startsWith('198.19.')));
+    expect(await readNeighbours('flannel.7', opts)).toEqual(await listNeighbours('flannel.7', opts));
+    expect(await readFdb('flannel.7', opts)).toEqual(await listFdb('flannel.7', opts));
+    expect(await readFdb('flannel.7', opts)).toHaveLength(1);
+  });
+
+  test('a -force batch reports the one line the kernel refused and applies the others', async () => {
+    const outcome = await forceBatch('ip', [
+      routeReplaceCommand({ dst: '198.19.40.0/24', via: '198.19.40.0', dev: 'flannel.7', onlink: true }),
+      // The next hop is the device's own address: the kernel refuses it.
+      routeReplaceCommand({ dst: '198.19.41.0/24', via: '198.19.69.0', dev: 'flannel.7', onlink: true }),
+      routeReplaceCommand({ dst: '198.19.42.0/24', via: '198.19.42.0', dev: 'flannel.7', onlink: true }),
+    ], opts);
+    expect([...outcome.failed.keys()]).toEqual([1]);
+    expect(outcome.failed.get(1)).toMatch(/invalid gateway/i);
+    expect(outcome.unknownFrom).toBe(-1);
+    const dsts = (await listRoutes({ dev: 'flannel.7' }, opts)).map((r) => r.dst);
+    expect(dsts).toEqual(expect.arrayContaining(['198.19.40.0/24', '198.19.42.0/24']));
+    expect(dsts).not.toContain('198.19.41.0/24');
+    await ipBatch([['route', 'del', '198.19.40.0/24'], ['route', 'del', '198.19.42.0/24']], opts);
   });
 
   test('re-applying the same batch is a no-op (replace verbs)', async () => {

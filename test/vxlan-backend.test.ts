@@ -33,6 +33,12 @@ function lease(subnet: string, publicIP: string, backendData: Record<string, unk
   return { subnet: Ip4Net.parse(subnet), attrs: { publicIP, publicIPv6: null, backendType, backendData }, expiration: null };
 }
 
+/** Hands events over and waits until the kernel has them (handleLeaseEvents alone may return earlier). */
+async function handle(b: VxlanBackend, events: LeaseEvent[]): Promise<void> {
+  await b.handleLeaseEvents(events);
+  await b.settled();
+}
+
 const added = (l: Lease): LeaseEvent => ({ type: 'added', lease: l });
 const removed = (l: Lease): LeaseEvent => ({ type: 'removed', lease: l });
 
@@ -142,7 +148,7 @@ describe('peers', () => {
       routeReplaceCommand({ dst: '198.19.77.0/24', via: '198.19.77.0', dev: 'flannel.1', onlink: true }),
       routeReplaceCommand({ dst: '198.19.78.0/24', via: '198.18.0.78', dev: 'eth0' }),
     ], { netns: n1.ns });
-    await b1.handleLeaseEvents([added(l2)]);
+    await handle(b1, [added(l2)]);
     const mac2 = l2.attrs.backendData!['VtepMAC'];
     expect(await tables(n1)).toEqual({
       routes: [{ dst: '198.19.2.0/24', gateway: '198.19.2.0', dev: 'flannel.1', onlink: true, protocol: null }],
@@ -152,7 +158,7 @@ describe('peers', () => {
   });
 
   test('pods on the two nodes reach each other both ways', async () => {
-    await b2.handleLeaseEvents([added(l1)]);
+    await handle(b2, [added(l1)]);
     const [p1, p2] = [cluster.nodes[0]!.pods[0]!, cluster.nodes[1]!.pods[0]!];
     expect(await cluster.ping(p1, p2.ip, { count: 2 })).toBe(true);
     expect(await cluster.ping(p2, p1.ip, { count: 2 })).toBe(true);
@@ -193,10 +199,10 @@ describe('peers', () => {
     l2 = lease('198.19.2.0/24', n2.ip, (await b2b.prepare()).backendData);
     expect(l2.attrs.backendData!['VtepMAC']).not.toBe(oldMac);
     await b2b.setOwnLease(l2);
-    await b2b.handleLeaseEvents([added(l1)]);
+    await handle(b2b, [added(l1)]);
     b2 = b2b;
     const mac2 = l2.attrs.backendData!['VtepMAC'];
-    await b1.handleLeaseEvents([added(l2)]);
+    await handle(b1, [added(l2)]);
     const t = await tables(n1);
     expect(t.fdb).toEqual([{ mac: mac2, dst: n2.ip, permanent: true }]);
     expect(t.neighs).toEqual([{ ip: '198.19.2.0', mac: mac2, permanent: true }]);
@@ -206,7 +212,7 @@ describe('peers', () => {
   test('leases that are not usable vxlan leases are skipped with a warning, not fatal', async () => {
     const n1 = cluster.nodes[0]!;
     const skippedBefore = b1.stats()['skippedLeases']!;
-    await b1.handleLeaseEvents([
+    await handle(b1, [
       added(lease('198.19.5.0/24', '198.18.0.5', null, 'udp')),
       added(lease('198.19.6.0/24', '198.18.0.6', { VNI: 1 })),
       added(lease('198.19.7.0/24', '198.18.0.7', { VNI: 1, VtepMAC: 'not-a-mac' })),
@@ -219,7 +225,7 @@ describe('peers', () => {
 
   test('a removal event deletes the route, neighbour and FDB entry', async () => {
     const n1 = cluster.nodes[0]!;
-    await b1.handleLeaseEvents([removed(l2)]);
+    await handle(b1, [removed(l2)]);
     expect(await tables(n1)).toEqual({ routes: [], neighs: [], fdb: [] });
     expect(b1.stats()).toMatchObject({ peers: 0 });
     expect(await cluster.ping(n1.pods[0]!, cluster.nodes[1]!.pods[0]!.ip, { timeoutS: 1 })).toBe(false);
@@ -227,7 +233,7 @@ describe('peers', () => {
 
   test('a deleted flannel.1 is recreated with the same MAC by the resync', async () => {
     const n1 = cluster.nodes[0]!;
-    await b1.handleLeaseEvents([added(l2)]);
+    await handle(b1, [added(l2)]);
     const mac1 = l1.attrs.backendData!['VtepMAC'];
     await ip(['link', 'del', 'flannel.1'], { netns: n1.ns });
     expect(await waitFor(async () => (await tables(n1).catch(() => null))?.fdb.length === 1, 3000)).toBe(true);
@@ -247,8 +253,8 @@ describe('DirectRouting', () => {
     const dl2 = lease('198.19.2.0/24', n2.ip, (await d2.prepare()).backendData);
     await d1.setOwnLease(dl1);
     await d2.setOwnLease(dl2);
-    await d1.handleLeaseEvents([added(dl2)]);
-    await d2.handleLeaseEvents([added(dl1)]);
+    await handle(d1, [added(dl2)]);
+    await handle(d2, [added(dl1)]);
     expect(await tables(n1)).toEqual({
       routes: [{ dst: '198.19.2.0/24', gateway: n2.ip, dev: 'eth0', onlink: false, protocol: null }],
       neighs: [],
@@ -257,7 +263,7 @@ describe('DirectRouting', () => {
     expect(d1.stats()).toMatchObject({ peers: 1, directPeers: 1 });
     expect(await cluster.ping(n1.pods[0]!, n2.pods[0]!.ip, { count: 2 })).toBe(true);
     expect(await cluster.ping(n2.pods[0]!, n1.pods[0]!.ip, { count: 2 })).toBe(true);
-    await d1.handleLeaseEvents([removed(dl2)]);
+    await handle(d1, [removed(dl2)]);
     expect((await tables(n1)).routes).toEqual([]);
   });
 });

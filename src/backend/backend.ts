@@ -44,6 +44,12 @@ export interface Backend {
    * them (it vanished while we were down). Must be idempotent.
    */
   handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void>;
+  /**
+   * Resolves once every event handed over so far is in the kernel (or refused and logged). A backend
+   * may resolve handleLeaseEvents earlier — once the events are in its model — so that a burst of
+   * watch responses is coalesced into a few kernel batches; optional.
+   */
+  settled?(): Promise<void>;
   /** Data-path counters (packets, bytes, drops by reason) for /metrics and flannelctl; optional. */
   stats?(): Record<string, number>;
   /** Stops threads and timers. Kernel state is left in place so traffic keeps flowing across a restart. */

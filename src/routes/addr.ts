@@ -1,5 +1,6 @@
 // IPv4 addresses on a link.
 import { ipJson, type IpOptions } from './ip.js';
+import { cidrWord, deviceWord } from './words.js';
 
 export interface AddrEntry {
   /** "a.b.c.d/len" */
@@ -16,9 +17,9 @@ export async function listIp4Addrs(dev: string, opts: IpOptions = {}): Promise<A
 }
 
 export function addrReplaceCommand(dev: string, cidr: string): string[] {
-  return ['addr', 'replace', cidr, 'dev', dev];
+  return ['addr', 'replace', cidrWord(cidr), 'dev', deviceWord(dev)];
 }
 
 export function addrDeleteCommand(dev: string, cidr: string): string[] {
-  return ['addr', 'del', cidr, 'dev', dev];
+  return ['addr', 'del', cidrWord(cidr), 'dev', deviceWord(dev)];
 }

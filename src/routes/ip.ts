@@ -1,6 +1,8 @@
 // Runs iproute2 (`ip`, and `bridge` for the vxlan FDB). Arguments are passed as an argv array (never through a shell), so lease data
-// from etcd can never be interpreted as shell syntax. Batches go through `ip -batch -` on stdin.
+// from etcd can never be interpreted as shell syntax. Batches go through `ip -batch -` on stdin; every
+// batch word is checked (src/routes/words.ts) so that none can change how iproute2 splits a line.
 import { execFile, spawn } from 'node:child_process';
+import { assertSafeWord } from './words.js';
 
 export class IpCommandError extends Error {
   constructor(
@@ -22,7 +24,7 @@ function baseArgs(opts: IpOptions): string[] {
   return opts.netns ? ['-n', opts.netns] : [];
 }
 
-type Tool = 'ip' | 'bridge';
+export type Tool = 'ip' | 'bridge';
 
 function runTool(tool: Tool, args: readonly string[], opts: IpOptions): Promise<string> {
   const full = [...baseArgs(opts), ...args];
@@ -45,6 +47,40 @@ export function ip(args: readonly string[], opts: IpOptions = {}): Promise<strin
   return runTool('ip', args, opts);
 }
 
+/** Runs `ip` or `bridge` and resolves with its stdout as bytes (a digest needs no decoding). */
+export function toolBytes(tool: Tool, args: readonly string[], opts: IpOptions = {}): Promise<Buffer> {
+  const full = [...baseArgs(opts), ...args];
+  return new Promise((resolve, reject) => {
+    execFile(tool, full, { maxBuffer: 64 * 1024 * 1024, encoding: 'buffer' }, (err, stdout, stderr) => {
+      if (err) reject(new IpCommandError(tool === 'ip' ? full : [tool, ...full], stderr.toString(), typeof err.code === 'number' ? err.code : null));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** Runs `bridge ARGS...` and resolves with stdout. */
+export function bridge(args: readonly string[], opts: IpOptions = {}): Promise<string> {
+  return runTool('bridge', args, opts);
+}
+
+/**
+ * Parses a text dump line by line, handing the event loop back every `chunk` lines, so that a dump
+ * of thousands of entries never holds it for long.
+ */
+export async function parseLines<T>(text: string, parse: (line: string) => T | null, chunk = 2000): Promise<T[]> {
+  const out: T[] = [];
+  let start = 0;
+  for (let n = 1; start < text.length; n++) {
+    let end = text.indexOf('\n', start);
+    if (end === -1) end = text.length;
+    const item = parse(text.slice(start, end));
+    if (item !== null) out.push(item);
+    start = end + 1;
+    if (n % chunk === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  return out;
+}
+
 /** Runs `ip -json ARGS...` and parses the result (an empty output is an empty list). */
 export function ipJson<T = unknown>(args: readonly string[], opts: IpOptions = {}): Promise<T[]> {
   return runToolJson<T>('ip', args, opts);
@@ -53,15 +89,6 @@ export function ipJson<T = unknown>(args: readonly string[], opts: IpOptions = {
 /** Runs `bridge -json ARGS...` (FDB dumps) and parses the result. */
 export function bridgeJson<T = unknown>(args: readonly string[], opts: IpOptions = {}): Promise<T[]> {
   return runToolJson<T>('bridge', args, opts);
-}
-
-/** Quotes one batch word for `ip -batch`, which splits lines on whitespace and honours double quotes. */
-function batchWord(word: string): string {
-  if (/[\s"\\]/.test(word) || word === '') {
-    if (/["\\\n]/.test(word)) throw new Error(`refusing to pass ${JSON.stringify(word)} to ip -batch`);
-    return `"${word}"`;
-  }
-  return word;
 }
 
 /**
@@ -77,17 +104,67 @@ export function bridgeBatch(commands: readonly (readonly string[])[], opts: IpOp
   return batch('bridge', commands, opts);
 }
 
-// async so that a refused word rejects the promise instead of throwing at the call site.
-async function batch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions & { force?: boolean }): Promise<void> {
-  if (commands.length === 0) return;
-  const args = [...baseArgs(opts), ...(opts.force ? ['-force'] : []), '-batch', '-'];
-  const input = commands.map((c) => c.map(batchWord).join(' ')).join('\n') + '\n';
+/** What one `-force -batch` run did, line by line. */
+export interface BatchOutcome {
+  /** 0-based index of each refused line → iproute2's message for it. */
+  failed: Map<number, string>;
+  /**
+   * Lines from this index on have an unknown outcome: the tool stopped early (it exits on a line it
+   * cannot parse, even with -force). -1 when every line ran.
+   */
+  unknownFrom: number;
+}
+
+/**
+ * Runs every command in one `-force -batch` process and reports which lines the kernel refused
+ * (iproute2 prints its message, then "Command failed -:N"); never rejects for a refused line.
+ */
+export async function forceBatch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions = {}): Promise<BatchOutcome> {
+  if (commands.length === 0) return { failed: new Map(), unknownFrom: -1 };
+  const { code, stderr } = await spawnBatch(tool, batchInput(commands), [...baseArgs(opts), '-force', '-batch', '-']);
+  return parseBatchErrors(stderr, code);
+}
+
+/** Attributes a `-force -batch` run's stderr to its lines: each message ends with "Command failed -:N". */
+export function parseBatchErrors(stderr: string, code: number | null): BatchOutcome {
+  const outcome: BatchOutcome = { failed: new Map(), unknownFrom: -1 };
+  let message: string[] = [];
+  let last = -1;
+  for (const line of stderr.split('\n')) {
+    const m = /^Command failed -:(\d+)$/.exec(line.trim());
+    if (!m) {
+      if (line.trim() !== '') message.push(line.trim());
+      continue;
+    }
+    const index = Number(m[1]) - 1;
+    outcome.failed.set(index, message.join('; ') || 'failed');
+    last = Math.max(last, index);
+    message = [];
+  }
+  // Text after the last attributed failure, with a failing exit, is a line that ended the batch.
+  if (code !== 0 && (message.length > 0 || outcome.failed.size === 0)) outcome.unknownFrom = last + 1;
+  return outcome;
+}
+
+function batchInput(commands: readonly (readonly string[])[]): string {
+  return commands.map((c) => c.map(assertSafeWord).join(' ')).join('\n') + '\n';
+}
+
+function spawnBatch(tool: Tool, input: string, args: string[]): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(tool, args, { stdio: ['pipe', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code))));
+    child.on('close', (code) => resolve({ code, stderr }));
     child.stdin.end(input);
   });
+}
+
+// async so that a refused word rejects the promise instead of throwing at the call site.
+async function batch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions & { force?: boolean }): Promise<void> {
+  if (commands.length === 0) return;
+  const args = [...baseArgs(opts), ...(opts.force ? ['-force'] : []), '-batch', '-'];
+  const { code, stderr } = await spawnBatch(tool, batchInput(commands), args);
+  if (code !== 0) throw new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code);
 }

@@ -1,6 +1,7 @@
 // Links: create a vxlan device, read any link back from `ip -d -json link show`, set it up/MTU/MAC,
 // delete it. Builders return argv words for ip() or ipBatch(); readers parse iproute2's JSON.
 import { ipJson, IpCommandError, type IpOptions } from './ip.js';
+import { deviceWord, ip4Word, macWord, numberWord } from './words.js';
 
 export interface VxlanSpec {
   name: string;
@@ -50,26 +51,26 @@ interface RawLink {
 
 export function vxlanAddCommand(spec: VxlanSpec): string[] {
   return [
-    'link', 'add', spec.name,
-    ...(spec.mtu !== undefined ? ['mtu', String(spec.mtu)] : []),
-    ...(spec.address !== undefined ? ['address', spec.address] : []),
-    'type', 'vxlan', 'id', String(spec.vni), 'local', spec.local, 'dev', spec.dev,
-    'dstport', String(spec.port), spec.learning ? 'learning' : 'nolearning',
+    'link', 'add', deviceWord(spec.name),
+    ...(spec.mtu !== undefined ? ['mtu', numberWord(spec.mtu)] : []),
+    ...(spec.address !== undefined ? ['address', macWord(spec.address)] : []),
+    'type', 'vxlan', 'id', numberWord(spec.vni), 'local', ip4Word(spec.local), 'dev', deviceWord(spec.dev),
+    'dstport', numberWord(spec.port), spec.learning ? 'learning' : 'nolearning',
     ...(spec.gbp ? ['gbp'] : []),
   ];
 }
 
 export function linkSetCommand(name: string, change: { up?: boolean; mtu?: number; address?: string }): string[] {
   return [
-    'link', 'set', 'dev', name,
-    ...(change.mtu !== undefined ? ['mtu', String(change.mtu)] : []),
-    ...(change.address !== undefined ? ['address', change.address] : []),
+    'link', 'set', 'dev', deviceWord(name),
+    ...(change.mtu !== undefined ? ['mtu', numberWord(change.mtu)] : []),
+    ...(change.address !== undefined ? ['address', macWord(change.address)] : []),
     ...(change.up === undefined ? [] : [change.up ? 'up' : 'down']),
   ];
 }
 
 export function linkDeleteCommand(name: string): string[] {
-  return ['link', 'del', 'dev', name];
+  return ['link', 'del', 'dev', deviceWord(name)];
 }
 
 function parseVxlan(data: Record<string, unknown>): VxlanAttrs {
@@ -101,6 +102,18 @@ export async function readLink(name: string, opts: IpOptions = {}): Promise<Link
   try {
     const [raw] = await ipJson<RawLink>(['-d', 'link', 'show', 'dev', name], opts);
     return raw ? parseLink(raw) : null;
+  } catch (err) {
+    if (err instanceof IpCommandError && /does not exist|Cannot find device/.test(err.stderr)) return null;
+    throw err;
+  }
+}
+
+/** The named link's state and its IPv4 addresses ("a.b.c.d/len") from one `ip addr show`; null when it does not exist. */
+export async function readLinkAddrs(name: string, opts: IpOptions = {}): Promise<{ ifindex: number; up: boolean; ip4: string[] } | null> {
+  try {
+    const [raw] = await ipJson<RawLink & { addr_info?: { family: string; local: string; prefixlen: number }[] }>(['addr', 'show', 'dev', deviceWord(name)], opts);
+    if (!raw) return null;
+    return { ifindex: raw.ifindex, up: raw.flags?.includes('UP') ?? false, ip4: (raw.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`) };
   } catch (err) {
     if (err instanceof IpCommandError && /does not exist|Cannot find device/.test(err.stderr)) return null;
     throw err;

@@ -1,5 +1,6 @@
 // IPv4 routes in the main table.
-import { ipJson, type IpOptions } from './ip.js';
+import { ip, ipJson, parseLines, type IpOptions } from './ip.js';
+import { cidrWord, deviceWord, ip4Word } from './words.js';
 
 export interface RouteSpec {
   /** "a.b.c.d/len" */
@@ -26,7 +27,7 @@ interface RawRoute {
 }
 
 function specWords(r: RouteSpec): string[] {
-  return [r.dst, ...(r.via ? ['via', r.via] : []), 'dev', r.dev, ...(r.onlink ? ['onlink'] : [])];
+  return [cidrWord(r.dst), ...(r.via ? ['via', ip4Word(r.via)] : []), 'dev', deviceWord(r.dev), ...(r.onlink ? ['onlink'] : [])];
 }
 
 export function routeReplaceCommand(r: RouteSpec): string[] {
@@ -47,6 +48,42 @@ export async function listRoutes(filter: { dev?: string } = {}, opts: IpOptions 
     onlink: r.flags?.includes('onlink') ?? false,
     protocol: r.protocol ?? null,
   }));
+}
+
+const ROUTE_TYPES = new Set(['unicast', 'local', 'broadcast', 'multicast', 'throw', 'unreachable', 'prohibit', 'blackhole', 'nat', 'anycast']);
+
+/**
+ * One line of `ip -4 route show` (text form), e.g. "198.19.22.0/24 via 198.19.22.0 dev flannel.1
+ * onlink"; null for lines that are not a unicast route (other types, multipath continuation lines).
+ */
+export function parseRouteLine(line: string): RouteEntry | null {
+  if (line === '' || line[0] === ' ' || line[0] === '\t') return null;
+  const w = line.split(' ').filter((x) => x !== '');
+  if (ROUTE_TYPES.has(w[0]!)) {
+    if (w[0] !== 'unicast') return null;
+    w.shift();
+  }
+  const first = w[0]!;
+  const entry: RouteEntry = { dst: first === 'default' ? '0.0.0.0/0' : first.includes('/') ? first : `${first}/32`, gateway: null, dev: '', onlink: false, protocol: null };
+  for (let i = 1; i < w.length; i++) {
+    const word = w[i]!;
+    if (word === 'via') entry.gateway = w[++i] ?? null;
+    else if (word === 'dev') entry.dev = w[++i] ?? '';
+    else if (word === 'proto') entry.protocol = w[++i] ?? null;
+    else if (word === 'onlink') entry.onlink = true;
+    else if (word === 'metric' || word === 'src' || word === 'scope' || word === 'table' || word === 'tos' || word === 'mtu') i++;
+  }
+  return entry;
+}
+
+/** The `ip` arguments of the text dump of main-table IPv4 routes inside `within`. */
+export function routesWithinArgs(within: string): string[] {
+  return ['-4', 'route', 'show', 'table', 'main', 'root', cidrWord(within)];
+}
+
+/** Main-table IPv4 routes whose destination lies inside `within` ("a.b.c.d/len"), from the text dump. */
+export async function readRoutesWithin(within: string, opts: IpOptions = {}): Promise<RouteEntry[]> {
+  return parseLines(await ip(routesWithinArgs(within), opts), parseRouteLine);
 }
 
 export interface RouteLookup {
