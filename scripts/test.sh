@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (after setting everything up): real etcd, real kernel devices, network
-# namespaces. Extra arguments go to vitest, e.g. `scripts/test.sh test/config.test.ts`.
+# namespaces. Extra arguments go to vitest, e.g. `scripts/test.sh test/vxlan-cluster.test.ts`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
