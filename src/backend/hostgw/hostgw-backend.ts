@@ -5,6 +5,7 @@
 // underlay's MTU. This class holds the wanted routes and makes the kernel match them: after each
 // burst of lease events (coalesced: batches arriving during a sync are applied by one more sync), and
 // every few seconds to repair routes deleted by hand or left from an earlier run. See docs/hostgw.md.
+import { CoalescedPass } from '../../common/coalesced-pass.js';
 import { Gauge } from 'prom-client';
 import { kernelMetrics, metricsRegistry } from '../../common/metrics.js';
 import { IpCommandError, ipBatch, type IpOptions } from '../../routes/ip.js';
@@ -51,8 +52,15 @@ export class HostGwBackend implements Backend {
   private own: Lease | null = null;
   private timer: NodeJS.Timeout | null = null;
   /** The sync in flight, and whether another is needed after it (events came meanwhile). */
-  private running: Promise<void> | null = null;
-  private again = false;
+  /** Kernel passes: requests made while one runs share one more pass after it. */
+  private readonly passes = new CoalescedPass<'event' | 'resync'>(
+    (reason) => this.syncOnce(reason),
+    (err) => {
+      // Logged and counted, never thrown into the event path: the next resync retries.
+      this.counters.errors++;
+      this.ctx.log.error({ err: (err as Error).message }, 'host-gw: kernel update failed');
+    },
+  );
   private started = false;
   private readonly counters = { eventBatches: 0, syncs: 0, resyncs: 0, repairs: 0, errors: 0, refusedRoutes: 0, skippedLeases: 0 };
 
@@ -178,26 +186,7 @@ export class HostGwBackend implements Backend {
    * it, so a burst of event batches costs two kernel passes, not one per batch.
    */
   private sync(reason: 'event' | 'resync'): Promise<void> {
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    const loop = async (): Promise<void> => {
-      do {
-        this.again = false;
-        try {
-          await this.syncOnce(reason);
-        } catch (err) {
-          // Logged and counted, never thrown into the event path: the next resync retries.
-          this.counters.errors++;
-          this.ctx.log.error({ err: (err as Error).message }, 'host-gw: kernel update failed');
-        }
-      } while (this.again);
-    };
-    this.running = loop().finally(() => {
-      this.running = null;
-    });
-    return this.running;
+    return this.passes.request(reason);
   }
 
   private async syncOnce(reason: 'event' | 'resync'): Promise<void> {
@@ -307,6 +296,6 @@ export class HostGwBackend implements Backend {
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.running;
+    await this.passes.idle();
   }
 }

@@ -3,6 +3,7 @@
 // as one UDP datagram (port 8285 by default) to the PublicIP of the lease covering its
 // destination. The forwarding runs in the native addon's threads (src/native/); this class keeps
 // its table in step with the leases. See docs/udp.md.
+import { SerialQueue } from '../../common/serial-queue.js';
 import { performance } from 'node:perf_hooks';
 import type { Backend, BackendAnnouncement, BackendContext } from '../backend.js';
 import { kernelMetrics } from '../../common/metrics.js';
@@ -47,7 +48,7 @@ export class UdpBackend implements Backend {
   private synced = false;
   private resyncTimer: NodeJS.Timeout | null = null;
   /** Serialises kernel changes (lease handling vs. the periodic repair). */
-  private serial: Promise<unknown> = Promise.resolve();
+  private readonly serial = new SerialQueue();
 
   constructor(
     readonly ctx: BackendContext,
@@ -175,9 +176,7 @@ export class UdpBackend implements Backend {
   }
 
   private exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const next = this.serial.then(work, work);
-    this.serial = next.catch(() => undefined);
-    return next;
+    return this.serial.run(work);
   }
 
   private startForwarder(): void {

@@ -5,6 +5,7 @@
 // and a permanent FDB entry sending that MAC to the peer's PublicIPv6. Kept apart from the IPv4 side
 // (vxlan-backend.ts), which calls it at four points. Diffs are Map lookups; one `ip -force -batch` and
 // one `bridge -force -batch` per sync; syncs requested while one runs share one more.
+import { CoalescedPass } from '../../common/coalesced-pass.js';
 import type { Logger } from '../../common/log.js';
 import { kernelMetrics } from '../../common/metrics.js';
 import { fdbDeleteCommand, fdbReplaceCommand, listFdb } from '../../routes/fdb.js';
@@ -56,8 +57,14 @@ export class VxlanV6Side {
   private readonly peers = new Map<string, PeerV6>();
   private mac: string | null = null;
   private own: Ip6Net | null = null;
-  private running: Promise<void> | null = null;
-  private again = false;
+  /** Kernel passes: requests made while one runs share one more pass after it. */
+  private readonly passes = new CoalescedPass<'event' | 'resync'>(
+    (reason) => this.syncOnce(reason),
+    (err) => {
+      this.counters.v6Errors++;
+      this.log.error({ err: (err as Error).message }, 'vxlan IPv6: kernel update failed');
+    },
+  );
   private readonly counters = { v6Syncs: 0, v6Errors: 0, v6SkippedLeases: 0, v6RefusedEntries: 0 };
 
   constructor(
@@ -173,25 +180,7 @@ export class VxlanV6Side {
 
   /** Makes the kernel match; concurrent calls share one more pass after the running one. */
   sync(reason: 'event' | 'resync'): Promise<void> {
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    const loop = async (): Promise<void> => {
-      do {
-        this.again = false;
-        try {
-          await this.syncOnce(reason);
-        } catch (err) {
-          this.counters.v6Errors++;
-          this.log.error({ err: (err as Error).message }, 'vxlan IPv6: kernel update failed');
-        }
-      } while (this.again);
-    };
-    this.running = loop().finally(() => {
-      this.running = null;
-    });
-    return this.running;
+    return this.passes.request(reason);
   }
 
   private async syncOnce(reason: 'event' | 'resync'): Promise<void> {
@@ -251,6 +240,6 @@ export class VxlanV6Side {
   }
 
   async close(): Promise<void> {
-    await this.running;
+    await this.passes.idle();
   }
 }
