@@ -60,7 +60,7 @@ describe('npm package', () => {
   it('npm install -g of the tarball gives working flanneld, flannelctl and flannel commands', async () => {
     expect(readdirSync(join(prefix, 'bin')).sort()).toEqual(['flannel', 'flannelctl', 'flanneld']);
     const lib = join(prefix, 'lib/node_modules', pkg.name);
-    expect(readdirSync(join(lib, 'build/Release')).filter((f) => f.endsWith('.node')).sort()).toEqual(['flannel_native.node', 'flannel_sdnotify.node']);
+    expect(readdirSync(join(lib, 'build/Release')).filter((f) => f.endsWith('.node')).sort()).toEqual(['flannel_native.node', 'flannel_netlink.node', 'flannel_sdnotify.node']);
     const daemon = await run([join(prefix, 'bin/flanneld'), '--version'], { allowFail: true });
     expect(daemon.stdout.trim(), daemon.stderr).toBe(pkg.version);
     const help = await run([join(prefix, 'bin/flanneld'), '--help'], { allowFail: true });
