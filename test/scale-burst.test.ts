@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ipBatch } from '../src/routes/ip.js';
 import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
 import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addNetns, delNetns, run, waitFor } from './harness/netns.js';
+import { addNetns, delNetns, waitFor } from './harness/netns.js';
 import { diffTables, expectedVxlanTables, readLog, vxlanTables, WARN } from './harness/resilience.js';
-import { nodeScript } from './harness/udp-probes.js';
+import { nodeScript, udpStatsFromMetrics } from './harness/udp-probes.js';
 
 const PREFIX = '/coreos.com/network';
 const BURST = 1000;
@@ -148,10 +148,7 @@ s.close(); console.log(targets.length);`;
     const nets = subnets(own, BURST);
     const items: [string, string][] = nets.map((net) => [`${PREFIX}/subnets/${net.toKey()}`, JSON.stringify({ PublicIP: '198.18.0.9', PublicIPv6: null })]);
     await putConcurrently(cluster, items);
-    const stats = async (): Promise<Record<string, number>> => {
-      const res = await run(['curl', '-sf', `http://127.0.0.1:${HEALTH_PORT}/metrics`], { netns: node.ns, allowFail: true });
-      return res.code === 0 ? (JSON.parse(res.stdout) as { backend: Record<string, number> }).backend : {};
-    };
+    const stats = (): Promise<Record<string, number>> => udpStatsFromMetrics(node.ns, HEALTH_PORT);
     expect(await waitFor(async () => (await stats())['leases'] === BURST, 30_000, 250)).toBe(true);
     // Swaps were coalesced: far fewer than one per lease.
     expect((await stats())['tableSwaps']).toBeLessThan(BURST / 2);

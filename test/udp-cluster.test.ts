@@ -3,9 +3,8 @@
 // the data path (checked on the wire at a fake node), garbage on port 8285 while pods ping, and
 // datagrams from an address holding no lease. Needs `npm install && npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { udpStatSeries } from '../src/daemon/metrics-daemon.js';
 import { ipBatch, ipJson } from '../src/routes/ip.js';
-import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script } from './harness/udp-probes.js';
+import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script, udpStatsFromMetrics } from './harness/udp-probes.js';
 import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { addNetns, delNetns, run, waitFor } from './harness/netns.js';
 
@@ -36,15 +35,8 @@ afterAll(async () => {
 type BackendStats = Record<string, number>;
 
 /** The udp forwarder's counters, read back from the Prometheus series /metrics shows them as. */
-async function backendStats(node: ClusterNode): Promise<BackendStats> {
-  const res = await run(['curl', '-sf', `http://127.0.0.1:${HEALTH_PORT}/metrics`], { netns: node.ns });
-  const lines = res.stdout.split('\n');
-  const stats: BackendStats = {};
-  for (const [stat, series] of Object.entries(udpStatSeries())) {
-    const line = lines.find((l) => l.startsWith(series + ' '));
-    if (line !== undefined) stats[stat] = Number(line.slice(series.length + 1));
-  }
-  return stats;
+function backendStats(node: ClusterNode): Promise<BackendStats> {
+  return udpStatsFromMetrics(node.ns, HEALTH_PORT);
 }
 
 // Listens on UDP argv[1] for argv[2] ms; prints one JSON line per datagram summary at the end:

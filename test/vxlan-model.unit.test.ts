@@ -7,7 +7,7 @@ import { parseFdbLine } from '../src/routes/fdb.js';
 import { parseBatchErrors } from '../src/routes/ip.js';
 import { parseNeighLine } from '../src/routes/neigh.js';
 import { parseRouteLine } from '../src/routes/route.js';
-import { assertSafeWord, cidrWord, deviceWord, ip4Word, isCanonicalIp4, macWord, numberWord } from '../src/routes/words.js';
+import { assertSafeWord, cidrWord, deviceWord, ipWord, isCanonicalIp4, macWord, numberWord } from '../src/routes/words.js';
 import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
 
 const ctx = { device: 'flannel.1', extIface: 'eth0', network: Ip4Net.parse('198.19.0.0/16'), subnetLen: 24 };
@@ -168,8 +168,14 @@ describe('batch words', () => {
   test.each(['198.18.0.1', '0.0.0.0', '255.255.255.255'])('%s is a canonical IPv4 address', (w) => expect(isCanonicalIp4(w)).toBe(true));
   test.each(['198.18.0.1 ', ' 198.18.0.1', '198.18.0.1\n', '198.18.0.01', '198.18.0.256', '198.18.0', '198.18.0.1\u00a0', '１.2.3.4', '198.18.0.1#'])(
     '%j is refused as an IPv4 address',
-    (w) => expect(() => ip4Word(w)).toThrow(/refusing/),
+    (w) => expect(() => ipWord(w)).toThrow(/refusing/),
   );
+  test('IPv6 words must be in the kernel\'s own (RFC 5952) form', () => {
+    expect(ipWord('2001:2::1')).toBe('2001:2::1');
+    expect(cidrWord('2001:2:1:1e::/64')).toBe('2001:2:1:1e::/64');
+    for (const w of ['2001:0002::/64', '2001:2:0:0::/64', '2001:2::/129', ' 2001:2::/64', '2001:2::/64#']) expect(() => cidrWord(w)).toThrow(/refusing/);
+    for (const w of ['2001:0002::1', '2001:2::1 ', 'fe80::1%eth0', '2001:2:0:0::1', '2001:2::1#']) expect(() => ipWord(w)).toThrow(/refusing/);
+  });
   test('CIDR, MAC, device and number words', () => {
     expect(cidrWord('198.19.0.0/16')).toBe('198.19.0.0/16');
     expect(() => cidrWord('198.19.0.0/33')).toThrow(/refusing/);

@@ -78,7 +78,12 @@ function udpCounter(name: string, help: string, label: string, map: Readonly<Rec
  * flannel_udp_dropped_packets_total{reason="no_route"}), for readers that want the counters back.
  */
 export function udpStatSeries(): Record<string, string> {
-  const out: Record<string, string> = { icmpUnreachableSent: 'flannel_udp_icmp_unreachable_sent_total', rxMaxDatagram: 'flannel_udp_rx_max_datagram_bytes', leases: 'flannel_udp_routes' };
+  const out: Record<string, string> = {
+    icmpUnreachableSent: 'flannel_udp_icmp_unreachable_sent_total',
+    rxMaxDatagram: 'flannel_udp_rx_max_datagram_bytes',
+    leases: 'flannel_udp_routes',
+    tableSwaps: 'flannel_udp_table_swaps_total',
+  };
   const add = (metric: string, label: string, map: Readonly<Record<string, string>>) => {
     for (const [stat, value] of Object.entries(map)) out[stat] = `${metric}{${label}="${value}"}`;
   };
@@ -161,6 +166,16 @@ export function serveDaemonMetrics(next: ScrapeSource): void {
       this.reset();
       const n = source?.backendStats?.()['leases'];
       if (typeof n === 'number') this.set(n);
+    },
+  });
+  new Counter({
+    name: 'flannel_udp_table_swaps_total',
+    help: "Times the udp forwarder's subnet table was replaced (lease changes are coalesced into few swaps).",
+    registers,
+    collect(this: Counter<string>) {
+      this.reset();
+      const n = source?.backendStats?.()['tableSwaps'];
+      if (typeof n === 'number' && n >= 0) this.inc(n);
     },
   });
   new Gauge({

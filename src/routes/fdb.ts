@@ -1,7 +1,7 @@
 // Forwarding-database entries of a vxlan device: which underlay IP a VTEP MAC lives at. iproute2's
 // `ip` cannot program these; `bridge fdb` (same package, same batch format) can.
 import { bridge, bridgeJson, parseLines, type IpOptions } from './ip.js';
-import { deviceWord, ip4Word, macWord } from './words.js';
+import { deviceWord, ipWord, macWord } from './words.js';
 
 export interface FdbEntry {
   mac: string;
@@ -17,11 +17,11 @@ interface RawFdb {
 
 /** A permanent entry on the device itself ("self"), as upstream flannel installs it. */
 export function fdbReplaceCommand(dev: string, mac: string, dst: string): string[] {
-  return ['fdb', 'replace', macWord(mac), 'dev', deviceWord(dev), 'dst', ip4Word(dst), 'self', 'permanent'];
+  return ['fdb', 'replace', macWord(mac), 'dev', deviceWord(dev), 'dst', ipWord(dst), 'self', 'permanent'];
 }
 
 export function fdbDeleteCommand(dev: string, mac: string, dst: string): string[] {
-  return ['fdb', 'del', macWord(mac), 'dev', deviceWord(dev), 'dst', ip4Word(dst), 'self'];
+  return ['fdb', 'del', macWord(mac), 'dev', deviceWord(dev), 'dst', ipWord(dst), 'self'];
 }
 
 /** Unicast entries that point at a remote (entries with no dst and all-zero defaults are left out). */

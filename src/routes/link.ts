@@ -1,7 +1,7 @@
 // Links: create a vxlan device, read any link back from `ip -d -json link show`, set it up/MTU/MAC,
 // delete it. Builders return argv words for ip() or ipBatch(); readers parse iproute2's JSON.
 import { ipJson, IpCommandError, type IpOptions } from './ip.js';
-import { deviceWord, ip4Word, macWord, numberWord } from './words.js';
+import { deviceWord, ipWord, macWord, numberWord } from './words.js';
 
 export interface VxlanSpec {
   name: string;
@@ -54,7 +54,7 @@ export function vxlanAddCommand(spec: VxlanSpec): string[] {
     'link', 'add', deviceWord(spec.name),
     ...(spec.mtu !== undefined ? ['mtu', numberWord(spec.mtu)] : []),
     ...(spec.address !== undefined ? ['address', macWord(spec.address)] : []),
-    'type', 'vxlan', 'id', numberWord(spec.vni), 'local', ip4Word(spec.local), 'dev', deviceWord(spec.dev),
+    'type', 'vxlan', 'id', numberWord(spec.vni), 'local', ipWord(spec.local), 'dev', deviceWord(spec.dev),
     'dstport', numberWord(spec.port), spec.learning ? 'learning' : 'nolearning',
     ...(spec.gbp ? ['gbp'] : []),
   ];

@@ -1,6 +1,6 @@
 // IPv4 neighbour (ARP) entries.
 import { ip, ipJson, parseLines, type IpOptions } from './ip.js';
-import { deviceWord, ip4Word, macWord } from './words.js';
+import { deviceWord, ipWord, macWord } from './words.js';
 
 export interface NeighEntry {
   ip: string;
@@ -16,11 +16,11 @@ interface RawNeigh {
 
 /** A permanent entry: never aged out, never re-resolved (vxlan peers answer no ARP). */
 export function neighReplaceCommand(dev: string, ip: string, mac: string): string[] {
-  return ['neigh', 'replace', ip4Word(ip), 'lladdr', macWord(mac), 'dev', deviceWord(dev), 'nud', 'permanent'];
+  return ['neigh', 'replace', ipWord(ip), 'lladdr', macWord(mac), 'dev', deviceWord(dev), 'nud', 'permanent'];
 }
 
 export function neighDeleteCommand(dev: string, ip: string): string[] {
-  return ['neigh', 'del', ip4Word(ip), 'dev', deviceWord(dev)];
+  return ['neigh', 'del', ipWord(ip), 'dev', deviceWord(dev)];
 }
 
 export async function listNeighbours(dev: string, opts: IpOptions = {}): Promise<NeighEntry[]> {

@@ -1,6 +1,6 @@
 // IPv4 routes in the main table.
 import { ip, ipJson, parseLines, type IpOptions } from './ip.js';
-import { cidrWord, deviceWord, ip4Word } from './words.js';
+import { cidrWord, deviceWord, ipWord } from './words.js';
 
 export interface RouteSpec {
   /** "a.b.c.d/len" */
@@ -27,7 +27,7 @@ interface RawRoute {
 }
 
 function specWords(r: RouteSpec): string[] {
-  return [cidrWord(r.dst), ...(r.via ? ['via', ip4Word(r.via)] : []), 'dev', deviceWord(r.dev), ...(r.onlink ? ['onlink'] : [])];
+  return [cidrWord(r.dst), ...(r.via ? ['via', ipWord(r.via)] : []), 'dev', deviceWord(r.dev), ...(r.onlink ? ['onlink'] : [])];
 }
 
 export function routeReplaceCommand(r: RouteSpec): string[] {

@@ -3,6 +3,7 @@
 // prefix, say) ends the whole batch — every later line is lost. So builders check each value for
 // its exact kind before a line is made, and the batch writer refuses any word that could change
 // how a line is split.
+import { formatIp6, parseIp6 } from '../subnet/ip6.js';
 
 export class BatchWordError extends Error {
   constructor(
@@ -30,13 +31,26 @@ export function isCanonicalIp4(word: string): boolean {
   return IPV4.test(word);
 }
 
-export function ip4Word(word: string): string {
-  if (!IPV4.test(word)) throw new BatchWordError('IPv4 address', word);
+/** An IPv6 address in the one text form the kernel prints (RFC 5952: lower case, `::` for the longest zero run). */
+function isCanonicalIp6(word: string): boolean {
+  try {
+    return formatIp6(parseIp6(word)) === word;
+  } catch {
+    return false;
+  }
+}
+
+/** A canonical IPv4 address (dotted quad) or IPv6 address (RFC 5952). */
+export function ipWord(word: string): string {
+  if (!IPV4.test(word) && !isCanonicalIp6(word)) throw new BatchWordError('IP address', word);
   return word;
 }
 
+/** A canonical IPv4 or IPv6 network: address/prefix length, with no host bits checked here (the kernel does). */
 export function cidrWord(word: string): string {
-  if (!CIDR.test(word)) throw new BatchWordError('IPv4 CIDR', word);
+  if (CIDR.test(word)) return word;
+  const m = /^([0-9a-f:.]+)\/(12[0-8]|1[01][0-9]|[1-9]?[0-9])$/.exec(word);
+  if (!m || !isCanonicalIp6(m[1]!)) throw new BatchWordError('CIDR', word);
   return word;
 }
 

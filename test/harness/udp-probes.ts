@@ -1,6 +1,7 @@
 // Small traffic probes for the udp backend's tests: Node snippets run inside a namespace (so they
 // use that namespace's addresses), and kernel counters read with nstat.
 import { spawn } from 'node:child_process';
+import { udpStatSeries } from '../../src/daemon/metrics-daemon.js';
 import { run } from './netns.js';
 
 export interface NodeScript {
@@ -102,3 +103,16 @@ while (Date.now() < end) {
   await new Promise((r) => setTimeout(r, 5));
 }
 s.close(); console.log(JSON.stringify(sent));`;
+
+/** The udp backend's stats as a node's /metrics shows them (Prometheus text), by stats() name. */
+export async function udpStatsFromMetrics(ns: string, port: number): Promise<Record<string, number>> {
+  const res = await run(['curl', '-sf', `http://127.0.0.1:${port}/metrics`], { netns: ns, allowFail: true });
+  if (res.code !== 0) return {};
+  const lines = res.stdout.split('\n');
+  const stats: Record<string, number> = {};
+  for (const [stat, series] of Object.entries(udpStatSeries())) {
+    const line = lines.find((l) => l.startsWith(series + ' '));
+    if (line !== undefined) stats[stat] = Number(line.slice(series.length + 1));
+  }
+  return stats;
+}
