@@ -8,6 +8,7 @@
 // /metrics: the table swap follows the count within the same turn of the event loop).
 // Writes docs/benchmarks.md (the section between the scale markers) and docs/img/scale.svg.
 // Run: npm run bench:scale [-- --sizes=100,1000,5000] [--burst=1000] [--no-write]
+import { udpStatsFromMetrics } from '../test/harness/udp-probes.js';
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -94,8 +95,7 @@ async function programmed(kind: Kind, node: ClusterNode): Promise<number> {
     const res = await run(['ip', '-n', node.ns, '-4', 'route', 'show', 'dev', 'flannel.1'], { allowFail: true });
     return res.code === 0 ? res.stdout.split('\n').filter((l) => l.includes(' via ')).length : 0;
   }
-  const res = await run(['curl', '-sf', `http://127.0.0.1:${HEALTH_PORT}/metrics`], { netns: node.ns, allowFail: true });
-  return res.code === 0 ? Number((JSON.parse(res.stdout) as { backend: Record<string, number> }).backend['leases'] ?? 0) : 0;
+  return (await udpStatsFromMetrics(node.ns, HEALTH_PORT))['leases'] ?? 0;
 }
 
 /** Polls until `want` peers are programmed; returns the time it happened (ms since the epoch of `performance`). */

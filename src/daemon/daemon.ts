@@ -26,6 +26,8 @@ export class Daemon {
   private backend: Backend | null = null;
   private manager: LeaseManager | null = null;
   private iptables: IptablesRules | null = null;
+  /** The iptables set-up started for our lease, awaited before ready and before stopping. */
+  private iptablesDone: Promise<void> = Promise.resolve();
   /** The ip6tables half of a dual-stack node's rules. */
   private ip6tables: IptablesRules | null = null;
   private network: NetworkConfig | null = null;
@@ -108,6 +110,7 @@ export class Daemon {
     });
     this.manager = manager;
     await this.startLeasing(manager, extIface, network, announcement.mtu);
+    await this.iptablesDone;
     if (this.stopping) return;
     this.ready = true;
     this.log.info({ subnetFile: this.opts.subnetFile, startupMs: Date.now() - this.startedAt }, 'ready');
@@ -128,7 +131,11 @@ export class Daemon {
               'subnet lease held; env file written',
             );
             await backend.setOwnLease(lease);
-            await this.applyIptables(lease, network);
+            // The rules (a few iptables processes) go in while the backend programs the peers, not before:
+            // start-up waits for both before it says ready.
+            this.iptablesDone = this.iptablesDone
+              .then(() => this.applyIptables(lease, network))
+              .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the iptables rules'));
           },
           onLeaseEvents: (events) => backend.handleLeaseEvents(events),
         });
@@ -256,6 +263,7 @@ export class Daemon {
     // was creating (a lease, iptables rules) exists and is stopped like the rest.
     await this.startup?.catch(() => undefined);
     await this.manager?.stop();
+    await this.iptablesDone;
     await this.configWatch?.stop().catch(() => undefined);
     await this.iptables?.stop({ removeRules: this.opts.iptablesCleanup });
     await this.ip6tables?.stop({ removeRules: this.opts.iptablesCleanup });

@@ -34,10 +34,14 @@ interface OwnSubnets {
 
 type Refused = InvalidLeaseKey & { fresh: boolean };
 
+/** Revisions are decimal strings without leading zeros: the shorter is the smaller, then compare the text. */
+function compareRevisions(a: string, b: string): number {
+  if (a.length !== b.length) return a.length - b.length;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 function olderFirst(a: LeaseRecord, b: LeaseRecord): number {
-  const [ra, rb] = [BigInt(a.createRevision), BigInt(b.createRevision)];
-  if (ra !== rb) return ra < rb ? -1 : 1;
-  return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
+  return compareRevisions(a.createRevision, b.createRevision) || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
 }
 
 export class KnownLeases {
@@ -239,7 +243,8 @@ export class KnownLeases {
       if (why) refuse(this.refusedRecord(r, why));
       else usable.push(r);
     }
-    usable.sort(olderFirst);
+    // Order matters only where two keys claim the same subnet; in the usual network none do.
+    if ([...this.claims.values()].some((keys) => keys.size > 1)) usable.sort(olderFirst);
     const by4 = new Map<string, LeaseRecord>();
     const by6 = new Map<string, LeaseRecord>();
     const next = new Map<string, Lease>();

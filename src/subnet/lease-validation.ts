@@ -58,8 +58,12 @@ export function rejectionOf(err: unknown): SubnetProblem {
  * to something non-ASCII, so it never matches an ASCII field name either way.
  */
 export function goFoldKey(key: string): string {
-  return key.replace(/[a-z]/g, (c) => c.toUpperCase()).replace(/\u212a/g, 'K').replace(/\u017f/g, 'S');
+  // ASCII only: String#toUpperCase would also fold letters Go keeps apart (dotless ı, ligatures, ß).
+  return key.replace(/[a-z]+/g, (run) => run.toUpperCase()).replace(/\u212a/g, 'K').replace(/\u017f/g, 'S');
 }
+
+/** Field names by their fold, built once per list of names (every lease is decoded against the same few). */
+const foldTables = new WeakMap<readonly string[], Map<string, string>>();
 
 /**
  * Picks the fields named in `names` out of a decoded JSON object the way Go's encoding/json fills a
@@ -69,11 +73,16 @@ export function goFoldKey(key: string): string {
  * last, as Go does). Returns the values by canonical field name.
  */
 export function goJsonFields<N extends string>(obj: Record<string, unknown>, names: readonly N[], where: string): Partial<Record<N, unknown>> {
-  const byFold = new Map(names.map((n) => [goFoldKey(n), n]));
+  let byFold = foldTables.get(names) as Map<string, N> | undefined;
+  if (!byFold) {
+    byFold = new Map(names.map((n) => [goFoldKey(n), n]));
+    foldTables.set(names, byFold);
+  }
   const out: Partial<Record<N, unknown>> = {};
   const seen = new Map<N, string>();
   for (const [key, value] of Object.entries(obj)) {
-    const name = byFold.get(goFoldKey(key));
+    // The exact spelling (what upstream writes) needs no folding.
+    const name = (names as readonly string[]).includes(key) ? (key as N) : byFold.get(goFoldKey(key));
     if (name === undefined) continue; // unknown keys are ignored, as Go does
     const earlier = seen.get(name);
     if (earlier !== undefined) throw new LeaseRejected('bad_json', `${where} has both ${quoted(earlier)} and ${quoted(key)} for ${name}`);
