@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ipBatch } from '../src/routes/ip.js';
 import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
 import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addNetns, delNetns, waitFor } from './harness/netns.js';
+import { addUnderlayHost, delNetns, waitFor } from './harness/netns.js';
 import { diffTables, expectedVxlanTables, readLog, vxlanTables, WARN } from './harness/resilience.js';
 import { nodeScript, udpStatsFromMetrics } from './harness/udp-probes.js';
 
@@ -117,12 +117,7 @@ describe('udp', () => {
     });
     node = cluster.nodes[0]!;
     // Every fake lease's PublicIP: a host on the underlay that counts what the forwarder sends it.
-    outsiderNs = `${cluster.hubNs.replace(/-hub$/, '')}-out`;
-    await addNetns(outsiderNs);
-    await ipBatch([['link', 'add', 'vout', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', outsiderNs], ['link', 'set', 'vout', 'master', 'br0', 'up']], {
-      netns: cluster.hubNs,
-    });
-    await ipBatch([['addr', 'add', '198.18.0.9/24', 'dev', 'eth0'], ['link', 'set', 'eth0', 'up']], { netns: outsiderNs });
+    outsiderNs = await addUnderlayHost(cluster.hubNs, '198.18.0.9');
   }, 90_000);
 
   afterAll(async () => {

@@ -3,10 +3,10 @@
 // the data path (checked on the wire at a fake node), garbage on port 8285 while pods ping, and
 // datagrams from an address holding no lease. Needs `npm install && npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { ipBatch, ipJson } from '../src/routes/ip.js';
+import { ipJson } from '../src/routes/ip.js';
 import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script, udpStatsFromMetrics } from './harness/udp-probes.js';
 import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addNetns, delNetns, run, waitFor } from './harness/netns.js';
+import { addUnderlayHost, delNetns, run, waitFor } from './harness/netns.js';
 
 const HEALTH_PORT = 9876;
 let cluster: Cluster;
@@ -19,12 +19,7 @@ beforeAll(async () => {
     daemonArgs: ['--healthz-ip=127.0.0.1', `--healthz-port=${HEALTH_PORT}`],
   });
   // A host on the underlay (198.18.0.9) that holds no lease: it plays a fake node and an intruder.
-  outsiderNs = `${cluster.hubNs.replace(/-hub$/, '')}-out`;
-  await addNetns(outsiderNs);
-  await ipBatch([['link', 'add', 'vout', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', outsiderNs], ['link', 'set', 'vout', 'master', 'br0', 'up']], {
-    netns: cluster.hubNs,
-  });
-  await ipBatch([['addr', 'add', '198.18.0.9/24', 'dev', 'eth0'], ['link', 'set', 'eth0', 'up']], { netns: outsiderNs });
+  outsiderNs = await addUnderlayHost(cluster.hubNs, '198.18.0.9');
 }, 90_000);
 
 afterAll(async () => {

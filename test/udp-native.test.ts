@@ -8,13 +8,13 @@ import type { BackendContext } from '../src/backend/backend.js';
 import { UdpForwarder, forwarderCounterNames, type ForwarderStats } from '../src/backend/udp/native.js';
 import { UdpBackend } from '../src/backend/udp/udp-backend.js';
 import { silentLogger } from '../src/common/log.js';
-import { ip, ipBatch, ipJson } from '../src/routes/ip.js';
+import { ip, ipJson } from '../src/routes/ip.js';
 import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.js';
 import { formatIp4, parseIp4 } from '../src/subnet/ip4.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
 import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script } from './harness/udp-probes.js';
 import { addressFlannel0, createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';
-import { addNetns, delNetns, run, sleep, waitFor } from './harness/netns.js';
+import { addUnderlayHost, delNetns, run, sleep, waitFor } from './harness/netns.js';
 
 const NETWORK = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'udp' } }));
 const UDP_CONFIG = NETWORK.backend as UdpBackendConfig;
@@ -86,12 +86,7 @@ beforeAll(async () => {
   topo = await createTopology({ nodes: 2, podMtu: 1472, prefix: 'udpn' });
   [nodeA, nodeB] = topo.nodes as [TopoNode, TopoNode];
   // A host on the underlay that holds no lease.
-  outsiderNs = `${topo.hubNs.replace(/-hub$/, '')}-out`;
-  await addNetns(outsiderNs);
-  await ipBatch([['link', 'add', 'vout', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', outsiderNs], ['link', 'set', 'vout', 'master', 'br0', 'up']], {
-    netns: topo.hubNs,
-  });
-  await ipBatch([['addr', 'add', '198.18.0.9/24', 'dev', 'eth0'], ['link', 'set', 'eth0', 'up']], { netns: outsiderNs });
+  outsiderNs = await addUnderlayHost(topo.hubNs, '198.18.0.9');
 
   backendA = newBackend(nodeA);
   backendB = newBackend(nodeB);

@@ -4,9 +4,8 @@
 // BackendV6Data; a departing node's state goes on both families; deleted IPv6 entries come back.
 // Needs `npm run build` (bin/flanneld runs dist/).
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { Ip4Net } from '../src/subnet/ip4.js';
 import { Ip6Net, formatIp6 } from '../src/subnet/ip6.js';
-import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, unreachablePodPairs } from './harness/cluster.js';
 import { run, waitFor } from './harness/netns.js';
 
 const CONFIG = { Network: '198.19.0.0/16', EnableIPv6: true, IPv6Network: '2001:2:1::/48', Backend: { Type: 'vxlan' } };
@@ -20,10 +19,7 @@ afterAll(async () => {
   await cluster?.destroy();
 });
 
-async function subnetsOf(node: ClusterNode): Promise<{ v4: Ip4Net; v6: Ip6Net }> {
-  const env = await node.env();
-  return { v4: Ip4Net.parse(env['FLANNEL_SUBNET']!, true), v6: Ip6Net.parse(env['FLANNEL_IPV6_SUBNET']!, true) };
-}
+const subnetsOf = dualSubnetsOf;
 
 const out = async (node: ClusterNode, argv: string[]): Promise<string> => (await run(argv, { netns: node.ns })).stdout;
 

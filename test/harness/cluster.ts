@@ -432,3 +432,9 @@ export async function unreachablePodPairs(
   }
   return failed;
 }
+
+/** A dual-stack node's two subnets, from its env file (FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET, host bits cleared). */
+export async function dualSubnetsOf(node: ClusterNode): Promise<{ v4: Ip4Net; v6: Ip6Net }> {
+  const env = await node.env();
+  return { v4: Ip4Net.parse(env['FLANNEL_SUBNET']!, true), v6: Ip6Net.parse(env['FLANNEL_IPV6_SUBNET']!, true) };
+}

@@ -111,3 +111,17 @@ export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs
     await sleep(intervalMs);
   }
 }
+
+/**
+ * A host on the underlay (the hub's bridge br0) that runs no flanneld: `<hub prefix>-out` with eth0 at `ip`/24.
+ * Tests use it as a fake node or an intruder. Returns the namespace; delete it with delNetns.
+ */
+export async function addUnderlayHost(hubNs: string, ip: string): Promise<string> {
+  const ns = `${hubNs.replace(/-hub$/, '')}-out`;
+  await addNetns(ns);
+  await run(['ip', '-n', hubNs, 'link', 'add', 'vout', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+  await run(['ip', '-n', hubNs, 'link', 'set', 'vout', 'master', 'br0', 'up']);
+  await run(['ip', '-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+  await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
+  return ns;
+}
