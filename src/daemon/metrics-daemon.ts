@@ -73,6 +73,33 @@ function udpCounter(name: string, help: string, label: string, map: Readonly<Rec
   });
 }
 
+/** One unlabelled metric whose value is one of the backend's stats, read at each scrape. */
+function udpScalar(kind: 'counter' | 'gauge', name: string, help: string, stat: string): void {
+  const read = (): number | undefined => {
+    const n = source?.backendStats?.()[stat];
+    return typeof n === 'number' ? n : undefined;
+  };
+  if (kind === 'counter') {
+    new Counter({
+      name, help, registers,
+      collect(this: Counter<string>) {
+        this.reset();
+        const n = read();
+        if (n !== undefined && n >= 0) this.inc(n);
+      },
+    });
+  } else {
+    new Gauge({
+      name, help, registers,
+      collect(this: Gauge<string>) {
+        this.reset();
+        const n = read();
+        if (n !== undefined) this.set(n);
+      },
+    });
+  }
+}
+
 /**
  * The series each udp forwarder counter appears as on /metrics (e.g. dropNoRoute →
  * flannel_udp_dropped_packets_total{reason="no_route"}), for readers that want the counters back.
@@ -148,44 +175,8 @@ export function serveDaemonMetrics(next: ScrapeSource): void {
   udpCounter('flannel_udp_dropped_packets_total', 'Packets the udp backend dropped (bad_tcp_checksum: handed to the pod uncoalesced, for its kernel to drop), by reason.', 'reason', UDP_DROPS);
   udpCounter('flannel_udp_errors_total', 'Failed udp backend writes (UDP send, TUN write), by operation.', 'op', UDP_ERRORS);
   udpCounter('flannel_udp_io_calls_total', 'System calls of the udp data path, by operation (the _gso/_gro ones moved several packets at once).', 'op', UDP_CALLS);
-  new Counter({
-    name: 'flannel_udp_icmp_unreachable_sent_total',
-    help: 'ICMP net-unreachable errors the udp backend sent for packets to no known subnet.',
-    registers,
-    collect(this: Counter<string>) {
-      this.reset();
-      const n = source?.backendStats?.()['icmpUnreachableSent'];
-      if (typeof n === 'number' && n >= 0) this.inc(n);
-    },
-  });
-  new Gauge({
-    name: 'flannel_udp_routes',
-    help: "Remote subnets in the udp forwarder's table.",
-    registers,
-    collect(this: Gauge<string>) {
-      this.reset();
-      const n = source?.backendStats?.()['leases'];
-      if (typeof n === 'number') this.set(n);
-    },
-  });
-  new Counter({
-    name: 'flannel_udp_table_swaps_total',
-    help: "Times the udp forwarder's subnet table was replaced (lease changes are coalesced into few swaps).",
-    registers,
-    collect(this: Counter<string>) {
-      this.reset();
-      const n = source?.backendStats?.()['tableSwaps'];
-      if (typeof n === 'number' && n >= 0) this.inc(n);
-    },
-  });
-  new Gauge({
-    name: 'flannel_udp_rx_max_datagram_bytes',
-    help: 'Largest datagram the udp backend has received.',
-    registers,
-    collect(this: Gauge<string>) {
-      this.reset();
-      const n = source?.backendStats?.()['rxMaxDatagram'];
-      if (typeof n === 'number') this.set(n);
-    },
-  });
+  udpScalar('counter', 'flannel_udp_icmp_unreachable_sent_total', 'ICMP net-unreachable errors the udp backend sent for packets to no known subnet.', 'icmpUnreachableSent');
+  udpScalar('gauge', 'flannel_udp_routes', "Remote subnets in the udp forwarder's table.", 'leases');
+  udpScalar('counter', 'flannel_udp_table_swaps_total', "Times the udp forwarder's subnet table was replaced (lease changes are coalesced into few swaps).", 'tableSwaps');
+  udpScalar('gauge', 'flannel_udp_rx_max_datagram_bytes', 'Largest datagram the udp backend has received.', 'rxMaxDatagram');
 }
