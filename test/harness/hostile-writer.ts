@@ -52,7 +52,7 @@ function badValues(pick: Pick, n: number): Record<string, () => string> {
     malformed_mac: () => vxlan(ip, pick(['0e:00:00:00:01', 'zz:00:00:00:00:01', '0e:00:00:00:00:01 dev lo', '0e:00:00:00:00:01#x', '"0e:00:00:00:00:01"', '0e:00:00:00:00:01 ', ''])),
     control_chars_mac: () => vxlan(ip, pick(['\u001b[2J\u001b[H0e:00:00:00:00:01', '0e:00:00:00:00:01\r', '0e:00\u202e:00:00:00:01'])),
     control_chars_field: () => vxlan(ip, mac, { Note: pick(['\u001b]0;pwned\u0007', 'a\u009b2Jb', 'x\u2028y']) }),
-    unknown_backend: () => JSON.stringify({ PublicIP: ip, BackendType: pick(['host-gw', 'VXLAN', 'wireguard', 'vxlan ']), BackendData: { VNI: 1, VtepMAC: mac } }),
+    unknown_backend: () => JSON.stringify({ PublicIP: ip, BackendType: pick(['Host-GW', 'VXLAN', 'wireguard', 'vxlan ']), BackendData: { VNI: 1, VtepMAC: mac } }),
     missing_backend_data: () => JSON.stringify({ PublicIP: ip, BackendType: 'vxlan' }),
     bad_vni: () => vxlan(ip, mac).replace('"VNI":1', pick(['"VNI":16777216', '"VNI":-1', '"VNI":"1"', '"VNI":1.5'])),
     bad_ipv6: () => vxlan(ip, mac, { PublicIPv6: pick(['2001:2::1 ', 'ff02::1', 'fe80::1%eth0', '::', 'nope']) }),
@@ -78,7 +78,7 @@ function badKeys(pick: Pick, live: Live, n: number): Record<string, () => [strin
     overlap_live_26: () => [`198.19.${third}.${pick([0, 64, 128, 192])}-26`, value],
     overlap_network: () => [pick(['198.19.0.0-16', '198.19.0.0-17', '198.16.0.0-14', '0.0.0.0-0', `198.19.${third}.1-32`]), value],
     outside_network: () => [pick(['198.18.0.0-24', '198.20.5.0-24', '198.20.0.0-16']), value],
-    not_a_subnet: () => [pick(['junk', '198.19.5.0/24', '198.19.5.0', '198.19.005.0-24', '198.19.5.0-024', '198.19.5.0-24 ', ' 198.19.5.0-24', '198.19.5.1-24', '198.19.5.0-24&2001:2:1:1e::-64', '..', 'a/b/c']), value],
+    not_a_subnet: () => [pick(['junk', '198.19.5.0/24', '198.19.5.0', '198.19.005.0-24', '198.19.5.0-024', '198.19.5.0-24 ', ' 198.19.5.0-24', '198.19.5.1-24', '198.19.5.0-24&2001:2:1:1E::-64', '..', 'a/b/c']), value],
     control_chars_key: () => [pick(['198.19.5.0-24\u001b[2J', '\u001b[1;1H\u001b[2Kjunk', 'ok\rEVIL', '\u202e42-0.5.91.891', 'a\u0000b', 'x\u009b2J']), value],
     huge_key: () => [`${'k'.repeat(pick([1_000, 10_000]))}-${n}`, value],
   };
