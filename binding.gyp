@@ -25,6 +25,14 @@
       "cflags_cc": ["-O2", "-std=c++17"]
     },
     {
+      "target_name": "flannel_memory",
+      "sources": ["src/native/memory.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags": ["-Wall", "-Wextra"],
+      "cflags_cc": ["-O2", "-std=c++17"]
+    },
+    {
       "target_name": "flannel_netlink",
       "sources": ["src/native/netlink.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

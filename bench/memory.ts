@@ -42,6 +42,7 @@ export const VARIANTS: Variant[] = [
   { name: 'size', launcher: 'node', nodeFlags: ['--optimize-for-size'] },
   { name: 'semi1+size', launcher: 'node', nodeFlags: ['--max-semi-space-size=1', '--optimize-for-size'] },
   { name: 'lite', launcher: 'node', nodeFlags: ['--lite-mode'] },
+  { name: 'trim', launcher: 'node', nodeFlags: ['--lite-mode', '--no-expose-wasm', '--import=/tmp/trim.mjs'] },
   { name: 'jitless', launcher: 'node', nodeFlags: ['--jitless'] },
   { name: 'cheap', launcher: 'node', nodeFlags: ['--max-semi-space-size=1', '--v8-pool-size=1'], env: { MALLOC_ARENA_MAX: '2', UV_THREADPOOL_SIZE: '2' } },
   { name: 'cheap+size', launcher: 'node', nodeFlags: ['--max-semi-space-size=1', '--v8-pool-size=1', '--optimize-for-size'], env: { MALLOC_ARENA_MAX: '2', UV_THREADPOOL_SIZE: '2' } },

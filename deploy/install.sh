@@ -74,7 +74,7 @@ if [ "$uninstall" = yes ]; then
   exit 0
 fi
 
-for required in dist/daemon/main.js dist/ctl/main.js dist/cni/main.js bin/flanneld bin/flannelctl bin/flannel; do
+for required in dist/flanneld.mjs dist/ctl/main.js dist/cni/main.js bin/flanneld bin/flannelctl bin/flannel; do
   if [ ! -e "$src/$required" ]; then
     echo "install.sh: $src/$required is missing: build first (npm ci && npm run build)" >&2
     exit 1

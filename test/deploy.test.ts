@@ -311,7 +311,7 @@ describe('install.sh', () => {
     chmodSync(join(fake, 'deploy', 'install.sh'), 0o755);
     const res = spawnSync(join(fake, 'deploy', 'install.sh'), ['--dry-run'], { env: { ...process.env, DESTDIR: join(dir, 'x') }, encoding: 'utf8' });
     expect(res.status).toBe(1);
-    expect(res.stderr).toMatch(/dist\/daemon\/main\.js is missing: build first/);
+    expect(res.stderr).toMatch(/dist\/flanneld\.mjs is missing: build first/);
     const bad = spawnSync(repoPath('deploy', 'install.sh'), ['--frobnicate'], { encoding: 'utf8' });
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/unknown option --frobnicate/);

@@ -48,8 +48,8 @@ describe('npm package', () => {
 
   it('packs what runs and nothing else', async () => {
     const files = (await run(['tar', '-tzf', tarball])).stdout.trim().split('\n').map((f) => f.replace(/^package\//, ''));
-    for (const needed of ['bin/flanneld', 'bin/flannelctl', 'bin/flannel', 'dist/daemon/main.js', 'dist/ctl/main.js', 'dist/cni/main.js',
-      'binding.gyp', 'src/native/addon.cc', 'src/native/sdnotify.cc', 'deploy/mk-docker-opts.sh', 'deploy/systemd/flanneld.service', 'package.json', 'README.md']) {
+    for (const needed of ['bin/flanneld', 'bin/flannelctl', 'bin/flannel', 'dist/flanneld.mjs', 'dist/ctl/main.js', 'dist/cni/main.js',
+      'binding.gyp', 'src/native/addon.cc', 'src/native/sdnotify.cc', 'src/native/memory.cc', 'deploy/mk-docker-opts.sh', 'deploy/systemd/flanneld.service', 'package.json', 'README.md']) {
       expect(files, needed).toContain(needed);
     }
     for (const f of files) {
@@ -60,7 +60,7 @@ describe('npm package', () => {
   it('npm install -g of the tarball gives working flanneld, flannelctl and flannel commands', async () => {
     expect(readdirSync(join(prefix, 'bin')).sort()).toEqual(['flannel', 'flannelctl', 'flanneld']);
     const lib = join(prefix, 'lib/node_modules', pkg.name);
-    expect(readdirSync(join(lib, 'build/Release')).filter((f) => f.endsWith('.node')).sort()).toEqual(['flannel_native.node', 'flannel_netlink.node', 'flannel_sdnotify.node']);
+    expect(readdirSync(join(lib, 'build/Release')).filter((f) => f.endsWith('.node')).sort()).toEqual(['flannel_memory.node', 'flannel_native.node', 'flannel_netlink.node', 'flannel_sdnotify.node']);
     const daemon = await run([join(prefix, 'bin/flanneld'), '--version'], { allowFail: true });
     expect(daemon.stdout.trim(), daemon.stderr).toBe(pkg.version);
     const help = await run([join(prefix, 'bin/flanneld'), '--help'], { allowFail: true });

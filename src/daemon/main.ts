@@ -2,6 +2,7 @@
 import { Daemon } from './daemon.js';
 import { FlagError, parseDaemonFlags } from './flags.js';
 import { createLogger } from '../common/log.js';
+import { startMallocTrimming } from './memory-trim.js';
 
 let opts;
 try {
@@ -31,7 +32,10 @@ const shutdown = (signal: string) => {
 process.on('SIGTERM', () => shutdown('SIGTERM'));
 process.on('SIGINT', () => shutdown('SIGINT'));
 
-daemon.run().catch((err: unknown) => {
-  log.fatal({ err: (err as Error).message }, 'cannot start');
-  process.exit(1);
-});
+daemon.run().then(
+  () => startMallocTrimming(),
+  (err: unknown) => {
+    log.fatal({ err: (err as Error).message }, 'cannot start');
+    process.exit(1);
+  },
+);

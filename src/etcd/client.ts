@@ -6,6 +6,7 @@ import { Etcd3, type IOptions } from 'etcd3';
 import type { Logger } from '../common/log.js';
 import { etcdMetrics } from '../common/metrics.js';
 import { LeaseStoreUnavailableError, type Stoppable } from '../subnet/lease-store.js';
+import { speedUpInt64Strings } from './int64-strings.js';
 import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, Reachability, buildClientOptions, isConnectivityError } from './connection.js';
 import type { ResumableWatch } from './resumable-watch.js';
 
@@ -29,6 +30,7 @@ export class EtcdClient {
     private readonly probeKey: string,
   ) {
     this.options = buildClientOptions(opts);
+    speedUpInt64Strings();
     this.current = new Etcd3(this.options);
     this.reach = new Reachability(log, opts.endpoints, () => this.probe(), () => this.reconnected());
     etcdMetrics.up.set(1);

@@ -1,0 +1,38 @@
+// Hands memory that malloc holds but no longer uses back to the kernel (src/native/memory.cc says
+// why it piles up): once when the daemon is ready, its busiest moment just behind it, then every
+// TRIM_INTERVAL_MS, which catches what bursts of lease changes and garbage collections free later.
+// A trim of a daemon's small heaps takes well under a millisecond.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const TRIM_INTERVAL_MS = 10_000;
+
+interface MemoryAddon {
+  trim(): boolean;
+}
+
+let addon: MemoryAddon | null | undefined;
+
+/** The addon, or null where it is not built (then nothing is trimmed). */
+function memoryAddon(): MemoryAddon | null {
+  if (addon === undefined) {
+    const path = fileURLToPath(new URL('../../build/Release/flannel_memory.node', import.meta.url));
+    addon = existsSync(path) ? (createRequire(import.meta.url)(path) as MemoryAddon) : null;
+  }
+  return addon;
+}
+
+/** Trims now; false when nothing was released (or the addon is missing). */
+export function trimMalloc(): boolean {
+  return memoryAddon()?.trim() ?? false;
+}
+
+/** Trims now and then periodically; returns a function that stops the timer. */
+export function startMallocTrimming(intervalMs = TRIM_INTERVAL_MS): () => void {
+  if (!memoryAddon()) return () => undefined;
+  trimMalloc();
+  const timer = setInterval(trimMalloc, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
