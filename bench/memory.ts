@@ -10,7 +10,7 @@
 // per-lease bytes = (RSS@6000 − RSS@1000) / 5000. --snapshots also takes a heap snapshot per N of
 // the first variant and names what the heap holds and what grew (bench/heap-summary.ts).
 //
-// npx tsx bench/memory.ts [--n=2,1000,6000] [--variants=bin,lite,...|all] [--rounds=1] [--settle=12] [--snapshots] [--json=FILE]
+// npx tsx bench/memory.ts [--n=2,1000,6000] [--variants=bin,lite,...|all] [--rounds=1] [--settle=12] [--snapshots] [--no-probe] [--json=FILE]
 // Needs `npm run build` (npm run bench:memory does it) and root.
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -42,7 +42,6 @@ export const VARIANTS: Variant[] = [
   { name: 'size', launcher: 'node', nodeFlags: ['--optimize-for-size'] },
   { name: 'semi1+size', launcher: 'node', nodeFlags: ['--max-semi-space-size=1', '--optimize-for-size'] },
   { name: 'lite', launcher: 'node', nodeFlags: ['--lite-mode'] },
-  { name: 'trim', launcher: 'node', nodeFlags: ['--lite-mode', '--no-expose-wasm', '--import=/tmp/trim.mjs'] },
   { name: 'jitless', launcher: 'node', nodeFlags: ['--jitless'] },
   { name: 'cheap', launcher: 'node', nodeFlags: ['--max-semi-space-size=1', '--v8-pool-size=1'], env: { MALLOC_ARENA_MAX: '2', UV_THREADPOOL_SIZE: '2' } },
   { name: 'cheap+size', launcher: 'node', nodeFlags: ['--max-semi-space-size=1', '--v8-pool-size=1', '--optimize-for-size'], env: { MALLOC_ARENA_MAX: '2', UV_THREADPOOL_SIZE: '2' } },
@@ -68,7 +67,11 @@ export interface RunResult {
   /** CPU seconds used by the daemon: until programmed, and per second while idle afterwards. */
   cpuStartS: number;
   cpuIdlePerS: number;
-  probe: ProbeStats;
+  /** RssAnon and threads at the end of the settle time, from /proc. */
+  anonKiB: number;
+  threads: number;
+  /** The in-process figures; null with --no-probe. */
+  probe: ProbeStats | null;
   heap?: HeapSummary;
 }
 
@@ -157,6 +160,8 @@ interface RunOptions {
   n: number;
   variant: Variant;
   settleS: number;
+  /** Preload the probe (it costs the daemon about 1 MB of RSS: --no-probe leaves it out). */
+  probe: boolean;
   probeDir: string;
   snapshot: boolean;
 }
@@ -168,9 +173,9 @@ async function runOnce(o: RunOptions): Promise<RunResult> {
   const daemonArgs = [`--etcd-endpoints=${cluster.etcdEndpoint}`, '--iface=eth0', `--subnet-file=${node.subnetFile}`, '--log-level=info'];
   const argv = variant.launcher === 'bin'
     ? [join(root, 'bin', 'flanneld'), ...daemonArgs]
-    : [process.execPath, ...(variant.nodeFlags ?? []), join(root, 'dist', 'daemon', 'main.js'), ...daemonArgs];
+    : [process.execPath, ...(variant.nodeFlags ?? []), join(root, 'dist', 'flanneld.mjs'), ...daemonArgs];
   const probe = `--import=${new URL('./memory-probe.mjs', import.meta.url).href}`;
-  const env = { ...process.env, ...variant.env, MEMPROBE_DIR: o.probeDir, NODE_OPTIONS: `${process.env['NODE_OPTIONS'] ?? ''} ${probe}`.trim() };
+  const env = { ...process.env, ...variant.env, MEMPROBE_DIR: o.probeDir, NODE_OPTIONS: `${process.env['NODE_OPTIONS'] ?? ''} ${o.probe ? probe : ''}`.trim() };
   const fd = openSync(node.logFile, 'a');
   const t0 = Date.now();
   const child = spawn('ip', ['netns', 'exec', node.ns, ...argv], { stdio: ['ignore', fd, fd], env });
@@ -195,6 +200,9 @@ async function runOnce(o: RunOptions): Promise<RunResult> {
       await sleep(250);
     }
     const cpuIdlePerS = (cpuSeconds(pid) - cpuStart) / o.settleS;
+    const { anon: anonKiB, threads } = procStatus(pid);
+    const base = { n: o.n, variant: variant.name, programmedMs, rssMedianKiB: median(samples), rssPeakKiB: Math.max(...samples), cpuStartS: cpuStart, cpuIdlePerS, anonKiB, threads };
+    if (!o.probe) return { ...base, probe: null };
     const statsFile = join(o.probeDir, `${pid}.stats.json`);
     rmSync(statsFile, { force: true });
     const snapFile = join(o.probeDir, `${pid}.heapsnapshot`);
@@ -202,12 +210,7 @@ async function runOnce(o: RunOptions): Promise<RunResult> {
     process.kill(pid, 'SIGUSR2');
     const written = await waitFor(() => existsSync(statsFile) && (!o.snapshot || existsSync(snapFile)), 120_000, 100);
     if (!written) throw new Error(`the probe wrote no figures for pid ${pid} (is bench/memory-probe.mjs preloaded?)`);
-    const result: RunResult = {
-      n: o.n, variant: variant.name, programmedMs,
-      rssMedianKiB: median(samples), rssPeakKiB: Math.max(...samples),
-      cpuStartS: cpuStart, cpuIdlePerS,
-      probe: JSON.parse(readFileSync(statsFile, 'utf8')) as ProbeStats,
-    };
+    const result: RunResult = { ...base, probe: JSON.parse(readFileSync(statsFile, 'utf8')) as ProbeStats };
     if (o.snapshot) {
       result.heap = summarizeHeapSnapshot(snapFile, 25);
       rmSync(snapFile, { force: true });
@@ -230,10 +233,12 @@ function table(results: RunResult[]): string {
   ];
   for (const r of results) {
     const p = r.probe;
-    const space = (name: string) => p.spaces.find((s) => s.name === name)?.committed ?? 0;
-    lines.push(`| ${r.n} | ${r.variant} | ${mb(r.rssMedianKiB)} | ${mb(r.rssPeakKiB)} | ${mb(p.status.anon)} | ${mb(p.smaps.privateDirty)} | ` +
-      `${mbB(p.memoryUsage.heapUsed)} / ${mbB(p.memoryUsage.heapTotal)} | ${mbB(space('new_space'))} | ${mbB(space('code_space'))} | ` +
-      `${mbB(p.memoryUsage.external)} | ${p.status.threads} | ${r.programmedMs} | ${r.cpuStartS.toFixed(2)} | ${(r.cpuIdlePerS * 100).toFixed(1)} |`);
+    const space = (name: string) => p?.spaces.find((s) => s.name === name)?.committed ?? 0;
+    const inside = p
+      ? `${mb(p.smaps.privateDirty)} | ${mbB(p.memoryUsage.heapUsed)} / ${mbB(p.memoryUsage.heapTotal)} | ${mbB(space('new_space'))} | ${mbB(space('code_space'))} | ${mbB(p.memoryUsage.external)}`
+      : '- | - | - | - | -';
+    lines.push(`| ${r.n} | ${r.variant}${p ? '' : ' (no probe)'} | ${mb(r.rssMedianKiB)} | ${mb(r.rssPeakKiB)} | ${mb(r.anonKiB)} | ${inside} | ` +
+      `${r.threads} | ${r.programmedMs} | ${r.cpuStartS.toFixed(2)} | ${(r.cpuIdlePerS * 100).toFixed(1)} |`);
   }
   return lines.join('\n');
 }
@@ -281,10 +286,12 @@ async function main(): Promise<void> {
   });
   const settleS = Number(arg('settle') ?? 12);
   const snapshots = process.argv.includes('--snapshots');
+  const probe = !process.argv.includes('--no-probe');
+  if (snapshots && !probe) throw new Error('--snapshots needs the probe');
   const rounds = Number(arg('rounds') ?? 1);
   const jsonOut = arg('json');
   const root = repoRoot();
-  if (!existsSync(join(root, 'dist', 'daemon', 'main.js'))) throw new Error('dist/ is missing: run npm run build');
+  if (!existsSync(join(root, 'dist', 'flanneld.mjs'))) throw new Error('dist/ is missing: run npm run build');
 
   const probeDir = mkdtempSync(join(tmpdir(), 'flannel-membench-'));
   const cluster = await createCluster({ nodes: 1, config: NETWORK, startDaemons: false, podsPerNode: 0 });
@@ -311,9 +318,9 @@ async function main(): Promise<void> {
       await filler.fillTo(n - 1);
       for (let round = 0; round < rounds; round++) {
         for (const [i, variant] of variants.entries()) {
-          const r = await runOnce({ cluster, node, n, variant, settleS, probeDir, snapshot: snapshots && i === 0 && round === 0 });
+          const r = await runOnce({ cluster, node, n, variant, settleS, probe, probeDir, snapshot: snapshots && i === 0 && round === 0 });
           results.push(r);
-          console.error(`N=${n} ${variant.name}: RSS median ${mb(r.rssMedianKiB)} MB, peak ${mb(r.rssPeakKiB)} MB, heap used ${mbB(r.probe.memoryUsage.heapUsed)} MB, programmed in ${r.programmedMs} ms`);
+          console.error(`N=${n} ${variant.name}: RSS median ${mb(r.rssMedianKiB)} MB, peak ${mb(r.rssPeakKiB)} MB, heap used ${r.probe ? mbB(r.probe.memoryUsage.heapUsed) : '-'} MB, programmed in ${r.programmedMs} ms`);
         }
       }
     }

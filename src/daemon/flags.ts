@@ -1,13 +1,13 @@
 // Command-line flags with upstream flanneld's names and meanings; each is also read from
 // FLANNELD_<NAME> (dashes as underscores), as upstream does. Upstream's klog flags (-v, --vmodule,
 // ...) are accepted, as unit files carry them; upstream flags for features this daemon does not have
-// are refused with a message that says what to use instead.
-import yargs from 'yargs';
-import { flagsFromEnvironment, knownFlags, lastBoolean, lastNumber, lastString, normalizeGoStyleFlags } from '../common/cli.js';
+// are refused with a message that says what to use instead. Parsed with src/common/flag-table.ts.
+import { flagsFromEnvironment, normalizeGoStyleFlags } from '../common/cli.js';
+import { type FlagSpec, FlagTableError, formatFlagHelp, parseFlagTable } from '../common/flag-table.js';
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../common/log.js';
 import { VERSION } from '../common/version.js';
 import type { EtcdConnectionOptions } from '../etcd/connection.js';
-import { etcdOptionsFrom, withEtcdFlags } from '../etcd/flags.js';
+import { ETCD_FLAGS, etcdOptionsFrom } from '../etcd/flags.js';
 import { DEFAULT_SUBNET_FILE } from '../subnet/envfile.js';
 
 export interface DaemonOptions {
@@ -68,38 +68,66 @@ export function levelForVerbosity(v: number): LogLevel {
   return 'info';
 }
 
-function daemonParser(argv: string[]) {
-  let y = withEtcdFlags(yargs(argv))
-    .scriptName('flanneld')
-    .option('iface', { type: 'string', array: true, default: [] as string[], describe: 'interface (name or IP) for inter-node traffic; repeatable, first usable wins' })
-    .option('iface-regex', { type: 'string', array: true, default: [] as string[], describe: 'regex matched against interface names and IPs; repeatable' })
-    .option('iface-can-reach', { type: 'string', coerce: lastString, describe: 'use the interface that routes to this IP' })
-    .option('public-ip', { type: 'string', coerce: lastString, describe: 'IP other nodes use to reach this one (default: the interface IP)' })
-    .option('public-ipv6', { type: 'string', coerce: lastString, describe: 'IPv6 address other nodes use to reach this one (default: the interface IPv6 address)' })
-    .option('subnet-file', { type: 'string', default: DEFAULT_SUBNET_FILE, coerce: lastString, describe: 'where to write the subnet env file' })
-    .option('subnet-lease-renew-margin', { type: 'number', default: 60, coerce: lastNumber, describe: 'renew the lease this many minutes before it expires' })
-    .option('subnet-lease-ttl', { type: 'number', default: 86400, coerce: lastNumber, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' })
-    .option('ip-masq', { type: 'boolean', default: false, coerce: lastBoolean, describe: 'masquerade traffic leaving the flannel network' })
-    .option('iptables-forward-rules', { type: 'boolean', default: true, coerce: lastBoolean, describe: 'add FORWARD accept rules for the network' })
-    .option('iptables-cleanup', { type: 'boolean', default: false, coerce: lastBoolean, describe: 'remove our iptables rules on a clean stop (extension; by default they stay)' })
-    .option('iptables-resync', { type: 'number', default: 5, coerce: lastNumber, describe: 'seconds between checks of the iptables rules' })
-    // Loopback by default: /metrics and /readyz are for the node itself (probes, a local agent).
-    // Upstream binds 0.0.0.0; give --healthz-ip=0.0.0.0 for a Prometheus server elsewhere.
-    .option('healthz-ip', { type: 'string', default: '127.0.0.1', coerce: lastString, describe: 'address of the health and metrics endpoint' })
-    .option('healthz-port', { type: 'number', default: 0, coerce: lastNumber, describe: 'port of /healthz, /readyz and /metrics (0 disables)' })
-    .option('log-level', { type: 'string', choices: LOG_LEVELS, coerce: (v: LogLevel | LogLevel[]): LogLevel => (Array.isArray(v) ? v[v.length - 1]! : v), describe: 'trace, debug, info (default), warn, error, fatal, silent' })
-    .option('log-format', { type: 'string', choices: LOG_FORMATS, default: 'json' as LogFormat, coerce: (v: LogFormat | LogFormat[]): LogFormat => (Array.isArray(v) ? v[v.length - 1]! : v), describe: 'json lines, or text like upstream flanneld' })
-    .option('v', { type: 'number', coerce: lastNumber, describe: "upstream's klog verbosity: 0 info, 1-5 debug, 6+ trace (--log-level wins)" });
-  for (const flag of KLOG_FLAGS) y = y.option(flag, { type: 'string', hidden: true, describe: 'accepted for upstream compatibility; ignored' });
-  for (const flag of Object.keys(UNSUPPORTED_UPSTREAM_FLAGS)) y = y.option(flag, { type: 'string', hidden: true });
-  return y;
+const DAEMON_FLAGS: Readonly<Record<string, FlagSpec>> = {
+  ...ETCD_FLAGS,
+  iface: { type: 'list', default: [], describe: 'interface (name or IP) for inter-node traffic; repeatable, first usable wins' },
+  'iface-regex': { type: 'list', default: [], describe: 'regex matched against interface names and IPs; repeatable' },
+  'iface-can-reach': { type: 'string', describe: 'use the interface that routes to this IP' },
+  'public-ip': { type: 'string', describe: 'IP other nodes use to reach this one (default: the interface IP)' },
+  'public-ipv6': { type: 'string', describe: 'IPv6 address other nodes use to reach this one (default: the interface IPv6 address)' },
+  'subnet-file': { type: 'string', default: DEFAULT_SUBNET_FILE, describe: 'where to write the subnet env file' },
+  'subnet-lease-renew-margin': { type: 'number', default: 60, describe: 'renew the lease this many minutes before it expires' },
+  'subnet-lease-ttl': { type: 'number', default: 86400, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' },
+  'ip-masq': { type: 'boolean', default: false, describe: 'masquerade traffic leaving the flannel network' },
+  'iptables-forward-rules': { type: 'boolean', default: true, describe: 'add FORWARD accept rules for the network' },
+  'iptables-cleanup': { type: 'boolean', default: false, describe: 'remove our iptables rules on a clean stop (extension; by default they stay)' },
+  'iptables-resync': { type: 'number', default: 5, describe: 'seconds between checks of the iptables rules' },
+  // Loopback by default: /metrics and /readyz are for the node itself (probes, a local agent).
+  // Upstream binds 0.0.0.0; give --healthz-ip=0.0.0.0 for a Prometheus server elsewhere.
+  'healthz-ip': { type: 'string', default: '127.0.0.1', describe: 'address of the health and metrics endpoint' },
+  'healthz-port': { type: 'number', default: 0, describe: 'port of /healthz, /readyz and /metrics (0 disables)' },
+  'log-level': { type: 'string', choices: LOG_LEVELS, describe: 'trace, debug, info (default), warn, error, fatal, silent' },
+  'log-format': { type: 'string', choices: LOG_FORMATS, default: 'json', describe: 'json lines, or text like upstream flanneld' },
+  v: { type: 'number', describe: "upstream's klog verbosity: 0 info, 1-5 debug, 6+ trace (--log-level wins)" },
+  ...Object.fromEntries(KLOG_FLAGS.map((flag) => [flag, { type: 'string', bare: true, hidden: true, describe: 'accepted for upstream compatibility; ignored' } satisfies FlagSpec])),
+  ...Object.fromEntries(Object.keys(UNSUPPORTED_UPSTREAM_FLAGS).map((flag) => [flag, { type: 'string', bare: true, hidden: true } satisfies FlagSpec])),
+};
+
+/** The value of a flag of the table, of the type its spec says (defaults are in place). */
+const str = (v: Record<string, unknown>, flag: string): string | undefined => v[flag] as string | undefined;
+const num = (v: Record<string, unknown>, flag: string): number => v[flag] as number;
+const bool = (v: Record<string, unknown>, flag: string): boolean => v[flag] as boolean;
+const list = (v: Record<string, unknown>, flag: string): string[] => v[flag] as string[];
+
+/** Refuses values that parse but make no sense; the message names the flag. */
+function checkValues(v: Record<string, unknown>): void {
+  for (const [flag, instead] of Object.entries(UNSUPPORTED_UPSTREAM_FLAGS)) {
+    // A boolean upstream flag turned off (--kube-subnet-mgr=false) asks for nothing we lack.
+    const value = str(v, flag);
+    if (value !== undefined && value !== 'false') throw new FlagError(`--${flag} is not supported by this daemon: ${instead}`);
+  }
+  const margin = num(v, 'subnet-lease-renew-margin');
+  const ttl = num(v, 'subnet-lease-ttl');
+  const port = num(v, 'healthz-port');
+  const verbosity = v['v'] as number | undefined;
+  if (!(margin >= 0)) throw new FlagError('--subnet-lease-renew-margin must be >= 0');
+  if (!(ttl >= 10)) throw new FlagError('--subnet-lease-ttl must be at least 10 seconds');
+  if (margin * 60 >= ttl) throw new FlagError('--subnet-lease-renew-margin must be shorter than the lease TTL');
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new FlagError('--healthz-port must be 0-65535');
+  if (verbosity !== undefined && !(Number.isInteger(verbosity) && verbosity >= 0)) throw new FlagError('-v must be a verbosity level: 0, 1, 2, ...');
+  for (const re of list(v, 'iface-regex')) {
+    try {
+      new RegExp(re);
+    } catch (err) {
+      throw new FlagError(`--iface-regex "${re}": ${(err as Error).message}`);
+    }
+  }
 }
 
-/** Parses flanneld's flags. Exits with usage on a bad flag, and prints the version for --version. */
+/** Parses flanneld's flags. Prints the help or the version and exits for --help and --version. */
 export function parseDaemonFlags(argv: readonly string[], env: Readonly<Record<string, string | undefined>> = process.env): DaemonOptions {
   const args = normalizeGoStyleFlags(argv);
-  const known = knownFlags(daemonParser([])).filter((k) => k !== 'help' && k !== 'version');
-  const fromEnv = flagsFromEnvironment(env, known, args);
+  const fromEnv = flagsFromEnvironment(env, Object.keys(DAEMON_FLAGS), args);
   // Fedora's /etc/sysconfig/flanneld names, for what FLANNELD_* and the flags leave unset.
   for (const [variables, flag] of [[['FLANNEL_ETCD_ENDPOINTS', 'FLANNEL_ETCD'], 'etcd-endpoints'], [['FLANNEL_ETCD_PREFIX', 'FLANNEL_ETCD_KEY'], 'etcd-prefix']] as const) {
     const value = variables.map((v) => env[v]).find((v) => v !== undefined && v !== '');
@@ -107,56 +135,52 @@ export function parseDaemonFlags(argv: readonly string[], env: Readonly<Record<s
       fromEnv.args.push(`--${flag}=${value}`);
     }
   }
-  const parsed = daemonParser([...fromEnv.args, ...args])
-    .version(VERSION)
-    .strict()
-    .check((a) => {
-      for (const [flag, instead] of Object.entries(UNSUPPORTED_UPSTREAM_FLAGS)) {
-        const value = a[flag] as unknown;
-        // A boolean upstream flag turned off (--kube-subnet-mgr=false) asks for nothing we lack.
-        if (value === undefined || value === 'false' || (Array.isArray(value) && value.every((x) => x === 'false'))) continue;
-        throw new Error(`--${flag} is not supported by this daemon: ${instead}`);
-      }
-      if (!(a['subnet-lease-renew-margin'] >= 0)) throw new Error('--subnet-lease-renew-margin must be >= 0');
-      if (!(a['subnet-lease-ttl'] >= 10)) throw new Error('--subnet-lease-ttl must be at least 10 seconds');
-      if (a['subnet-lease-renew-margin'] * 60 >= a['subnet-lease-ttl']) throw new Error('--subnet-lease-renew-margin must be shorter than the lease TTL');
-      if (!Number.isInteger(a['healthz-port']) || a['healthz-port'] < 0 || a['healthz-port'] > 65535) throw new Error('--healthz-port must be 0-65535');
-      if (a.v !== undefined && !(Number.isInteger(a.v) && a.v >= 0)) throw new Error('-v must be a verbosity level: 0, 1, 2, ...');
-      for (const re of a['iface-regex']) {
-        try {
-          new RegExp(re);
-        } catch (err) {
-          throw new Error(`--iface-regex "${re}": ${(err as Error).message}`);
-        }
-      }
-      return true;
-    })
-    .help()
-    .fail((msg, err) => {
-      throw new FlagError(err?.message ?? msg);
-    })
-    .parseSync();
+  let parsed;
+  try {
+    parsed = parseFlagTable(DAEMON_FLAGS, [...fromEnv.args, ...args]);
+  } catch (err) {
+    if (err instanceof FlagTableError) throw new FlagError(err.message);
+    throw err;
+  }
+  if (parsed.kind === 'help') {
+    process.stdout.write(formatFlagHelp('Usage: flanneld [flags]   (each flag also as FLANNELD_<FLAG>, e.g. FLANNELD_IFACE)', DAEMON_FLAGS));
+    process.exit(0);
+  }
+  if (parsed.kind === 'version') {
+    process.stdout.write(`${VERSION}\n`);
+    process.exit(0);
+  }
+  const v = parsed.values;
+  checkValues(v);
   const warnings =
     fromEnv.unknown.length > 0 ? [`ignoring environment variables that name no flanneld flag: ${fromEnv.unknown.join(', ')}`] : [];
   return {
-    etcd: etcdOptionsFrom(parsed),
+    etcd: etcdOptionsFrom({
+      etcdEndpoints: str(v, 'etcd-endpoints')!,
+      etcdPrefix: str(v, 'etcd-prefix')!,
+      etcdCafile: str(v, 'etcd-cafile'),
+      etcdCertfile: str(v, 'etcd-certfile'),
+      etcdKeyfile: str(v, 'etcd-keyfile'),
+      etcdUsername: str(v, 'etcd-username'),
+      etcdPassword: str(v, 'etcd-password'),
+    }),
     // FLANNELD_IFACE may hold a comma list, as with upstream.
-    iface: parsed.iface.flatMap((i) => i.split(',')).map((i) => i.trim()).filter((i) => i !== ''),
-    ifaceRegex: parsed.ifaceRegex,
-    ifaceCanReach: parsed.ifaceCanReach ?? null,
-    publicIP: parsed.publicIp ?? null,
-    publicIPv6: parsed.publicIpv6 ?? null,
-    subnetFile: parsed.subnetFile,
-    subnetLeaseRenewMarginMinutes: parsed.subnetLeaseRenewMargin,
-    subnetLeaseTtlSeconds: parsed.subnetLeaseTtl,
-    ipMasq: parsed.ipMasq,
-    iptablesForwardRules: parsed.iptablesForwardRules,
-    iptablesResyncSeconds: parsed.iptablesResync,
-    iptablesCleanup: parsed.iptablesCleanup,
-    healthzIP: parsed.healthzIp,
-    healthzPort: parsed.healthzPort,
-    logLevel: (parsed.logLevel as LogLevel | undefined) ?? levelForVerbosity(parsed.v ?? 0),
-    logFormat: parsed.logFormat as LogFormat,
+    iface: list(v, 'iface').flatMap((i) => i.split(',')).map((i) => i.trim()).filter((i) => i !== ''),
+    ifaceRegex: list(v, 'iface-regex'),
+    ifaceCanReach: str(v, 'iface-can-reach') ?? null,
+    publicIP: str(v, 'public-ip') ?? null,
+    publicIPv6: str(v, 'public-ipv6') ?? null,
+    subnetFile: str(v, 'subnet-file')!,
+    subnetLeaseRenewMarginMinutes: num(v, 'subnet-lease-renew-margin'),
+    subnetLeaseTtlSeconds: num(v, 'subnet-lease-ttl'),
+    ipMasq: bool(v, 'ip-masq'),
+    iptablesForwardRules: bool(v, 'iptables-forward-rules'),
+    iptablesResyncSeconds: num(v, 'iptables-resync'),
+    iptablesCleanup: bool(v, 'iptables-cleanup'),
+    healthzIP: str(v, 'healthz-ip')!,
+    healthzPort: num(v, 'healthz-port'),
+    logLevel: (str(v, 'log-level') as LogLevel | undefined) ?? levelForVerbosity((v['v'] as number | undefined) ?? 0),
+    logFormat: str(v, 'log-format') as LogFormat,
     warnings,
   };
 }
