@@ -6,15 +6,13 @@ import { createInterface } from 'node:readline';
 import yargs from 'yargs';
 import { flagsFromEnvironment, normalizeGoStyleFlags } from '../common/cli.js';
 import { VERSION } from '../common/version.js';
-import { withEtcdFlags } from '../etcd/flags.js';
+import { ETCD_FLAGS, withEtcdFlags } from '../etcd/flags.js';
 import { ConfigError, type NetworkConfig, checkNetworkConfig, formatNetworkConfig } from '../subnet/config.js';
 import { dockerOptsCommand } from './docker-opts.js';
 import { RELEASE_TTL_SECONDS, deleteLease, leaseToDelete, parseSubnetArg, releaseLease, reserveLease } from './lease-admin.js';
 import { renderLeaseTable, vtepMacOf } from './leases-table.js';
 import { withRegistry } from './session.js';
 import { collectStatus, leaseRows, renderStatus } from './status.js';
-
-const ETCD_FLAGS = ['etcd-endpoints', 'etcd-prefix', 'etcd-cafile', 'etcd-certfile', 'etcd-keyfile', 'etcd-username', 'etcd-password'];
 
 /** Config text from the argument, `--file`, or stdin when the argument is "-". */
 function configText(arg: string | undefined, file: string | undefined): string | undefined {
@@ -56,7 +54,7 @@ async function confirm(question: string): Promise<boolean> {
 
 const argv = normalizeGoStyleFlags(process.argv.slice(2));
 // FLANNELD_ETCD_* as the daemon reads them; other FLANNELD_* variables belong to the daemon.
-const fromEnv = flagsFromEnvironment(process.env, ETCD_FLAGS, argv);
+const fromEnv = flagsFromEnvironment(process.env, Object.keys(ETCD_FLAGS), argv);
 
 await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
   .scriptName('flannelctl')
