@@ -23,7 +23,7 @@ import { parseNetworkConfig, type UdpBackendConfig, type VxlanBackendConfig } fr
 import { Ip4Net } from '../src/subnet/ip4.js';
 import type { Lease } from '../src/subnet/lease.js';
 import { createCluster, repoRoot, type Cluster, type ClusterNode } from '../test/harness/cluster.js';
-import { addNetns, delNetns, run, runId, sleep } from '../test/harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId, sleep } from '../test/harness/netns.js';
 import { rssKiB } from '../test/harness/resilience.js';
 import { nodeScript } from '../test/harness/udp-probes.js';
 import { lineChart } from './svg-plot.js';
@@ -174,15 +174,8 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
 async function resyncRun(kind: Kind, n: number, kernelPath: 'netlink' | 'iproute2' = 'netlink'): Promise<ResyncResult[]> {
   const ns = `fl-${runId()}-scale`;
   namespaces.push(ns);
-  await addNetns(ns);
   try {
-    await ipBatch([
-      ['link', 'set', 'lo', 'up'],
-      ['link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer'],
-      ['addr', 'add', '198.18.0.1/24', 'dev', 'eth0'],
-      ['link', 'set', 'eth0', 'up'],
-      ['link', 'set', 'eth0peer', 'up'],
-    ], { netns: ns });
+    await addLoneNodeNetns(ns);
     const network = parseNetworkConfig(JSON.stringify({ Network: NETWORK.toString(), SubnetLen: 29, Backend: { Type: kind } }));
     const ctx: BackendContext = { extIface: { name: 'eth0', ifaceIP: '198.18.0.1', publicIP: '198.18.0.1', mtu: 1500 }, network, log: silentLogger };
     const backend = kind === 'vxlan'

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
 const repo = join(import.meta.dirname, '..');
 const ns = `fl-${runId()}-daemon`;
@@ -48,12 +48,8 @@ async function waitForFile(path: string, timeoutMs = 20_000): Promise<void> {
 }
 
 beforeAll(async () => {
-  await addNetns(ns);
-  // A veth pair gives the namespace an underlay interface eth0 (198.18.0.1) to tunnel from.
-  await run(['ip', '-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer']);
-  await run(['ip', '-n', ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0']);
-  await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
-  await run(['ip', '-n', ns, 'link', 'set', 'eth0peer', 'up']);
+  // An underlay interface eth0 (198.18.0.1) to tunnel from.
+  await addLoneNodeNetns(ns);
   etcd = await startEtcd({ netns: ns });
 }, 60_000);
 

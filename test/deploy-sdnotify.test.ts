@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SystemdStatus, notifySystemd } from '../src/daemon/sdnotify.js';
 import { repoPath } from './harness/cluster.js';
 import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
 // Like systemd: a BARRIER=1 datagram carries a file descriptor that the manager closes once it has
 // processed everything before it; systemd-notify waits for that close.
@@ -187,14 +187,10 @@ describe('systemd STATUS', () => {
   it('the daemon reports what it waits for, then READY=1 with its subnet', async () => {
     const ns = `fl-${runId()}-sdn`;
     const dir = mkdtempSync(join(tmpdir(), 'sdnotify-daemon-'));
-    await addNetns(ns);
+    await addLoneNodeNetns(ns);
     let etcd: EtcdServer | null = null;
     let daemon: ChildProcess | null = null;
     try {
-      await run(['ip', '-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer']);
-      await run(['ip', '-n', ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0']);
-      await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
-      await run(['ip', '-n', ns, 'link', 'set', 'eth0peer', 'up']);
       etcd = await startEtcd({ netns: ns });
       const socketPath = join(dir, 'notify');
       const c = startCollector(socketPath, ns);

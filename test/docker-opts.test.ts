@@ -10,7 +10,7 @@ import { dockerOptsCommand, formatDockerOpts, readFlannelEnv } from '../src/ctl/
 import { writeSubnetEnvFile } from '../src/subnet/envfile.js';
 import { Ip4Net } from '../src/subnet/ip4.js';
 import { repoPath } from './harness/cluster.js';
-import { addNetns, delNetns, run, runId } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
 
 const BOTH = { combinedKey: 'DOCKER_OPTS', individual: false, combined: false, ipMasq: true, environment: {} };
 
@@ -117,11 +117,7 @@ describe('mk-docker-opts.sh shim', () => {
     writeSubnetEnvFile(masqOff, { networks: [network], subnet: Ip4Net.parse('198.19.46.0/24'), mtu: 1450, ipMasq: false });
     writeSubnetEnvFile(masqOn, { networks: [network], subnet: Ip4Net.parse('198.19.46.0/24'), mtu: 1450, ipMasq: true });
     // Its own routing table: the script's route check must not see the host's.
-    await addNetns(ns);
-    await run(['ip', '-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer']);
-    await run(['ip', '-n', ns, 'link', 'set', 'eth0peer', 'up']);
-    await run(['ip', '-n', ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0']);
-    await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
+    await addLoneNodeNetns(ns);
   });
   afterAll(async () => {
     await delNetns(ns);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoPath } from './harness/cluster.js';
 import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
 const ctl = join(import.meta.dirname, '..', 'bin/flannelctl');
 let etcd: EtcdServer;
@@ -222,15 +222,10 @@ describe('flannelctl status', () => {
   it("shows each node's lease and its /readyz where reachable, as a table and as JSON", async () => {
     const ns = `fl-${runId()}-ctlst`;
     const dir = mkdtempSync(join(tmpdir(), 'flannelctl-status-'));
-    await addNetns(ns);
+    await addLoneNodeNetns(ns);
     let nsEtcd: EtcdServer | null = null;
     let daemon: ChildProcess | null = null;
     try {
-      await run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
-      await run(['ip', '-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer']);
-      await run(['ip', '-n', ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0']);
-      await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
-      await run(['ip', '-n', ns, 'link', 'set', 'eth0peer', 'up']);
       nsEtcd = await startEtcd({ netns: ns });
       const inNs = (args: string[]) => run([ctl, `--etcd-endpoints=${nsEtcd!.endpoint}`, ...args], { netns: ns, allowFail: true });
       expect((await inNs(['config', 'set', '{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'])).code).toBe(0);

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
 const repo = join(import.meta.dirname, '..');
 const ns = `fl-${runId()}-metrics`;
@@ -46,12 +46,7 @@ function sample(text: string, series: string): number | undefined {
 }
 
 beforeAll(async () => {
-  await addNetns(ns);
-  await run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
-  await run(['ip', '-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer']);
-  await run(['ip', '-n', ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0']);
-  await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
-  await run(['ip', '-n', ns, 'link', 'set', 'eth0peer', 'up']);
+  await addLoneNodeNetns(ns);
   etcd = await startEtcd({ netns: ns });
   await run(['etcdctl', '--endpoints', etcd.endpoint, 'put', '/coreos.com/network/config', '{"network":"198.19.0.0/16","backend":{"type":"udp"},"SubnetLenn":26}'], {
     netns: ns, env: { ETCDCTL_API: '3' },

@@ -6,7 +6,7 @@ import { bridgeBatch, forceBatch, ip, ipBatch, IpCommandError } from '../src/rou
 import { linkDeleteCommand, linkSetCommand, readLink, vxlanAddCommand, vxlanMismatches, type VxlanSpec } from '../src/routes/link.js';
 import { listNeighbours, neighDeleteCommand, neighReplaceCommand, readNeighbours } from '../src/routes/neigh.js';
 import { listRoutes, readRoutesWithin, routeDeleteCommand, routeGet, routeReplaceCommand } from '../src/routes/route.js';
-import { addNetns, delNetns, runId } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, runId } from './harness/netns.js';
 
 const ns = `fl-${runId()}-routes`;
 const opts = { netns: ns };
@@ -14,13 +14,7 @@ const spec: VxlanSpec = { name: 'flannel.7', vni: 7, local: '198.18.0.1', dev: '
 const PEER_MAC = 'f6:bd:17:d2:cf:1b';
 
 beforeAll(async () => {
-  await addNetns(ns);
-  await ipBatch([
-    ['link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer'],
-    ['addr', 'add', '198.18.0.1/24', 'dev', 'eth0'],
-    ['link', 'set', 'eth0', 'up'],
-    ['link', 'set', 'eth0peer', 'up'],
-  ], opts);
+  await addLoneNodeNetns(ns);
 });
 
 afterAll(async () => {

@@ -13,7 +13,7 @@ import { listRoutes } from '../src/routes/route.js';
 import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
 import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
-import { addNetns, delNetns, runId } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
 
 const PEERS = 300;
 const network = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', SubnetLen: 28, Backend: { Type: 'vxlan' } }));
@@ -42,16 +42,9 @@ beforeAll(async () => {
   for (const path of paths) {
     const ns = `fl-${runId()}-kp-${path}`;
     nss.set(path, ns);
-    await addNetns(ns);
-    await ipBatch([
-      ['link', 'set', 'lo', 'up'],
-      ['link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer'],
-      ['addr', 'add', '198.18.0.1/24', 'dev', 'eth0'],
-      ['link', 'set', 'eth0', 'up'],
-      ['link', 'set', 'eth0peer', 'up'],
-      // A stray local address: the kernel refuses an onlink route whose next hop is local.
-      ['addr', 'add', `${formatIp4(subnet(7).ip)}/32`, 'dev', 'lo'],
-    ], { netns: ns });
+    await addLoneNodeNetns(ns);
+    // A stray local address: the kernel refuses an onlink route whose next hop is local.
+    await run(['ip', '-n', ns, 'addr', 'add', `${formatIp4(subnet(7).ip)}/32`, 'dev', 'lo']);
   }
 });
 

@@ -73,6 +73,18 @@ export async function addNetns(name: string): Promise<void> {
   await run(['ip', '-n', name, 'link', 'set', 'lo', 'up']);
 }
 
+/**
+ * A namespace that stands for one node on its own, for tests that need no underlay bridge: lo up and
+ * eth0 at 198.18.0.1/24, one end of a veth pair whose other end (eth0peer) stays in the namespace.
+ */
+export async function addLoneNodeNetns(name: string): Promise<void> {
+  await addNetns(name);
+  await run(['ip', '-n', name, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer']);
+  await run(['ip', '-n', name, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0']);
+  await run(['ip', '-n', name, 'link', 'set', 'eth0', 'up']);
+  await run(['ip', '-n', name, 'link', 'set', 'eth0peer', 'up']);
+}
+
 /** PIDs of the processes running inside a namespace. */
 export async function netnsPids(name: string): Promise<number[]> {
   const res = await run(['ip', 'netns', 'pids', name], { allowFail: true });
