@@ -7,9 +7,8 @@
 // etcd3 with small gRPC window and session-memory options. Reports the
 // median RSS / anonymous memory / heap after the work, a settle and a full GC.
 // npx tsx bench/etcd-client-memory.ts [--n=2,6000] [--rounds=3] [--node-flags="--lite-mode --no-expose-wasm"]
-import { spawn } from 'node:child_process';
+import { runNodeScript } from './node-child.js';
 import { startEtcd } from '../test/harness/etcd.js';
-import { repoRoot } from '../test/harness/cluster.js';
 
 const PREFIX = '/coreos.com/network/subnets/';
 
@@ -69,24 +68,9 @@ interface Figures {
 }
 
 function measure(mode: Mode, endpoint: string, nodeFlags: string[]): Promise<Figures> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--expose-gc', ...nodeFlags, '--input-type=module', '-e', CHILD], {
-      cwd: repoRoot(),
-      env: {
-        ...process.env, CLIENT_MODE: mode, ETCD_ENDPOINT: endpoint, SUBNETS_PREFIX: PREFIX,
-        PROTOTYPE_URL: new URL('./etcd-gateway-prototype.mjs', import.meta.url).href,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code !== 0) return reject(new Error(`${mode}: exited ${code}: ${err.slice(-1500)}`));
-      resolve(JSON.parse(out.trim().split('\n').pop()!) as Figures);
-    });
+  return runNodeScript<Figures>(mode, CHILD, nodeFlags, {
+    CLIENT_MODE: mode, ETCD_ENDPOINT: endpoint, SUBNETS_PREFIX: PREFIX,
+    PROTOTYPE_URL: new URL('./etcd-gateway-prototype.mjs', import.meta.url).href,
   });
 }
 

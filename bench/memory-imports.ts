@@ -5,7 +5,7 @@
 // machine is shared and noisy. Run: npx tsx bench/memory-imports.ts [--rounds=N] [--json] [--levers] [--cumulative] [--leave-one-out] [--node-flags="..."]
 // (--levers: the whole graph under node flags and environment variables that trade memory for speed;
 // --cumulative: the daemon's dependencies added one at a time; --leave-one-out: all but one).
-import { spawn } from 'node:child_process';
+import { runNodeScript } from './node-child.js';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { repoRoot } from '../test/harness/cluster.js';
@@ -54,27 +54,7 @@ console.log(JSON.stringify({
 `;
 
 export function measureImport(c: ImportCase): Promise<ImportFigures> {
-  return new Promise((resolve, reject) => {
-    const args = ['--expose-gc', ...(c.nodeFlags ?? []), '--input-type=module', '-e', PROBE];
-    const child = spawn(process.execPath, args, {
-      cwd: repoRoot(),
-      env: { ...process.env, ...c.env, MEMBENCH_IMPORTS: JSON.stringify(c.imports) },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code !== 0) return reject(new Error(`${c.name}: node exited ${code}: ${err.slice(-1500)}`));
-      try {
-        resolve(JSON.parse(out.trim().split('\n').pop()!) as ImportFigures);
-      } catch {
-        reject(new Error(`${c.name}: unreadable output: ${out.slice(-500)} ${err.slice(-500)}`));
-      }
-    });
-  });
+  return runNodeScript<ImportFigures>(c.name, PROBE, c.nodeFlags ?? [], { ...c.env, MEMBENCH_IMPORTS: JSON.stringify(c.imports) });
 }
 
 function median(xs: number[]): number {
