@@ -4,8 +4,8 @@
 // and fewer module records (docs/memory.md has the figures).
 //
 // The bundle must behave as if every module were still at its own path: etcd3 reads its .proto
-// files relative to __dirname, yargs finds its locales from import.meta.url, our code finds the
-// native addons from import.meta.url. So each bundled file's __dirname, __filename and
+// files relative to __dirname, our code finds the native addons from import.meta.url
+// (src/common/addon.ts). So each bundled file's __dirname, __filename and
 // import.meta.url are rewritten to its original location, expressed relative to the bundle (the
 // package can be installed anywhere, as long as dist/ and node_modules/ keep their places).
 // Whitespace and syntax are minified; names are kept, so stack traces in logs stay readable.

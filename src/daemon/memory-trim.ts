@@ -2,9 +2,7 @@
 // why it piles up): once when the daemon is ready, its busiest moment just behind it, then every
 // TRIM_INTERVAL_MS, which catches what bursts of lease changes and garbage collections free later.
 // A trim of a daemon's small heaps takes well under a millisecond.
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { loadBuiltAddon } from '../common/addon.js';
 
 const TRIM_INTERVAL_MS = 10_000;
 
@@ -16,10 +14,7 @@ let addon: MemoryAddon | null | undefined;
 
 /** The addon, or null where it is not built (then nothing is trimmed). */
 function memoryAddon(): MemoryAddon | null {
-  if (addon === undefined) {
-    const path = fileURLToPath(new URL('../../build/Release/flannel_memory.node', import.meta.url));
-    addon = existsSync(path) ? (createRequire(import.meta.url)(path) as MemoryAddon) : null;
-  }
+  if (addon === undefined) addon = loadBuiltAddon<MemoryAddon>('flannel_memory');
   return addon;
 }
 

@@ -8,8 +8,7 @@
 // attributes the message to this process even after the short-lived helper has exited, and it waits
 // (BARRIER=1, systemd 246+) until systemd has processed the message.
 import { execFile } from 'node:child_process';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { loadBuiltAddon } from '../common/addon.js';
 
 export interface NotifyOptions {
   /** Path of the systemd-notify binary; default from PATH. Setting it forces the fallback. */
@@ -27,8 +26,7 @@ let addon: NotifyAddon | null | undefined;
 function nativeSender(): NotifyAddon | null {
   if (addon === undefined) {
     try {
-      const path = fileURLToPath(new URL('../../build/Release/flannel_sdnotify.node', import.meta.url));
-      addon = createRequire(import.meta.url)(path) as NotifyAddon;
+      addon = loadBuiltAddon<NotifyAddon>('flannel_sdnotify');
     } catch {
       addon = null;
     }

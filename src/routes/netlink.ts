@@ -1,9 +1,7 @@
 // Typed wrapper over the rtnetlink addon (src/native/netlink.cc, built by `npm install` into
 // build/Release/flannel_netlink.node): batches of route, neighbour and FDB changes with the kernel's
 // verdict per entry, and dumps of the three tables with a digest. Both run on a worker thread.
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { loadBuiltAddon } from '../common/addon.js';
 import type { FdbEntry } from './fdb.js';
 import type { NeighEntry } from './neigh.js';
 import type { RouteEntry } from './route.js';
@@ -44,8 +42,7 @@ let addon: NetlinkAddon | null | undefined;
 /** The addon, or null when it was not built (callers fall back to iproute2). */
 export function loadNetlink(): NetlinkAddon | null {
   if (addon !== undefined) return addon;
-  const path = fileURLToPath(new URL('../../build/Release/flannel_netlink.node', import.meta.url));
-  addon = existsSync(path) ? (createRequire(import.meta.url)(path) as NetlinkAddon) : null;
+  addon = loadBuiltAddon<NetlinkAddon>('flannel_netlink');
   return addon;
 }
 

@@ -1,8 +1,6 @@
 // Typed wrapper over the native data path (src/native/, built by `npm install` into
 // build/Release/flannel_native.node). The addon runs its own threads; JS only configures it.
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { addonPath, loadBuiltAddon } from '../../common/addon.js';
 import type { Ip4, Ip4Net } from '../../subnet/ip4.js';
 
 export interface UdpForwarderOptions {
@@ -85,15 +83,10 @@ interface NativeAddon {
 
 let addon: NativeAddon | null = null;
 
-/**
- * Loads the addon where node-gyp builds it: <package root>/build/Release. This file sits at the same
- * depth in src/ (tests) and dist/ (the daemon), so one relative path serves both.
- */
+/** Loads the data-path addon; throws where it was not built (the udp backend cannot run without it). */
 export function loadAddon(): NativeAddon {
-  if (addon) return addon;
-  const path = fileURLToPath(new URL('../../../build/Release/flannel_native.node', import.meta.url));
-  if (!existsSync(path)) throw new Error(`native addon not built (no ${path}): run \`npm install\``);
-  addon = createRequire(import.meta.url)(path) as NativeAddon;
+  addon ??= loadBuiltAddon<NativeAddon>('flannel_native');
+  if (!addon) throw new Error(`native addon not built (no ${addonPath('flannel_native')}): run \`npm install\``);
   return addon;
 }
 
