@@ -10,8 +10,8 @@
 // Run: npm run bench:hostgw [-- --seconds=8 --rounds=3]
 import { spawn } from 'node:child_process';
 import { ipBatch } from '../src/routes/ip.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
-import { Ip6Net } from '../src/subnet/ip6.js';
+import { Ip4Net } from '../src/common/ip4.js';
+import { Ip6Net } from '../src/common/ip6.js';
 import { createCluster, type Cluster, type ClusterNode } from '../test/harness/cluster.js';
 import { addNetns, delNetns, run, runId, waitFor } from '../test/harness/netns.js';
 

@@ -14,7 +14,7 @@ const N = 6000;
 const dist = process.env.DIST;
 const { decodeLeaseAttrs } = await import(dist + '/subnet/lease.js');
 const peers = await import(dist + '/backend/vxlan/peers.js').catch(() => ({}));
-const { Ip4Net } = await import(dist + '/subnet/ip4.js');
+const { Ip4Net } = await import(dist + '/common/ip4.js');
 const ipOf = (k) => '198.19.' + ((k * 8) >> 8) + '.' + ((k * 8) & 255);
 const hex = (n) => n.toString(16).padStart(2, '0');
 const macOf = (k) => '02:4d:00:' + hex((k >> 8) & 255) + ':' + hex(k & 255) + ':01';

@@ -20,7 +20,7 @@ import { VxlanBackend } from '../src/backend/vxlan/vxlan-backend.js';
 import { silentLogger } from '../src/common/log.js';
 import { ipBatch } from '../src/routes/ip.js';
 import { parseNetworkConfig, type UdpBackendConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import type { Lease } from '../src/subnet/lease.js';
 import { createCluster, repoRoot, type Cluster, type ClusterNode } from '../test/harness/cluster.js';
 import { addLoneNodeNetns, delNetns, run, runId, sleep } from '../test/harness/netns.js';

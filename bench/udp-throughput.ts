@@ -11,7 +11,7 @@
 // --steps measures each data-path optimisation on its own (docs/udp.md lists the results).
 import { UdpForwarder, type UdpForwarderOptions } from '../src/backend/udp/native.js';
 import { ipBatch } from '../src/routes/ip.js';
-import { Ip4Net, formatIp4, parseIp4 } from '../src/subnet/ip4.js';
+import { Ip4Net, formatIp4, parseIp4 } from '../src/common/ip4.js';
 import { createCluster, type Cluster } from '../test/harness/cluster.js';
 import { run, sleep } from '../test/harness/netns.js';
 import { OVERLAY, addressFlannel0, createTopology, type Topology } from '../test/harness/udp-topology.js';

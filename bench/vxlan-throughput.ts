@@ -8,7 +8,7 @@ import { rmSync } from 'node:fs';
 import { bridgeBatch, ipBatch } from '../src/routes/ip.js';
 import { readLink } from '../src/routes/link.js';
 import { listRoutes } from '../src/routes/route.js';
-import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
+import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 import { createCluster, type Cluster, type ClusterNode, type Pod } from '../test/harness/cluster.js';
 import { run, sleep, waitFor } from '../test/harness/netns.js';
 

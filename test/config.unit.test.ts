@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, candidateSubnets, checkNetworkConfig, formatNetworkConfig, parseNetworkConfig, sameNetwork } from '../src/subnet/config.js';
-import { formatIp4 } from '../src/subnet/ip4.js';
+import { formatIp4 } from '../src/common/ip4.js';
 
 function expectConfigError(json: unknown, field: string, reason: RegExp): void {
   const text = typeof json === 'string' ? json : JSON.stringify(json);

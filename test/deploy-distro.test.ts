@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseDaemonFlags } from '../src/daemon/flags.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { writeSubnetEnvFile } from '../src/subnet/envfile.js';
 import { repoPath } from './harness/cluster.js';
 

@@ -10,7 +10,7 @@ import { parseAllDocuments } from 'yaml';
 import { buildDelegateConf } from '../src/cni/delegate.js';
 import { parseFlannelNetConf } from '../src/cni/netconf.js';
 import { SUPPORTED_VERSIONS } from '../src/cni/plugin.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
 import { createCluster, repoPath, type Cluster } from './harness/cluster.js';
 import { run } from './harness/netns.js';

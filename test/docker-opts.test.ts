@@ -8,7 +8,7 @@ import yargs from 'yargs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dockerOptsCommand, formatDockerOpts, readFlannelEnv } from '../src/ctl/docker-opts.js';
 import { writeSubnetEnvFile } from '../src/subnet/envfile.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { repoPath } from './harness/cluster.js';
 import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
 

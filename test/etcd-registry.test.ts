@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/log.js';
 import { EtcdRegistry } from '../src/etcd/registry.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { encodeLeaseAttrs } from '../src/subnet/lease.js';
 import type { LeaseChange } from '../src/subnet/lease-store.js';
 import { LeaseManager } from '../src/subnet/manager.js';

@@ -5,8 +5,8 @@
 // routes come back; a departing node's routes go on both families; a restart keeps both subnets.
 // Needs `npm run build` (bin/flanneld runs dist/).
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { Ip4Net } from '../src/subnet/ip4.js';
-import { Ip6Net } from '../src/subnet/ip6.js';
+import { Ip4Net } from '../src/common/ip4.js';
+import { Ip6Net } from '../src/common/ip6.js';
 import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, unreachablePodPairs } from './harness/cluster.js';
 import { run, waitFor } from './harness/netns.js';
 

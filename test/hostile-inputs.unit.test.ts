@@ -6,7 +6,7 @@ import { renderLeaseTable } from '../src/ctl/leases-table.js';
 import { checkIfaceSelection, type IfaceSelection } from '../src/daemon/iface.js';
 import type { LeaseRecord } from '../src/etcd/registry.js';
 import { SubnetEnvError, parseSubnetEnv } from '../src/subnet/envfile.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { decodeLeaseAttrs } from '../src/subnet/lease.js';
 
 const sel = (over: Partial<IfaceSelection>): IfaceSelection => ({ iface: [], ifaceRegex: [], ifaceCanReach: null, publicIP: null, ...over });

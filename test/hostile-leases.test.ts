@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { hasControlChars } from '../src/common/printable.js';
 import { bridgeJson, ipJson } from '../src/routes/ip.js';
-import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
+import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 import { createCluster, repoPath, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
 import { GOOD_RESERVATION, JUNK_KEYS, POOL_SIZE } from './harness/hostile-writer.js';
 import { run, waitFor } from './harness/netns.js';

@@ -2,7 +2,7 @@
 // iptables-restore. No root: test/iptables.test.ts checks them against the kernel.
 import { describe, expect, it } from 'vitest';
 import { FORWARD_CHAIN, MASQ_CHAIN, forwardRules, masqRules, ownChains, restoreLine } from '../src/iptables/rules.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 
 const network = Ip4Net.parse('198.19.0.0/16');
 const subnet = Ip4Net.parse('198.19.46.0/24');

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { startIptablesRules, type IptablesRules } from '../src/iptables/index.js';
 import { silentLogger } from '../src/common/log.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { addNetns, delNetns, run, runId, sleep, waitFor } from './harness/netns.js';
 
 const NETWORK = Ip4Net.parse('198.19.0.0/16');

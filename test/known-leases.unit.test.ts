@@ -4,8 +4,8 @@
 import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/log.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
-import { Ip6Net } from '../src/subnet/ip6.js';
+import { Ip4Net } from '../src/common/ip4.js';
+import { Ip6Net } from '../src/common/ip6.js';
 import { KnownLeases } from '../src/subnet/known-leases.js';
 import type { LeaseChange, LeaseRecord } from '../src/subnet/lease-store.js';
 

@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { previousSubnet, readSubnetEnvFile, writeSubnetEnvFile } from '../src/subnet/envfile.js';
 import { decodeLeaseAttrs, encodeLeaseAttrs } from '../src/subnet/lease.js';
 

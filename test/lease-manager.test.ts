@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/log.js';
 import { EtcdRegistry } from '../src/etcd/registry.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
 import { LeaseManager, type LeaseManagerOptions, NetworkFullError } from '../src/subnet/manager.js';
 import { type EtcdServer, startEtcd } from './harness/etcd.js';

@@ -9,7 +9,7 @@ import { silentLogger } from '../src/common/log.js';
 import { metricsRegistry } from '../src/common/metrics.js';
 import { chooseSubnet, NetworkFullError } from '../src/subnet/allocation.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { type Lease, type LeaseEvent, encodeLeaseAttrs } from '../src/subnet/lease.js';
 import { LeaseManager, type LeaseManagerOptions } from '../src/subnet/manager.js';
 import { MemoryLeaseStore } from '../src/subnet/memory-store.js';

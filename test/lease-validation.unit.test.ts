@@ -1,9 +1,10 @@
-// Strict lease parsing (issue 11), case by case: no root, no etcd. Each refused case names the
+// Strict lease parsing, case by case: no root, no etcd. Each refused case names the
 // reason the lease manager counts; each accepted one shows the canonical form that is stored.
 import { describe, expect, it } from 'vitest';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { Ip4Net, formatIp4, parseIp4, parseUnicastIp4 } from '../src/subnet/ip4.js';
+import { Ip4Net, formatIp4, parseIp4, parseUnicastIp4 } from '../src/common/ip4.js';
 import { decodeLeaseAttrs, encodeLeaseAttrs } from '../src/subnet/lease.js';
+import { parseIp4SubnetKey } from '../src/subnet/lease-store.js';
 import {
   LEASE_REJECT_REASONS, LeaseRejected, MAX_LEASE_VALUE_BYTES, type LeaseRejectReason, checkLeaseSubnet, formatIp6, goFoldKey, parseIp6,
   parseUnicastIp6, parseVtepMac, rejectionOf,
@@ -108,13 +109,13 @@ describe('CIDRs and subnet keys are exact', () => {
     ['198.19.22.0-24\u001b[2J', 'control_chars'],
     ['\u202e42-0.22.91.891', 'control_chars'],
   ] as const)('refuses the key %j as %s', (key, reason) => {
-    expect(reasonOf(() => Ip4Net.fromKey(key))).toBe(reason);
+    expect(reasonOf(() => parseIp4SubnetKey(key))).toBe(reason);
   });
 
   it("a refused key's message is bounded and escaped", () => {
     const err = (() => {
       try {
-        Ip4Net.fromKey(`\u001b[2J${'x'.repeat(10_000)}`);
+        parseIp4SubnetKey(`\u001b[2J${'x'.repeat(10_000)}`);
       } catch (e) {
         return e as Error;
       }

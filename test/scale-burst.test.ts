@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ipBatch } from '../src/routes/ip.js';
-import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
+import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { addUnderlayHost, delNetns, waitFor } from './harness/netns.js';
 import { diffTables, expectedVxlanTables, readLog, vxlanTables, WARN } from './harness/resilience.js';

@@ -10,7 +10,7 @@ import { UdpBackend } from '../src/backend/udp/udp-backend.js';
 import { silentLogger } from '../src/common/log.js';
 import { ip, ipJson } from '../src/routes/ip.js';
 import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.js';
-import { formatIp4, parseIp4 } from '../src/subnet/ip4.js';
+import { formatIp4, parseIp4 } from '../src/common/ip4.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
 import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script } from './harness/udp-probes.js';
 import { addressFlannel0, createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';

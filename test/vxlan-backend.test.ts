@@ -12,7 +12,7 @@ import { readLink } from '../src/routes/link.js';
 import { listNeighbours, neighReplaceCommand } from '../src/routes/neigh.js';
 import { listRoutes, routeReplaceCommand } from '../src/routes/route.js';
 import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
 import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { waitFor } from './harness/netns.js';

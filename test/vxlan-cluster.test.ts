@@ -4,7 +4,7 @@ import { afterAll, beforeAll, expect, test } from 'vitest';
 import { listFdb } from '../src/routes/fdb.js';
 import { listNeighbours } from '../src/routes/neigh.js';
 import { listRoutes } from '../src/routes/route.js';
-import { Ip4Net } from '../src/subnet/ip4.js';
+import { Ip4Net } from '../src/common/ip4.js';
 import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { run, waitFor } from './harness/netns.js';
 

@@ -4,7 +4,7 @@
 // BackendV6Data; a departing node's state goes on both families; deleted IPv6 entries come back.
 // Needs `npm run build` (bin/flanneld runs dist/).
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { Ip6Net, formatIp6 } from '../src/subnet/ip6.js';
+import { Ip6Net, formatIp6 } from '../src/common/ip6.js';
 import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, unreachablePodPairs } from './harness/cluster.js';
 import { run, waitFor } from './harness/netns.js';
 

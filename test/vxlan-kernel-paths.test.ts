@@ -11,7 +11,7 @@ import { listNeighbours } from '../src/routes/neigh.js';
 import { loadNetlink } from '../src/routes/netlink.js';
 import { listRoutes } from '../src/routes/route.js';
 import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
-import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
+import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
 import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
 

@@ -8,7 +8,7 @@ import { parseBatchErrors } from '../src/routes/ip.js';
 import { parseNeighLine } from '../src/routes/neigh.js';
 import { parseRouteLine } from '../src/routes/route.js';
 import { assertSafeWord, cidrWord, deviceWord, ipWord, isCanonicalIp4, macWord, numberWord } from '../src/routes/words.js';
-import { Ip4Net, formatIp4 } from '../src/subnet/ip4.js';
+import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 
 const ctx = { device: 'flannel.1', extIface: 'eth0', network: Ip4Net.parse('198.19.0.0/16'), subnetLen: 24 };
 

@@ -5,8 +5,8 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CNI_ERR, CniError } from './errors.js';
 import { isObject, type FlannelNetConf, type JsonObject } from './netconf.js';
-import { formatIp4 } from '../subnet/ip4.js';
-import { formatIp6 } from '../subnet/ip6.js';
+import { formatIp4 } from '../common/ip4.js';
+import { formatIp6 } from '../common/ip6.js';
 import type { SubnetEnv } from '../subnet/envfile.js';
 
 /**

@@ -6,8 +6,8 @@ import type { CommandModule } from 'yargs';
 import { writeFileAtomic } from '../common/atomic-file.js';
 import { type RouteEntry, listRoutes } from '../routes/route.js';
 import { DEFAULT_SUBNET_FILE, SubnetEnvError, bridgeAddress, readSubnetEnvFile } from '../subnet/envfile.js';
-import { Ip4Net } from '../subnet/ip4.js';
-import { Ip6Net } from '../subnet/ip6.js';
+import { Ip4Net } from '../common/ip4.js';
+import { Ip6Net } from '../common/ip6.js';
 
 export const DEFAULT_DOCKER_ENV_FILE = '/run/docker_opts.env';
 export const DEFAULT_COMBINED_KEY = 'DOCKER_OPTS';

@@ -2,7 +2,7 @@
 // against the network config and written with transactions, so a node's write in between is never
 // overwritten. A reservation is upstream's: a lease key with no etcd lease (no TTL), which never
 // expires and which only the node with that PublicIP takes (see docs/compatibility.md).
-import { Ip4Net, isIp4 } from '../subnet/ip4.js';
+import { Ip4Net, isIp4 } from '../common/ip4.js';
 import type { EtcdRegistry, LeaseRecord } from '../etcd/registry.js';
 import { printable } from '../common/printable.js';
 import { parseNetworkConfig } from '../subnet/config.js';

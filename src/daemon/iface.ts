@@ -3,8 +3,8 @@
 import type { ExternalInterface } from '../backend/backend.js';
 import { ipJson } from '../routes/ip.js';
 import { quoted } from '../common/printable.js';
-import { isIp4, parseUnicastIp4 } from '../subnet/ip4.js';
-import { formatIp6, isIp6, parseIp6 } from '../subnet/ip6.js';
+import { isIp4, parseUnicastIp4 } from '../common/ip4.js';
+import { formatIp6, isIp6, parseIp6 } from '../common/ip6.js';
 import { parseUnicastIp6 } from '../subnet/lease-validation.js';
 
 interface IpAddrLink {

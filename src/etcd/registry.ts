@@ -5,8 +5,8 @@
 import type { Etcd3, IKeyValue, IRangeResponse, IWatchResponse } from 'etcd3';
 import type { Logger } from '../common/log.js';
 import { Backoff } from '../common/retry.js';
-import type { Ip4Net } from '../subnet/ip4.js';
-import type { Ip6Net } from '../subnet/ip6.js';
+import type { Ip4Net } from '../common/ip4.js';
+import type { Ip6Net } from '../common/ip6.js';
 import { type LeaseAttrs, encodeLeaseAttrs } from '../subnet/lease.js';
 import {
   type InvalidLeaseKey, type LeaseChange, type LeaseListing, type LeaseRecord, type LeaseStore, type LeaseWatchHandlers, type Stoppable,

@@ -4,8 +4,8 @@
 // refilled in one iptables-restore transaction, because the order of the rules matters.
 import { SerialQueue } from '../common/serial-queue.js';
 import type { Logger } from '../common/log.js';
-import type { Ip4Net } from '../subnet/ip4.js';
-import type { Ip6Net } from '../subnet/ip6.js';
+import type { Ip4Net } from '../common/ip4.js';
+import type { Ip6Net } from '../common/ip6.js';
 import { forwardRules, masqRules, ownChains, restoreLine, type IptablesRule, type IptablesTable } from './rules.js';
 import { iptablesRestore, iptablesSupportsRandomFully, runIptables, type IptablesRunOptions } from './runner.js';
 

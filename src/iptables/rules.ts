@@ -1,7 +1,7 @@
 // The iptables rules flanneld installs, as upstream flanneld v0.20.2 does: same chains, same order,
 // same match arguments and comments, so a node switched between the two daemons keeps one rule set.
-import type { Ip4Net } from '../subnet/ip4.js';
-import type { Ip6Net } from '../subnet/ip6.js';
+import type { Ip4Net } from '../common/ip4.js';
+import type { Ip6Net } from '../common/ip6.js';
 
 /** An IPv4 or IPv6 network: the rule sets are the same for both families (ip6tables for IPv6). */
 type Net = Ip4Net | Ip6Net;

@@ -3,7 +3,7 @@
 // prefix, say) ends the whole batch — every later line is lost. So builders check each value for
 // its exact kind before a line is made, and the batch writer refuses any word that could change
 // how a line is split.
-import { formatIp6, parseIp6 } from '../subnet/ip6.js';
+import { formatIp6, parseIp6 } from '../common/ip6.js';
 
 export class BatchWordError extends Error {
   constructor(

@@ -2,8 +2,8 @@
 // the previous subnet, random choice, a full network) is tested without a store.
 import { type NetworkConfig, candidateSubnets } from './config.js';
 import { type Ip6NetworkConfig, candidateIpv6Subnets, isIpv6Candidate } from './config-ipv6.js';
-import { type Ip4Net, formatIp4 } from './ip4.js';
-import { Ip6Net, formatIp6 } from './ip6.js';
+import { type Ip4Net, formatIp4 } from '../common/ip4.js';
+import { Ip6Net, formatIp6 } from '../common/ip6.js';
 import type { LeaseListing, LeaseRecord } from './lease-store.js';
 import { checkLeaseSubnet } from './lease-validation.js';
 

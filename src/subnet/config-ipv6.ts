@@ -2,7 +2,7 @@
 // EnableIPv6, IPv6Network, IPv6SubnetLen (64 when the network leaves room, else network + 2),
 // IPv6SubnetMin and IPv6SubnetMax (the second and the last subnet). Kept apart from config.ts so the
 // IPv4 rules there stay as they are.
-import { Ip6Net, type Ip6, formatIp6, parseIp6 } from './ip6.js';
+import { Ip6Net, type Ip6, formatIp6, parseIp6 } from '../common/ip6.js';
 
 export interface Ip6NetworkConfig {
   network: Ip6Net;

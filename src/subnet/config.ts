@@ -1,8 +1,8 @@
 // The network config stored at <prefix>/config, in upstream flannel's JSON, with upstream's defaults.
 // Every rejection names the field at fault so that an operator can fix it with one etcdctl put.
-import { type Ip4, Ip4Net, formatIp4, parseIp4 } from './ip4.js';
+import { type Ip4, Ip4Net, formatIp4, parseIp4 } from '../common/ip4.js';
 import { type Ip6NetworkConfig, Ipv6ConfigError, parseIpv6Config } from './config-ipv6.js';
-import { formatIp6 } from './ip6.js';
+import { formatIp6 } from '../common/ip6.js';
 
 export type { Ip6NetworkConfig } from './config-ipv6.js';
 

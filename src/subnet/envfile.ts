@@ -5,8 +5,8 @@
 import { readFileSync } from 'node:fs';
 import { writeFileAtomic } from '../common/atomic-file.js';
 import { quoted } from '../common/printable.js';
-import { Ip4Net, formatIp4 } from './ip4.js';
-import { Ip6Net } from './ip6.js';
+import { Ip4Net, formatIp4 } from '../common/ip4.js';
+import { Ip6Net } from '../common/ip6.js';
 
 export const DEFAULT_SUBNET_FILE = '/run/flannel/subnet.env';
 

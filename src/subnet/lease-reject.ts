@@ -1,4 +1,4 @@
-// Why a lease (key or value) is refused. A leaf module: ip4.ts and lease.ts throw these, and the
+// Why a lease (key or value) is refused. A leaf module: the key and value decoders throw these, and the
 // lease manager counts them by `reason`, which becomes a Prometheus label value (snake_case).
 export { hasControlChars } from '../common/printable.js';
 

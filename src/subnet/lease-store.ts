@@ -2,10 +2,12 @@
 // every lease at one revision, follow changes from a revision, create a key that must not exist,
 // take over one unchanged since it was read, keep an expiring lease alive, and delete. src/etcd/
 // implements it on etcd v3; src/subnet/memory-store.ts implements it in memory for fast tests.
-import { Ip4Net } from './ip4.js';
-import { Ip6Net } from './ip6.js';
+import { Ip4Net } from '../common/ip4.js';
+import { Ip6Net } from '../common/ip6.js';
 import { type LeaseAttrs, decodeLeaseAttrs } from './lease.js';
 import { rejectionOf } from './lease-validation.js';
+import { LeaseRejected, hasControlChars } from './lease-reject.js';
+import { quoted } from '../common/printable.js';
 
 /** The subnets one lease key names: always an IPv4 one, and an IPv6 one in a dual-stack network. */
 export interface LeaseSubnets {
@@ -18,14 +20,33 @@ export function leaseKeyName(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null): 
   return ipv6Subnet ? `${subnet.toKey()}&${ipv6Subnet.toKey()}` : subnet.toKey();
 }
 
-/** Parses a key name under subnets/ (see leaseKeyName); throws with the reason. */
+/**
+ * An IPv4 subnet in the key form "a.b.c.d-len", exactly; throws LeaseRejected: `control_chars` when the
+ * text holds any, else `bad_key` (the message escaped and bounded: keys come from anyone).
+ */
+export function parseIp4SubnetKey(text: string): Ip4Net {
+  if (hasControlChars(text)) throw new LeaseRejected('control_chars', `subnet key ${quoted(text)} contains control characters`);
+  try {
+    return Ip4Net.fromKey(text);
+  } catch (err) {
+    throw new LeaseRejected('bad_key', (err as Error).message);
+  }
+}
+
+/** Parses a key name under subnets/ (see leaseKeyName); throws LeaseRejected: `control_chars` or `bad_key`. */
 export function parseLeaseKeyName(name: string): LeaseSubnets {
   const amp = name.indexOf('&');
-  if (amp < 0) return { subnet: Ip4Net.fromKey(name), ipv6Subnet: null };
+  if (amp < 0) return { subnet: parseIp4SubnetKey(name), ipv6Subnet: null };
+  const subnet = parseIp4SubnetKey(name.slice(0, amp));
   const v6 = name.slice(amp + 1);
   // Upstream writes (and matches) the IPv6 part in lower case only.
-  if (!/^[0-9a-f:]+-\d{1,3}$/.test(v6)) throw new Error(`not a subnet key: "${name}"`);
-  return { subnet: Ip4Net.fromKey(name.slice(0, amp)), ipv6Subnet: Ip6Net.fromKey(v6) };
+  if (hasControlChars(v6)) throw new LeaseRejected('control_chars', `subnet key ${quoted(name)} contains control characters`);
+  try {
+    if (!/^[0-9a-f:]+-\d{1,3}$/.test(v6)) throw new Error(`not a subnet key: ${quoted(name)}`);
+    return { subnet, ipv6Subnet: Ip6Net.fromKey(v6) };
+  } catch (err) {
+    throw new LeaseRejected('bad_key', (err as Error).message);
+  }
 }
 
 /** Two lease keys name the same subnets. */

@@ -6,10 +6,10 @@
 // unknown keys are ignored) but refuses anything that upstream would accept only by accident and
 // that could hurt a peer: padded or Unicode-spaced addresses, multicast MACs, control characters,
 // oversized values.
-import { formatIp6, parseIp6 } from './ip6.js';
+import { formatIp6, parseIp6 } from '../common/ip6.js';
 import { quoted } from '../common/printable.js';
 import type { NetworkConfig } from './config.js';
-import type { Ip4Net } from './ip4.js';
+import type { Ip4Net } from '../common/ip4.js';
 import { LeaseRejected, type LeaseRejectReason } from './lease-reject.js';
 
 export { LEASE_REJECT_REASONS, LeaseRejected, type LeaseRejectReason, hasControlChars } from './lease-reject.js';
@@ -96,7 +96,7 @@ export function goJsonFields<N extends string>(obj: Record<string, unknown>, nam
 // IPv6 (PublicIPv6)
 
 // Parsing and the canonical text form are ip6.ts's (ipaddr.js underneath); re-exported for callers here.
-export { formatIp6, parseIp6 } from './ip6.js';
+export { formatIp6, parseIp6 } from '../common/ip6.js';
 
 /** A node's IPv6 address: parsed exactly, unicast, returned in canonical form. */
 export function parseUnicastIp6(text: string): string {

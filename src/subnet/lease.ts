@@ -1,9 +1,9 @@
 // A subnet lease as stored in etcd, in upstream flannel's JSON so that upstream nodes and ours
 // can share one cluster (see docs/compatibility.md).
 import { printable, quoted } from '../common/printable.js';
-import type { Ip4Net } from './ip4.js';
-import { parseUnicastIp4 } from './ip4.js';
-import type { Ip6Net } from './ip6.js';
+import type { Ip4Net } from '../common/ip4.js';
+import { parseUnicastIp4 } from '../common/ip4.js';
+import type { Ip6Net } from '../common/ip6.js';
 import { LeaseRejected, hasControlChars } from './lease-reject.js';
 import { MAX_LEASE_VALUE_BYTES, goJsonFields, parseUnicastIp6, parseVtepMac } from './lease-validation.js';
 

@@ -5,8 +5,8 @@
 // call fails and watches pause. Keys and values are stored as text and read through the same parser
 // as etcd's, so malformed values behave alike. Used by the fast unit tests of the lease manager.
 import { type Clock, type TimerHandle, systemClock } from '../common/clock.js';
-import type { Ip4Net } from './ip4.js';
-import type { Ip6Net } from './ip6.js';
+import type { Ip4Net } from '../common/ip4.js';
+import type { Ip6Net } from '../common/ip6.js';
 import { type LeaseAttrs, encodeLeaseAttrs } from './lease.js';
 import {
   type InvalidLeaseKey, type LeaseChange, type LeaseListing, type LeaseRecord, type LeaseStore, LeaseStoreUnavailableError,

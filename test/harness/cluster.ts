@@ -15,8 +15,8 @@ import { join } from 'node:path';
 import { ipBatch } from '../../src/routes/ip.js';
 import { parseEnvText } from '../../src/subnet/envfile.js';
 import { spawnFlanneldIn } from './flanneld.js';
-import { Ip4Net, formatIp4 } from '../../src/subnet/ip4.js';
-import { Ip6Net, formatIp6 } from '../../src/subnet/ip6.js';
+import { Ip4Net, formatIp4 } from '../../src/common/ip4.js';
+import { Ip6Net, formatIp6 } from '../../src/common/ip6.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
 import { addNetns, delNetns, run, runId, sleep, waitFor } from './netns.js';
 

@@ -7,7 +7,7 @@ import { listFdb } from '../../src/routes/fdb.js';
 import { listNeighbours } from '../../src/routes/neigh.js';
 import { listRoutes } from '../../src/routes/route.js';
 import { LEVEL_VALUES } from '../../src/common/log.js';
-import { Ip4Net } from '../../src/subnet/ip4.js';
+import { Ip4Net } from '../../src/common/ip4.js';
 import type { ClusterNode } from './cluster.js';
 import { sleep } from './netns.js';
 

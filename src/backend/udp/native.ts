@@ -1,7 +1,7 @@
 // Typed wrapper over the native data path (src/native/, built by `npm install` into
 // build/Release/flannel_native.node). The addon runs its own threads; JS only configures it.
 import { addonPath, loadBuiltAddon } from '../../common/addon.js';
-import type { Ip4, Ip4Net } from '../../subnet/ip4.js';
+import type { Ip4, Ip4Net } from '../../common/ip4.js';
 
 export interface UdpForwarderOptions {
   /** TUN device to create; it must not exist yet. */

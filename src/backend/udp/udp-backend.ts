@@ -11,7 +11,7 @@ import { addrDeleteCommand, addrReplaceCommand, listIp4Addrs } from '../../route
 import { ip, ipBatch } from '../../routes/ip.js';
 import { isCanonicalIp4 } from '../../routes/words.js';
 import type { UdpBackendConfig } from '../../subnet/config.js';
-import { formatIp4, isIp4, parseIp4 } from '../../subnet/ip4.js';
+import { formatIp4, isIp4, parseIp4 } from '../../common/ip4.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
 import { UdpForwarder, type ForwarderFeatures, type ForwarderRoute } from './native.js';
 

@@ -6,7 +6,7 @@
 import { fdbDeleteCommand, fdbReplaceCommand, type FdbEntry } from '../../routes/fdb.js';
 import { neighDeleteCommand, neighReplaceCommand, type NeighEntry } from '../../routes/neigh.js';
 import { routeDeleteCommand, routeReplaceCommand, type RouteEntry, type RouteSpec } from '../../routes/route.js';
-import { Ip4Net, formatIp4 } from '../../subnet/ip4.js';
+import { Ip4Net, formatIp4 } from '../../common/ip4.js';
 import { peerRoute, type Peer } from './peers.js';
 
 export type EntryKind = 'route' | 'neigh' | 'fdb';

@@ -2,7 +2,7 @@
 // tables built from peers live in model.ts.
 import type { RouteSpec } from '../../routes/route.js';
 import { isCanonicalIp4 } from '../../routes/words.js';
-import { formatIp4, type Ip4Net } from '../../subnet/ip4.js';
+import { formatIp4, type Ip4Net } from '../../common/ip4.js';
 import type { Lease } from '../../subnet/lease.js';
 
 export interface Peer {

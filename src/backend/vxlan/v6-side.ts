@@ -13,7 +13,7 @@ import { IpCommandError, bridgeBatch, ip, ipBatch, ipJson, type IpOptions } from
 import { linkDeleteCommand, linkSetCommand, vxlanAddCommand, type VxlanSpec } from '../../routes/link.js';
 import { neighDeleteCommand, neighReplaceCommand } from '../../routes/neigh.js';
 import type { VxlanBackendConfig } from '../../subnet/config.js';
-import { Ip6Net, formatIp6 } from '../../subnet/ip6.js';
+import { Ip6Net, formatIp6 } from '../../common/ip6.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
 import type { BackendContext } from '../backend.js';
 import { failedBatchLines, listDevRoutes } from '../hostgw/routes.js';

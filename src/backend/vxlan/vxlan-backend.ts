@@ -13,7 +13,7 @@ import { kernelMetrics } from '../../common/metrics.js';
 import { SerialQueue } from '../../common/serial-queue.js';
 import type { VxlanBackendConfig } from '../../subnet/config.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
-import { Ip4Net, formatIp4, parseIp4 } from '../../subnet/ip4.js';
+import { Ip4Net, formatIp4, parseIp4 } from '../../common/ip4.js';
 import { addrDeleteCommand, addrReplaceCommand, listIp4Addrs } from '../../routes/addr.js';
 import { fdbArgs, parseFdbLine } from '../../routes/fdb.js';
 import { forceBatch, ipBatch, parseLines, toolBytes, type BatchOutcome, type IpOptions } from '../../routes/ip.js';

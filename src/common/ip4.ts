@@ -2,9 +2,8 @@
 // Subnet allocation walks networks numerically, which is simplest and exact with uint32 arithmetic.
 // Free of npm dependencies: the CNI plugin uses it too.
 //
-// Parsing is exact (issue 11): text that reaches `ip -batch` or a lease is either canonical or refused.
-import { quoted } from '../common/printable.js';
-import { LeaseRejected, hasControlChars } from './lease-reject.js';
+// Parsing is exact: text that reaches `ip -batch` or a lease is either canonical or refused.
+import { quoted } from './printable.js';
 
 export type Ip4 = number;
 
@@ -103,17 +102,9 @@ export class Ip4Net {
     return Ip4Net.split(cidr, '/', 'an IPv4 CIDR', allowHostBits);
   }
 
-  /**
-   * Parses the etcd key form "a.b.c.d-len" used under <prefix>/subnets/, exactly (no host bits,
-   * canonical numbers). Throws LeaseRejected: `control_chars` when the key holds any, else `bad_key`.
-   */
+  /** Parses the etcd key form "a.b.c.d-len" used under <prefix>/subnets/, exactly (no host bits, canonical numbers). */
   static fromKey(key: string): Ip4Net {
-    if (hasControlChars(key)) throw new LeaseRejected('control_chars', `subnet key ${shown(key)} contains control characters`);
-    try {
-      return Ip4Net.split(key, '-', 'a subnet key (a.b.c.d-len)', false);
-    } catch (err) {
-      throw new LeaseRejected('bad_key', (err as Error).message);
-    }
+    return Ip4Net.split(key, '-', 'a subnet key (a.b.c.d-len)', false);
   }
 
   private static split(text: string, sep: '/' | '-', what: string, allowHostBits: boolean): Ip4Net {

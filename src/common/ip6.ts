@@ -4,7 +4,7 @@
 // why this library. The CNI plugin imports this module through the env file reader, so the plugin's
 // copy of dist/ takes node_modules/ipaddr.js with it (deploy/kubernetes/kube-flannel.yml).
 import ipaddr from 'ipaddr.js';
-import { quoted } from '../common/printable.js';
+import { quoted } from './printable.js';
 
 export type Ip6 = bigint;
 
