@@ -1,28 +1,39 @@
-// The one retry policy: a delay that starts small and doubles up to a cap, reset by success.
-// Callers own the wait itself (a plain timer, or a pause that ends early when etcd comes back).
+// The one retry policy and the one retry loop. Every loop that tries again after a failure (etcd
+// reconnects, watch resumes, lease claims and renewals, the config wait, kernel retries) waits with a
+// Backoff — a delay that starts small, doubles up to a cap and is reset by success — spread by jitter
+// so that nodes failing together do not retry together, and stops through an AbortSignal.
 
 /** Retry policy for etcd work: 0.5 s doubling up to 30 s. */
 export const RETRY_MIN_MS = 500;
 export const RETRY_MAX_MS = 30_000;
+/** Each wait is the backoff's delay times a factor drawn from [1 − JITTER, 1 + JITTER]. */
+export const RETRY_JITTER = 0.25;
 
 export class Backoff {
   private current: number;
 
+  /**
+   * `jitter` (0 – 1) spreads each delay by up to that fraction either way; 0 gives the exact
+   * doubling schedule. `random` is a number source in [0, 1) (tests pass a fixed one).
+   */
   constructor(
     private readonly minMs = RETRY_MIN_MS,
     private readonly maxMs = RETRY_MAX_MS,
+    private readonly jitter = 0,
+    private readonly random: () => number = Math.random,
   ) {
     this.current = minMs;
   }
 
-  /** The delay to wait now; the next call returns twice as much, up to the cap. */
+  /** The delay to wait now; the next call returns about twice as much, up to the cap. */
   next(): number {
     const delay = this.current;
     this.current = Math.min(this.current * 2, this.maxMs);
-    return delay;
+    if (this.jitter <= 0) return delay;
+    return Math.round(delay * (1 - this.jitter + 2 * this.jitter * this.random()));
   }
 
-  /** The delay the next call to next() will return, without advancing. */
+  /** The delay (before jitter) the next call to next() will return, without advancing. */
   peek(): number {
     return this.current;
   }
@@ -32,28 +43,74 @@ export class Backoff {
   }
 }
 
+/** A backoff with the retry policy's jitter: what retry() uses unless given another. */
+export function jitteredBackoff(minMs = RETRY_MIN_MS, maxMs = RETRY_MAX_MS): Backoff {
+  return new Backoff(minMs, maxMs, RETRY_JITTER);
+}
+
 /**
- * Calls `attempt` until it succeeds or `stopped()` turns true, waiting with `wait(delay)` after each
- * failure (`onError` sees the error and the delay first). Returns the result, or undefined when stopped.
+ * Waits `ms`, or less: resolves early as soon as any of `signals` is aborted (a stop, or a wake-up such
+ * as "etcd answers again"). Never rejects; the caller checks its own signal afterwards.
  */
-export async function retryUntil<T>(
-  attempt: () => Promise<T>,
-  opts: {
-    stopped: () => boolean;
-    wait: (ms: number) => Promise<void>;
-    onError: (err: unknown, retryInMs: number) => void;
-    backoff?: Backoff;
-  },
-): Promise<T | undefined> {
-  const backoff = opts.backoff ?? new Backoff();
-  while (!opts.stopped()) {
+export function pause(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
+  const live = signals.filter((s): s is AbortSignal => s !== undefined);
+  if (live.some((s) => s.aborted)) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      for (const s of live) s.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    for (const s of live) s.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** The error a stopped operation ends with: the signal's reason, or a plain AbortError. */
+export function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException('The operation was aborted', 'AbortError');
+}
+
+/** True for the error an aborted operation ends with (retry() throws it once its signal is aborted). */
+export function isAbort(err: unknown): boolean {
+  return err instanceof Error && err.name === 'AbortError';
+}
+
+export interface RetryOptions {
+  /** Stops the loop: retry() then rejects with the signal's reason (an AbortError unless set otherwise). */
+  signal?: AbortSignal;
+  /** The delays; default jitteredBackoff(). Pass one to keep its state across calls. */
+  backoff?: Backoff;
+  /** Called after each failure with the error and the delay about to be waited (for logs and metrics). */
+  onError?: (err: unknown, retryInMs: number, failures: number) => void;
+  /** False for an error not worth retrying: retry() rejects with it at once. Default: retry every error. */
+  retryIf?: (err: unknown) => boolean;
+  /** A cap on the next delay, read after each failure (e.g. half the time a lease has left). */
+  maxDelayMs?: () => number;
+  /** How to wait; default pause(ms, signal). A store passes a pause that also ends when it answers again. */
+  wait?: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
+}
+
+/**
+ * Calls `attempt` until it resolves, waiting a backoff delay after each failure. Resolves with the
+ * attempt's result; rejects with the signal's reason once the signal is aborted (checked before each
+ * attempt), or with an error `retryIf` refuses.
+ */
+export async function retry<T>(attempt: (signal: AbortSignal | undefined) => Promise<T>, opts: RetryOptions = {}): Promise<T> {
+  const { signal } = opts;
+  const backoff = opts.backoff ?? jitteredBackoff();
+  const wait = opts.wait ?? ((ms: number, s: AbortSignal | undefined) => pause(ms, s));
+  for (let failures = 1; ; failures++) {
+    if (signal?.aborted) throw abortReason(signal);
     try {
-      return await attempt();
+      return await attempt(signal);
     } catch (err) {
-      const delay = backoff.next();
-      opts.onError(err, delay);
-      await opts.wait(delay);
+      if (signal?.aborted) throw abortReason(signal);
+      if (opts.retryIf && !opts.retryIf(err)) throw err;
+      let delay = backoff.next();
+      if (opts.maxDelayMs) delay = Math.max(0, Math.min(delay, opts.maxDelayMs()));
+      opts.onError?.(err, delay, failures);
+      await wait(delay, signal);
     }
   }
-  return undefined;
 }
