@@ -183,11 +183,11 @@ async function resyncRun(kind: Kind, n: number, kernelPath: 'netlink' | 'iproute
       : new UdpBackend(ctx, network.backend as UdpBackendConfig, { netns: ns, resyncIntervalMs: 3_600_000 });
     try {
       const ann = await backend.prepare();
-      const own: Lease = { subnet: subnetAt(-1), attrs: { publicIP: '198.18.0.1', publicIPv6: null, backendType: kind, backendData: ann.backendData }, expiration: null };
+      const own: Lease = { subnet: subnetAt(-1), attrs: { publicIP: '198.18.0.1', publicIPv6: null, backend: ann.backend }, expiration: null };
       await backend.setOwnLease(own);
       await backend.handleLeaseEvents(Array.from({ length: n }, (_, i) => ({
         type: 'added' as const,
-        lease: { subnet: subnetAt(i), attrs: { publicIP: `198.18.0.${10 + (i % 240)}`, publicIPv6: null, backendType: kind, backendData: kind === 'vxlan' ? { VNI: 1, VtepMAC: mac(i) } : null }, expiration: null },
+        lease: { subnet: subnetAt(i), attrs: { publicIP: `198.18.0.${10 + (i % 240)}`, publicIPv6: null, backend: kind === 'vxlan' ? { type: 'vxlan', vtep: { vni: 1, mac: mac(i) }, vtepV6: null } : { type: kind } }, expiration: null },
       })));
       const results: ResyncResult[] = [];
       for (const state of ['unchanged', 'repair'] as const) {

@@ -103,10 +103,10 @@ describe('lease keys with `&`', () => {
 describe('lease values and env file, byte for byte as upstream', () => {
   it('host-gw and dual-stack vxlan values round-trip exactly', () => {
     const hostgw = decodeLeaseAttrs(UPSTREAM_HOSTGW_VALUE);
-    expect(hostgw).toEqual({ publicIP: '198.18.0.1', publicIPv6: '2001:2::1', backendType: 'host-gw', backendData: null });
+    expect(hostgw).toEqual({ publicIP: '198.18.0.1', publicIPv6: '2001:2::1', backend: { type: 'host-gw' } });
     expect(encodeLeaseAttrs(hostgw)).toBe(UPSTREAM_HOSTGW_VALUE);
     const vxlan = decodeLeaseAttrs(UPSTREAM_VXLAN_VALUE);
-    expect(vxlan.backendV6Data).toEqual({ VNI: 1, VtepMAC: 'ee:15:d1:bb:e2:89' });
+    expect(vxlan.backend.type === 'vxlan' && vxlan.backend.vtepV6).toEqual({ vni: 1, mac: 'ee:15:d1:bb:e2:89' });
     expect(encodeLeaseAttrs(vxlan)).toBe(UPSTREAM_VXLAN_VALUE);
   });
 
@@ -193,7 +193,7 @@ describe('IPv6 config keys', () => {
   });
 });
 
-const hostgw = (publicIP: string, publicIPv6: string | null): LeaseAttrs => ({ publicIP, publicIPv6, backendType: 'host-gw', backendData: null });
+const hostgw = (publicIP: string, publicIPv6: string | null): LeaseAttrs => ({ publicIP, publicIPv6, backend: { type: 'host-gw' } });
 
 describe('allocation of both subnets', () => {
   const managers: LeaseManager[] = [];

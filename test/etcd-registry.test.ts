@@ -16,7 +16,7 @@ let etcd: EtcdServer;
 let client: Etcd3;
 let prefixCounter = 0;
 const freshPrefix = () => `/registry-t${process.pid}-${prefixCounter++}`;
-const value = (i: number) => encodeLeaseAttrs({ publicIP: `198.18.${1 + (i >> 8)}.${i & 255}`, publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:01' } });
+const value = (i: number) => encodeLeaseAttrs({ publicIP: `198.18.${1 + (i >> 8)}.${i & 255}`, publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null } });
 /** 1.2 MB: under etcd's default request limit (1.5 MiB), over a quarter of gRPC's default 4 MiB. */
 const HUGE = 'x'.repeat(1_200_000);
 
@@ -71,7 +71,7 @@ describe('listing', () => {
       const m = new LeaseManager({
         store: r,
         network: parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'),
-        attrs: { publicIP: '198.18.0.1', publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:01' } },
+        attrs: { publicIP: '198.18.0.1', publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null } },
         ttlSeconds: 600,
         renewMarginSeconds: 60,
         previousSubnet: null,

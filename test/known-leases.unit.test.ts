@@ -52,7 +52,7 @@ describe('known leases, incremental against from-scratch', () => {
           const created = live.get(key)?.createRevision ?? String(revision);
           const record: LeaseRecord = {
             key, subnet, ipv6Subnet, leaseId: '1', modRevision: String(revision), createRevision: created,
-            attrs: { publicIP: `198.18.0.${1 + Math.floor(rnd() * 5)}`, publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:01' } },
+            attrs: { publicIP: `198.18.0.${1 + Math.floor(rnd() * 5)}`, publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null } },
           };
           live.set(key, record);
           changes.push({ type: 'put', record });

@@ -15,13 +15,12 @@ describe('lease values in upstream JSON', () => {
     expect(decodeLeaseAttrs(UPSTREAM_VXLAN)).toEqual({
       publicIP: '198.18.0.2',
       publicIPv6: null,
-      backendType: 'vxlan',
-      backendData: { VNI: 1, VtepMAC: 'f6:bd:17:d2:cf:1b' },
+      backend: { type: 'vxlan', vtep: { vni: 1, mac: 'f6:bd:17:d2:cf:1b' }, vtepV6: null },
     });
   });
 
   it('reads an upstream udp lease (no BackendType) as udp', () => {
-    expect(decodeLeaseAttrs(UPSTREAM_UDP)).toEqual({ publicIP: '198.18.0.2', publicIPv6: null, backendType: 'udp', backendData: null });
+    expect(decodeLeaseAttrs(UPSTREAM_UDP)).toEqual({ publicIP: '198.18.0.2', publicIPv6: null, backend: { type: 'udp' } });
   });
 
   it('writes byte-for-byte what upstream writes, so the round trip is exact', () => {

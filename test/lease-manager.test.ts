@@ -68,7 +68,7 @@ function manager(prefix: string, publicIP: string, overrides: Partial<LeaseManag
   const m = new LeaseManager({
     store: registry(prefix),
     network: parseNetworkConfig(config),
-    attrs: { publicIP, publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:01' } },
+    attrs: { publicIP, publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null } },
     ttlSeconds: 3600,
     renewMarginSeconds: 60,
     previousSubnet: null,
@@ -141,7 +141,7 @@ describe('restart', () => {
     const a = await first.start(new Recorder().listener);
     await first.stop();
     const again = await manager(prefix, '198.18.0.3', {
-      attrs: { publicIP: '198.18.0.3', publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:99' } },
+      attrs: { publicIP: '198.18.0.3', publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:99' }, vtepV6: null } },
     }).start(new Recorder().listener);
     expect(again.subnet.toString()).toBe(a.subnet.toString());
     expect(etcdctl('get', `${prefix}/subnets/${a.subnet.toKey()}`, '--print-value-only')).toContain('02:00:00:00:00:99');
@@ -212,7 +212,7 @@ describe('events', () => {
     const rec = new Recorder();
     await manager(prefix, '198.18.0.2').start(rec.listener);
     expect([...rec.remote.keys()]).toEqual([la.subnet.toKey()]);
-    expect(rec.remote.get(la.subnet.toKey())!.attrs.backendData).toEqual({ VNI: 1, VtepMAC: '02:00:00:00:00:01' });
+    expect(rec.remote.get(la.subnet.toKey())!.attrs.backend).toEqual({ type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null });
     const lc = await manager(prefix, '198.18.0.3').start(new Recorder().listener);
     await until(() => rec.remote.has(lc.subnet.toKey()), 'the third node');
     etcdctl('del', `${prefix}/subnets/${la.subnet.toKey()}`);
@@ -249,7 +249,7 @@ describe('etcd restart', () => {
     const m = new LeaseManager({
       store: reg,
       network: parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'),
-      attrs: { publicIP: '198.18.0.1', publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '02:00:00:00:00:01' } },
+      attrs: { publicIP: '198.18.0.1', publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null } },
       ttlSeconds: 3600,
       renewMarginSeconds: 60,
       previousSubnet: null,

@@ -21,8 +21,7 @@ const SMALL = parseNetworkConfig('{"Network":"198.19.0.0/26","Backend":{"Type":"
 const vxlan = (publicIP: string, mac = '02:00:00:00:00:01') => ({
   publicIP,
   publicIPv6: null,
-  backendType: 'vxlan' as const,
-  backendData: { VNI: 1, VtepMAC: mac },
+  backend: { type: 'vxlan' as const, vtep: { vni: 1, mac }, vtepV6: null },
 });
 const value = (publicIP: string, mac = '02:00:00:00:00:99') => encodeLeaseAttrs(vxlan(publicIP, mac));
 

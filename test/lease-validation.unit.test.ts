@@ -216,19 +216,19 @@ describe('lease values: what is accepted, and in which form it is stored', () =>
 
   it('keys match case-insensitively, as Go encoding/json does (upstream reads them so)', () => {
     const attrs = decodeLeaseAttrs('{"publicip":"198.18.0.2","PUBLICIPV6":null,"backendtype":"vxlan","backenddata":{"vni":1,"vtepmac":"F6:BD:17:D2:CF:1B"}}');
-    expect(attrs).toEqual({ publicIP: '198.18.0.2', publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: 'f6:bd:17:d2:cf:1b' } });
+    expect(attrs).toEqual({ publicIP: '198.18.0.2', publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: 'f6:bd:17:d2:cf:1b' }, vtepV6: null } });
     // Written back in upstream's exact spelling.
     expect(encodeLeaseAttrs(attrs)).toBe('{"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"f6:bd:17:d2:cf:1b"}}');
     // Go folds KELVIN SIGN to K: "Bac\u212aendType" is BackendType to upstream, so to us.
-    expect(decodeLeaseAttrs('{"PublicIP":"198.18.0.2","Bac\u212aendType":"vxlan","BackendData":{"VtepMAC":"f6:bd:17:d2:cf:1b"}}').backendType).toBe('vxlan');
+    expect(decodeLeaseAttrs('{"PublicIP":"198.18.0.2","Bac\u212aendType":"vxlan","BackendData":{"VtepMAC":"f6:bd:17:d2:cf:1b"}}').backend.type).toBe('vxlan');
     expect(goFoldKey('vtepMac')).toBe(goFoldKey('VTEPMAC'));
     expect(goFoldKey('publicıp')).not.toBe(goFoldKey('PublicIP')); // dotless i does not fold to I in Go
   });
 
   it('unknown keys are ignored, as Go does; BackendType absent, null or "" is udp', () => {
-    expect(decodeLeaseAttrs('{"PublicIP":"198.18.0.2","PublicIPv6":null,"Extra":{"a":[1,2]},"BackendV6Data":null}').backendType).toBe('udp');
-    expect(decodeLeaseAttrs('{"PublicIP":"198.18.0.2","BackendType":null}').backendType).toBe('udp');
-    expect(decodeLeaseAttrs('{"PublicIP":"198.18.0.2","BackendType":""}').backendType).toBe('udp');
+    expect(decodeLeaseAttrs('{"PublicIP":"198.18.0.2","PublicIPv6":null,"Extra":{"a":[1,2]},"BackendV6Data":null}').backend.type).toBe('udp');
+    expect(decodeLeaseAttrs('{"PublicIP":"198.18.0.2","BackendType":null}').backend.type).toBe('udp');
+    expect(decodeLeaseAttrs('{"PublicIP":"198.18.0.2","BackendType":""}').backend.type).toBe('udp');
   });
 
   it('JSON whitespace between tokens is fine (a hand-written reservation)', () => {
@@ -237,7 +237,7 @@ describe('lease values: what is accepted, and in which form it is stored', () =>
 
   it('VtepMAC in any form Go reads is stored lower-case with colons; VNI is optional', () => {
     for (const mac of ['F6:BD:17:D2:CF:1B', 'f6-bd-17-d2-cf-1b', 'f6bd.17d2.cf1b']) {
-      expect(decodeLeaseAttrs(vxlan({ BackendData: { VtepMAC: mac } })).backendData).toEqual({ VtepMAC: 'f6:bd:17:d2:cf:1b' });
+      expect(decodeLeaseAttrs(vxlan({ BackendData: { VtepMAC: mac } })).backend).toEqual({ type: 'vxlan', vtep: { vni: null, mac: 'f6:bd:17:d2:cf:1b' }, vtepV6: null });
     }
     expect(parseVtepMac('02:00:00:00:00:01')).toBe('02:00:00:00:00:01'); // locally administered unicast is fine
   });

@@ -28,7 +28,7 @@ let backendB: UdpBackend | null = null;
 const forwarders: UdpForwarder[] = [];
 
 function udpLease(node: TopoNode): Lease {
-  return { subnet: node.subnet, attrs: { publicIP: node.ip, publicIPv6: null, backendType: 'udp', backendData: null }, expiration: null };
+  return { subnet: node.subnet, attrs: { publicIP: node.ip, publicIPv6: null, backend: { type: 'udp' } }, expiration: null };
 }
 
 function newBackend(node: TopoNode): UdpBackend {
@@ -94,7 +94,7 @@ beforeAll(async () => {
     [backendA, nodeA, nodeB],
     [backendB, nodeB, nodeA],
   ] as const) {
-    expect(await b.prepare()).toEqual({ backendData: null, mtu: 1472 });
+    expect(await b.prepare()).toEqual({ backend: { type: 'udp' }, mtu: 1472 });
     await b.setOwnLease(udpLease(self));
     await b.handleLeaseEvents([added(udpLease(peer))]);
   }
@@ -196,7 +196,7 @@ describe('forwarding', () => {
       await backendA.handleLeaseEvents([removed(udpLease(nodeB))]);
       expect(await ping()).toMatch(/Destination Net Unreachable/);
       expect(backendA.stats()['leases']).toBe(0);
-      const vxlanLease: Lease = { ...udpLease(nodeB), attrs: { ...udpLease(nodeB).attrs, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: '0e:00:00:00:00:01' } } };
+      const vxlanLease: Lease = { ...udpLease(nodeB), attrs: { ...udpLease(nodeB).attrs, backend: { type: 'vxlan', vtep: { vni: 1, mac: '0e:00:00:00:00:01' }, vtepV6: null } } };
       await backendA.handleLeaseEvents([added(vxlanLease)]);
       expect(await ping()).toMatch(/Destination Net Unreachable/);
       await backendA.handleLeaseEvents([added(udpLease(nodeA))]); // our own subnet: never a route

@@ -26,7 +26,7 @@ let nodeA: TopoNode;
 let nodeB: TopoNode;
 let backendB: UdpBackend;
 
-const udpLease = (node: TopoNode): Lease => ({ subnet: node.subnet, attrs: { publicIP: node.ip, publicIPv6: null, backendType: 'udp', backendData: null }, expiration: null });
+const udpLease = (node: TopoNode): Lease => ({ subnet: node.subnet, attrs: { publicIP: node.ip, publicIPv6: null, backend: { type: 'udp' } }, expiration: null });
 const statsOf = (b: UdpBackend): ForwarderStats => b.stats() as unknown as ForwarderStats;
 
 beforeAll(async () => {

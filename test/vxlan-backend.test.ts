@@ -13,7 +13,7 @@ import { listNeighbours, neighReplaceCommand } from '../src/routes/neigh.js';
 import { listRoutes, routeReplaceCommand } from '../src/routes/route.js';
 import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/common/ip4.js';
-import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
+import { decodeLeaseAttrs, type Lease, type LeaseBackend, type LeaseEvent } from '../src/subnet/lease.js';
 import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { waitFor } from './harness/netns.js';
 
@@ -29,8 +29,14 @@ function newBackend(node: ClusterNode, backend: Record<string, unknown> = NETWOR
   return b;
 }
 
-function lease(subnet: string, publicIP: string, backendData: Record<string, unknown> | null, backendType: 'vxlan' | 'udp' = 'vxlan'): Lease {
-  return { subnet: Ip4Net.parse(subnet), attrs: { publicIP, publicIPv6: null, backendType, backendData }, expiration: null };
+function lease(subnet: string, publicIP: string, backend: LeaseBackend): Lease {
+  return { subnet: Ip4Net.parse(subnet), attrs: { publicIP, publicIPv6: null, backend }, expiration: null };
+}
+
+/** The VTEP MAC a vxlan lease publishes. */
+function macOf(l: Lease): string {
+  if (l.attrs.backend.type !== 'vxlan') throw new Error('not a vxlan lease');
+  return l.attrs.backend.vtep.mac;
 }
 
 /** Hands events over and waits until the kernel has them (handleLeaseEvents alone may return earlier). */
@@ -69,12 +75,12 @@ describe('device', () => {
     const link = await readLink('flannel.1', { netns: node.ns });
     expect(link?.vxlan).toEqual({ vni: 1, local: node.ip, dev: 'eth0', port: 8472, learning: false, gbp: false });
     expect(link?.mtu).toBe(1450);
-    expect(ann).toEqual({ backendData: { VNI: 1, VtepMAC: link!.address }, mtu: 1450 });
-    await b.setOwnLease(lease('198.19.3.0/24', node.ip, ann.backendData));
+    expect(ann).toEqual({ backend: { type: 'vxlan', vtep: { vni: 1, mac: link!.address }, vtepV6: null }, mtu: 1450 });
+    await b.setOwnLease(lease('198.19.3.0/24', node.ip, ann.backend));
     expect(await listIp4Addrs('flannel.1', { netns: node.ns })).toEqual([{ cidr: '198.19.3.0/32' }]);
     expect((await readLink('flannel.1', { netns: node.ns }))?.up).toBe(true);
     // A new lease replaces the old address.
-    await b.setOwnLease(lease('198.19.4.0/24', node.ip, ann.backendData));
+    await b.setOwnLease(lease('198.19.4.0/24', node.ip, ann.backend));
     expect(await listIp4Addrs('flannel.1', { netns: node.ns })).toEqual([{ cidr: '198.19.4.0/32' }]);
     await b.close();
   });
@@ -83,7 +89,7 @@ describe('device', () => {
     const node = cluster.nodes[2]!;
     const before = (await readLink('flannel.1', { netns: node.ns }))!;
     const ann = await newBackend(node).prepare();
-    expect(ann.backendData).toEqual({ VNI: 1, VtepMAC: before.address });
+    expect(ann.backend).toEqual({ type: 'vxlan', vtep: { vni: 1, mac: before.address }, vtepV6: null });
     expect((await readLink('flannel.1', { netns: node.ns }))!.ifindex).toBe(before.ifindex);
   });
 
@@ -101,7 +107,7 @@ describe('device', () => {
     const link = (await readLink('flannel.1', { netns: node.ns }))!;
     expect(link.vxlan).toEqual({ vni: 1, local: node.ip, dev: 'eth0', port: 8472, learning: false, gbp: false });
     expect(link.ifindex).not.toBe(old.ifindex);
-    expect(ann.backendData).toEqual({ VNI: 1, VtepMAC: link.address });
+    expect(ann.backend).toEqual({ type: 'vxlan', vtep: { vni: 1, mac: link.address }, vtepV6: null });
   });
 
   test('VNI, port, GBP and MTU come from the config', async () => {
@@ -109,7 +115,7 @@ describe('device', () => {
     const ann = await newBackend(node, { Type: 'vxlan', VNI: 42, Port: 4789, GBP: true, MTU: 1400 }).prepare();
     const link = (await readLink('flannel.42', { netns: node.ns }))!;
     expect(link.vxlan).toEqual({ vni: 42, local: node.ip, dev: 'eth0', port: 4789, learning: false, gbp: true });
-    expect(ann).toEqual({ backendData: { VNI: 42, VtepMAC: link.address }, mtu: 1400 });
+    expect(ann).toEqual({ backend: { type: 'vxlan', vtep: { vni: 42, mac: link.address }, vtepV6: null }, mtu: 1400 });
     await ip(['link', 'del', 'flannel.42'], { netns: node.ns });
   });
 });
@@ -124,8 +130,8 @@ describe('peers', () => {
     const [n1, n2] = cluster.nodes as [ClusterNode, ClusterNode];
     b1 = newBackend(n1);
     b2 = newBackend(n2);
-    l1 = lease('198.19.1.0/24', n1.ip, (await b1.prepare()).backendData);
-    l2 = lease('198.19.2.0/24', n2.ip, (await b2.prepare()).backendData);
+    l1 = lease('198.19.1.0/24', n1.ip, (await b1.prepare()).backend);
+    l2 = lease('198.19.2.0/24', n2.ip, (await b2.prepare()).backend);
     await b1.setOwnLease(l1);
     await b2.setOwnLease(l2);
     writeEnv(n1, '198.19.1.0/24');
@@ -149,7 +155,7 @@ describe('peers', () => {
       routeReplaceCommand({ dst: '198.19.78.0/24', via: '198.18.0.78', dev: 'eth0' }),
     ], { netns: n1.ns });
     await handle(b1, [added(l2)]);
-    const mac2 = l2.attrs.backendData!['VtepMAC'];
+    const mac2 = macOf(l2);
     expect(await tables(n1)).toEqual({
       routes: [{ dst: '198.19.2.0/24', gateway: '198.19.2.0', dev: 'flannel.1', onlink: true, protocol: null }],
       neighs: [{ ip: '198.19.2.0', mac: mac2, permanent: true }],
@@ -167,7 +173,7 @@ describe('peers', () => {
 
   test('an FDB entry, neighbour and route deleted by hand come back on the next resync', async () => {
     const n1 = cluster.nodes[0]!;
-    const mac2 = String(l2.attrs.backendData!['VtepMAC']);
+    const mac2 = macOf(l2);
     const repairsBefore = b1.stats()['repairs']!;
     await ip(['neigh', 'del', '198.19.2.0', 'dev', 'flannel.1'], { netns: n1.ns });
     await ip(['route', 'del', '198.19.2.0/24'], { netns: n1.ns });
@@ -195,13 +201,13 @@ describe('peers', () => {
     await b2.close();
     await ip(['link', 'del', 'flannel.1'], { netns: n2.ns });
     const b2b = newBackend(n2);
-    const oldMac = l2.attrs.backendData!['VtepMAC'];
-    l2 = lease('198.19.2.0/24', n2.ip, (await b2b.prepare()).backendData);
-    expect(l2.attrs.backendData!['VtepMAC']).not.toBe(oldMac);
+    const oldMac = macOf(l2);
+    l2 = lease('198.19.2.0/24', n2.ip, (await b2b.prepare()).backend);
+    expect(macOf(l2)).not.toBe(oldMac);
     await b2b.setOwnLease(l2);
     await handle(b2b, [added(l1)]);
     b2 = b2b;
-    const mac2 = l2.attrs.backendData!['VtepMAC'];
+    const mac2 = macOf(l2);
     await handle(b1, [added(l2)]);
     const t = await tables(n1);
     expect(t.fdb).toEqual([{ mac: mac2, dst: n2.ip, permanent: true }]);
@@ -212,13 +218,14 @@ describe('peers', () => {
   test('leases that are not usable vxlan leases are skipped with a warning, not fatal', async () => {
     const n1 = cluster.nodes[0]!;
     const skippedBefore = b1.stats()['skippedLeases']!;
-    await handle(b1, [
-      added(lease('198.19.5.0/24', '198.18.0.5', null, 'udp')),
-      added(lease('198.19.6.0/24', '198.18.0.6', { VNI: 1 })),
-      added(lease('198.19.7.0/24', '198.18.0.7', { VNI: 1, VtepMAC: 'not-a-mac' })),
-      added(lease('198.19.8.0/24', '198.18.0.8', { VNI: 1, VtepMAC: '01:00:5e:00:00:01' })),
-    ]);
-    expect(b1.stats()['skippedLeases']! - skippedBefore).toBe(4);
+    // A vxlan lease without a usable VtepMAC never becomes a Lease: the decoder refuses it, with its reason.
+    for (const data of [{ VNI: 1 }, { VNI: 1, VtepMAC: 'not-a-mac' }, { VNI: 1, VtepMAC: '01:00:5e:00:00:01' }]) {
+      const value = JSON.stringify({ PublicIP: '198.18.0.6', BackendType: 'vxlan', BackendData: data });
+      expect(() => decodeLeaseAttrs(value)).toThrow(expect.objectContaining({ reason: 'bad_vtep_mac' }));
+    }
+    // A lease of another backend reaches it, and is skipped.
+    await handle(b1, [added(lease('198.19.5.0/24', '198.18.0.5', { type: 'udp' }))]);
+    expect(b1.stats()['skippedLeases']! - skippedBefore).toBe(1);
     expect(b1.stats()).toMatchObject({ peers: 1, errors: 0 });
     expect((await tables(n1)).routes.map((r) => r.dst)).toEqual(['198.19.2.0/24']);
   });
@@ -234,7 +241,7 @@ describe('peers', () => {
   test('a deleted flannel.1 is recreated with the same MAC by the resync', async () => {
     const n1 = cluster.nodes[0]!;
     await handle(b1, [added(l2)]);
-    const mac1 = l1.attrs.backendData!['VtepMAC'];
+    const mac1 = macOf(l1);
     await ip(['link', 'del', 'flannel.1'], { netns: n1.ns });
     expect(await waitFor(async () => (await tables(n1).catch(() => null))?.fdb.length === 1, 3000)).toBe(true);
     expect((await readLink('flannel.1', { netns: n1.ns }))?.address).toBe(mac1);
@@ -249,8 +256,8 @@ describe('DirectRouting', () => {
     const direct = { Type: 'vxlan', DirectRouting: true };
     const d1 = newBackend(n1, direct);
     const d2 = newBackend(n2, direct);
-    const dl1 = lease('198.19.1.0/24', n1.ip, (await d1.prepare()).backendData);
-    const dl2 = lease('198.19.2.0/24', n2.ip, (await d2.prepare()).backendData);
+    const dl1 = lease('198.19.1.0/24', n1.ip, (await d1.prepare()).backend);
+    const dl2 = lease('198.19.2.0/24', n2.ip, (await d2.prepare()).backend);
     await d1.setOwnLease(dl1);
     await d2.setOwnLease(dl2);
     await handle(d1, [added(dl2)]);

@@ -20,7 +20,7 @@ const network = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Su
 const subnet = (i: number): Ip4Net => new Ip4Net(network.network.ip + (16 + i) * 16, 28);
 const mac = (i: number): string => `02:7e:00:00:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`;
 const lease = (i: number, publicIP = `198.18.0.${10 + (i % 200)}`): Lease => ({
-  subnet: subnet(i), attrs: { publicIP, publicIPv6: null, backendType: 'vxlan', backendData: { VNI: 1, VtepMAC: mac(i) } }, expiration: null,
+  subnet: subnet(i), attrs: { publicIP, publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: mac(i) }, vtepV6: null } }, expiration: null,
 });
 const added = (l: Lease): LeaseEvent => ({ type: 'added', lease: l });
 
@@ -64,7 +64,7 @@ describe.each(paths)('%s', (path) => {
     const b = new VxlanBackend(ctx, network.backend as VxlanBackendConfig, { netns: ns, resyncIntervalMs: 0, kernelPath: path });
     backends.push(b);
     const ann = await b.prepare();
-    await b.setOwnLease({ subnet: subnet(-1), attrs: { publicIP: '198.18.0.1', publicIPv6: null, backendType: 'vxlan', backendData: ann.backendData }, expiration: null });
+    await b.setOwnLease({ subnet: subnet(-1), attrs: { publicIP: '198.18.0.1', publicIPv6: null, backend: ann.backend }, expiration: null });
     await b.handleLeaseEvents(Array.from({ length: PEERS }, (_, i) => added(lease(i))));
     await b.settled();
     expect(b.stats()).toMatchObject({ netlink: path === 'netlink' ? 1 : 0, peers: PEERS, programmedRoutes: PEERS - 1, errors: 1 });
@@ -103,7 +103,7 @@ describe.each(paths)('%s', (path) => {
     // Our node moves to a new subnet: the device is re-addressed without ever being left without
     // an address (which would flush every route through it), so nothing needs repairing.
     const repairs = b.stats()['repairs']!;
-    await b.setOwnLease({ subnet: subnet(-2), attrs: { publicIP: '198.18.0.1', publicIPv6: null, backendType: 'vxlan', backendData: ann.backendData }, expiration: null });
+    await b.setOwnLease({ subnet: subnet(-2), attrs: { publicIP: '198.18.0.1', publicIPv6: null, backend: ann.backend }, expiration: null });
     expect(b.stats()['repairs']).toBe(repairs);
     expect((await tables(ns)).routes).toHaveLength(PEERS - 1);
   });

@@ -2,7 +2,7 @@
 // the manager owns etcd, claims our subnet, and hands every remote lease change over as events.
 import type { Logger } from '../common/log.js';
 import type { BackendConfig, NetworkConfig } from '../subnet/config.js';
-import type { Lease, LeaseEvent } from '../subnet/lease.js';
+import type { Lease, LeaseBackend, LeaseEvent } from '../subnet/lease.js';
 
 /** The underlay interface that carries encapsulated traffic. */
 export interface ExternalInterface {
@@ -26,9 +26,8 @@ export interface BackendContext {
 
 /** What a backend publishes in our lease, and the MTU pods on this node must use. */
 export interface BackendAnnouncement {
-  backendData: Record<string, unknown> | null;
-  /** Dual-stack vxlan: BackendV6Data ({ VNI, VtepMAC } of the IPv6 device). */
-  backendV6Data?: Record<string, unknown> | null;
+  /** The backend's part of our lease (vxlan: the VTEP of each device). */
+  backend: LeaseBackend;
   mtu: number;
 }
 

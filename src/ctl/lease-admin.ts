@@ -6,6 +6,7 @@ import { Ip4Net, isIp4 } from '../common/ip4.js';
 import type { EtcdRegistry, LeaseRecord } from '../etcd/registry.js';
 import { printable } from '../common/printable.js';
 import { parseNetworkConfig } from '../subnet/config.js';
+import type { LeaseAttrs } from '../subnet/lease.js';
 import { checkLeaseSubnet } from '../subnet/lease-validation.js';
 import { CtlError } from './session.js';
 
@@ -49,7 +50,7 @@ export async function reserveLease(registry: EtcdRegistry, subnet: Ip4Net, publi
   const { record, invalid } = await find(registry, subnet);
   if (invalid) throw new CtlError(`${subnet} holds a value that is not a lease: delete it first (flannelctl lease delete ${subnet})`);
   if (record === null) {
-    const attrs = { publicIP, publicIPv6: null, backendType: 'udp' as const, backendData: null };
+    const attrs: LeaseAttrs = { publicIP, publicIPv6: null, backend: { type: 'udp' } };
     if (!(await registry.putLeaseIf(subnet, attrs, null, null))) throw new CtlError(`${subnet} was taken meanwhile; try again`);
     return 'created';
   }

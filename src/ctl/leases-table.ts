@@ -21,8 +21,8 @@ export function formatDuration(seconds: number): string {
 }
 
 export function vtepMacOf(record: LeaseRecord): string {
-  const mac = record.attrs.backendData?.['VtepMAC'];
-  return typeof mac === 'string' ? printable(mac, 40) : '-';
+  const { backend } = record.attrs;
+  return backend.type === 'vxlan' ? backend.vtep.mac : '-';
 }
 
 export function renderLeaseTable(rows: LeaseRow[], invalid: InvalidLeaseKey[], now = new Date()): string {
@@ -36,7 +36,7 @@ export function renderLeaseTable(rows: LeaseRow[], invalid: InvalidLeaseKey[], n
     ...v6(record.ipv6Subnet?.toString() ?? '-'),
     printable(record.attrs.publicIP, 40),
     ...v6(printable(record.attrs.publicIPv6 ?? '-', 60)),
-    record.attrs.backendType,
+    record.attrs.backend.type,
     vtepMacOf(record),
     ttlSeconds === null
       ? 'reserved'

@@ -97,7 +97,7 @@ await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
           subnet: record.subnet.toString(),
           ...(record.ipv6Subnet ? { ipv6Subnet: record.ipv6Subnet.toString(), publicIPv6: record.attrs.publicIPv6 } : {}),
           publicIP: record.attrs.publicIP,
-          backendType: record.attrs.backendType,
+          backendType: record.attrs.backend.type,
           vtepMAC: vtepMacOf(record) === '-' ? null : vtepMacOf(record),
           ttlSeconds,
           reserved: ttlSeconds === null,

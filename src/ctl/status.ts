@@ -71,7 +71,7 @@ export async function collectStatus(registry: EtcdRegistry, healthzPort: number,
       return {
         subnet: record.subnet.toString(),
         publicIP: record.attrs.publicIP,
-        backendType: record.attrs.backendType,
+        backendType: record.attrs.backend.type,
         vtepMAC: mac === '-' ? null : mac,
         ttlSeconds,
         reserved: ttlSeconds === null,

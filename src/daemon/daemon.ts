@@ -70,7 +70,7 @@ export class Daemon {
         lease: () => {
           const own = this.manager?.ownLease;
           if (!own || !this.network) return null;
-          return { subnet: own.subnet.toString(), network: this.network.network.toString(), backend: own.attrs.backendType, publicIP: own.attrs.publicIP, expiration: own.expiration };
+          return { subnet: own.subnet.toString(), network: this.network.network.toString(), backend: own.attrs.backend.type, publicIP: own.attrs.publicIP, expiration: own.expiration };
         },
         backendStats: () => this.backend?.stats?.() ?? {},
       });
@@ -98,9 +98,7 @@ export class Daemon {
       attrs: {
         publicIP: extIface.publicIP,
         publicIPv6: network.ipv6 ? (extIface.publicIPv6 ?? null) : null,
-        backendType: network.backend.type,
-        backendData: announcement.backendData,
-        ...(network.ipv6 && announcement.backendV6Data ? { backendV6Data: announcement.backendV6Data } : {}),
+        backend: announcement.backend,
       },
       ttlSeconds: this.opts.subnetLeaseTtlSeconds,
       renewMarginSeconds: this.opts.subnetLeaseRenewMarginMinutes * 60,

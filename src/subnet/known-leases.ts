@@ -13,7 +13,7 @@ import { printable } from '../common/printable.js';
 import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
-import { type Lease, type LeaseEvent, sameAttrs } from './lease.js';
+import { type Lease, type LeaseEvent, sameLeaseAttrs } from './lease.js';
 import { checkLeaseSubnet } from './lease-validation.js';
 import { type InvalidLeaseKey, type LeaseChange, type LeaseListing, type LeaseRecord, sameSubnets } from './lease-store.js';
 
@@ -207,7 +207,7 @@ export class KnownLeases {
       const prev = this.leases.get(subnetKey);
       this.leases.set(subnetKey, lease);
       this.heldBy.set(key, subnetKey);
-      if (!prev || !sameAttrs(prev.attrs, lease.attrs) || !sameSubnets(prev, lease)) events.push({ type: 'added', lease });
+      if (!prev || !sameLeaseAttrs(prev.attrs, lease.attrs) || !sameSubnets(prev, lease)) events.push({ type: 'added', lease });
     }
     return { events, refused };
   }
@@ -266,7 +266,7 @@ export class KnownLeases {
     for (const [key, lease] of this.leases) if (!next.has(key)) events.push({ type: 'removed', lease });
     for (const [key, lease] of next) {
       const prev = this.leases.get(key);
-      if (!prev || !sameAttrs(prev.attrs, lease.attrs) || !sameSubnets(prev, lease)) events.push({ type: 'added', lease });
+      if (!prev || !sameLeaseAttrs(prev.attrs, lease.attrs) || !sameSubnets(prev, lease)) events.push({ type: 'added', lease });
     }
     this.leases.clear();
     this.heldBy.clear();

@@ -10,15 +10,28 @@ import { MAX_LEASE_VALUE_BYTES, goJsonFields, parseUnicastIp6, parseVtepMac } fr
 export type BackendType = 'udp' | 'vxlan' | 'host-gw';
 const BACKEND_TYPES: readonly string[] = ['udp', 'vxlan', 'host-gw'];
 
-/** What a node publishes about itself alongside its subnet. */
+/** The VTEP of one vxlan device, from BackendData (IPv4 device) or BackendV6Data (IPv6 device). */
+export interface VxlanVtep {
+  /** The VNI the node published; null when its lease names none (upstream's older versions). */
+  vni: number | null;
+  /** Unicast, lower-case colon form: the only form that reaches the kernel. */
+  mac: string;
+}
+
+/**
+ * What a lease says about its node's backend, decoded once: what each backend needs of a peer, typed.
+ * udp and host-gw publish nothing beyond the node's addresses.
+ */
+export type LeaseBackend =
+  | { type: 'udp' }
+  | { type: 'host-gw' }
+  | { type: 'vxlan'; vtep: VxlanVtep; vtepV6: VxlanVtep | null };
+
+/** What a node publishes about itself alongside its subnet. Addresses are canonical (parsed exactly). */
 export interface LeaseAttrs {
   publicIP: string;
   publicIPv6: string | null;
-  backendType: BackendType;
-  /** vxlan: { VNI, VtepMAC }; udp: none. Kept as parsed JSON; each backend validates its own. */
-  backendData: Record<string, unknown> | null;
-  /** Dual-stack vxlan: { VNI, VtepMAC } of the IPv6 device. Absent (not written) otherwise. */
-  backendV6Data?: Record<string, unknown> | null;
+  backend: LeaseBackend;
 }
 
 export interface Lease {
@@ -32,18 +45,38 @@ export interface Lease {
 
 export type LeaseEvent = { type: 'added'; lease: Lease } | { type: 'removed'; lease: Lease };
 
+function vtepWire(vtep: VxlanVtep): Record<string, unknown> {
+  return vtep.vni === null ? { VtepMAC: vtep.mac } : { VNI: vtep.vni, VtepMAC: vtep.mac };
+}
+
 /**
  * Serialises attrs as upstream does: udp leases carry no BackendType/BackendData at all, host-gw ones
  * no BackendData (upstream omits empty data), and only dual-stack vxlan ones BackendV6Data.
  */
 export function encodeLeaseAttrs(attrs: LeaseAttrs): string {
   const wire: Record<string, unknown> = { PublicIP: attrs.publicIP, PublicIPv6: attrs.publicIPv6 };
-  if (attrs.backendType !== 'udp') {
-    wire['BackendType'] = attrs.backendType;
-    if (attrs.backendData !== null || attrs.backendType === 'vxlan') wire['BackendData'] = attrs.backendData;
-    if (attrs.backendV6Data) wire['BackendV6Data'] = attrs.backendV6Data;
+  const { backend } = attrs;
+  if (backend.type !== 'udp') {
+    wire['BackendType'] = backend.type;
+    if (backend.type === 'vxlan') {
+      wire['BackendData'] = vtepWire(backend.vtep);
+      if (backend.vtepV6) wire['BackendV6Data'] = vtepWire(backend.vtepV6);
+    }
   }
   return JSON.stringify(wire);
+}
+
+function sameVtep(a: VxlanVtep | null, b: VxlanVtep | null): boolean {
+  return a === b || (a !== null && b !== null && a.vni === b.vni && a.mac === b.mac);
+}
+
+/** Two leases publish the same: addresses and backend data. */
+export function sameLeaseAttrs(a: LeaseAttrs, b: LeaseAttrs): boolean {
+  if (a.publicIP !== b.publicIP || a.publicIPv6 !== b.publicIPv6 || a.backend.type !== b.backend.type) return false;
+  if (a.backend.type === 'vxlan' && b.backend.type === 'vxlan') {
+    return sameVtep(a.backend.vtep, b.backend.vtep) && sameVtep(a.backend.vtepV6, b.backend.vtepV6);
+  }
+  return true;
 }
 
 const TOP_FIELDS = ['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData', 'BackendV6Data'] as const;
@@ -67,19 +100,18 @@ function refuseControlChars(v: unknown, path: string): void {
   }
 }
 
-/** vxlan's BackendData, normalised: canonical key names, VNI when given, VtepMAC in lower case. */
-function decodeVxlanData(data: unknown, field = 'BackendData'): Record<string, unknown> {
+/** vxlan's BackendData (or BackendV6Data): the VNI when given, and the VtepMAC in lower case. */
+function decodeVxlanVtep(data: unknown, field = 'BackendData'): VxlanVtep {
   if (!isObject(data)) throw new LeaseRejected('bad_backend_data', `vxlan lease: ${field} is missing or not a JSON object`);
   const f = goJsonFields(data, VXLAN_FIELDS, field);
-  const out: Record<string, unknown> = {};
+  let vni: number | null = null;
   if (f.VNI !== undefined && f.VNI !== null) {
     if (typeof f.VNI !== 'number' || !Number.isInteger(f.VNI) || f.VNI < 0 || f.VNI > 0xffffff) {
       throw new LeaseRejected('bad_backend_data', `vxlan lease: ${field}.VNI ${printable(JSON.stringify(f.VNI), 32)} is not a VNI (0-16777215)`);
     }
-    out['VNI'] = f.VNI;
+    vni = f.VNI;
   }
-  out['VtepMAC'] = parseVtepMac(f.VtepMAC);
-  return out;
+  return { vni, mac: parseVtepMac(f.VtepMAC) };
 }
 
 /**
@@ -132,24 +164,20 @@ export function decodeLeaseAttrs(value: string): LeaseAttrs {
   else if (BACKEND_TYPES.includes(type)) backendType = type as BackendType;
   else throw new LeaseRejected('bad_backend_type', `lease BackendType ${quoted(type, 32)} is not supported by this daemon (${BACKEND_TYPES.join(', ')})`);
 
-  let backendData: Record<string, unknown> | null;
-  if (backendType === 'vxlan') {
-    backendData = decodeVxlanData(f.BackendData);
-  } else {
-    if (f.BackendData !== undefined && f.BackendData !== null && !isObject(f.BackendData)) {
-      throw new LeaseRejected('bad_backend_data', 'lease BackendData is not a JSON object');
+  // Other backends publish no data, or data this daemon does not read; it must still be an object.
+  for (const field of ['BackendData', 'BackendV6Data'] as const) {
+    const data = f[field];
+    if (backendType !== 'vxlan' && data !== undefined && data !== null && !isObject(data)) {
+      throw new LeaseRejected('bad_backend_data', `lease ${field} is not a JSON object`);
     }
-    backendData = (f.BackendData as Record<string, unknown> | undefined) ?? null;
   }
-  // Dual-stack vxlan: the IPv6 device's VNI and MAC, checked as BackendData is. Other backends publish none.
-  let backendV6Data: Record<string, unknown> | null = null;
-  if (f.BackendV6Data !== undefined && f.BackendV6Data !== null) {
-    if (backendType === 'vxlan') backendV6Data = decodeVxlanData(f.BackendV6Data, 'BackendV6Data');
-    else if (!isObject(f.BackendV6Data)) throw new LeaseRejected('bad_backend_data', 'lease BackendV6Data is not a JSON object');
+  let backend: LeaseBackend;
+  if (backendType === 'vxlan') {
+    // Dual-stack vxlan: the IPv6 device's VNI and MAC, checked as BackendData is.
+    const v6 = f.BackendV6Data;
+    backend = { type: 'vxlan', vtep: decodeVxlanVtep(f.BackendData), vtepV6: v6 === undefined || v6 === null ? null : decodeVxlanVtep(v6, 'BackendV6Data') };
+  } else {
+    backend = { type: backendType };
   }
-  return { publicIP: f.PublicIP, publicIPv6, backendType, backendData, ...(backendV6Data ? { backendV6Data } : {}) };
-}
-
-export function sameAttrs(a: LeaseAttrs, b: LeaseAttrs): boolean {
-  return encodeLeaseAttrs(a) === encodeLeaseAttrs(b);
+  return { publicIP: f.PublicIP, publicIPv6, backend };
 }

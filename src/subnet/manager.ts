@@ -16,7 +16,7 @@ import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
 import { KnownLeases } from './known-leases.js';
-import { type Lease, type LeaseAttrs, type LeaseEvent, sameAttrs } from './lease.js';
+import { type Lease, type LeaseAttrs, type LeaseEvent, sameLeaseAttrs } from './lease.js';
 import { type LeaseChange, type LeaseListing, type LeaseStore, LeaseStoreUnavailableError, type Stoppable, sameSubnets } from './lease-store.js';
 
 export { NetworkFullError } from './allocation.js';
@@ -215,7 +215,7 @@ export class LeaseManager {
       if (change.type === 'invalid') lostReason = 'our key was overwritten with an invalid value';
       else if (change.type === 'delete') lostReason = 'our key was deleted';
       // Our own writes come back through the watch; anything else on our key means it was taken.
-      else if (!sameAttrs(change.record.attrs, this.opts.attrs) || change.record.leaseId !== own.leaseId) {
+      else if (!sameLeaseAttrs(change.record.attrs, this.opts.attrs) || change.record.leaseId !== own.leaseId) {
         lostReason = `our key was overwritten (PublicIP ${change.record.attrs.publicIP})`;
       }
     }
@@ -294,7 +294,7 @@ export class LeaseManager {
         if (events.length > 0) await this.listener!.onLeaseEvents(events);
         const own = this.own!;
         const holder = listing.records.find((r) => sameSubnets(r, own));
-        const stillOurs = holder && sameAttrs(holder.attrs, this.opts.attrs) && holder.leaseId === own.leaseId;
+        const stillOurs = holder && sameLeaseAttrs(holder.attrs, this.opts.attrs) && holder.leaseId === own.leaseId;
         await this.startWatch(listing.revision);
         if (!stillOurs) await this.reclaim(holder ? 'our key was overwritten' : 'our key is gone');
         return;

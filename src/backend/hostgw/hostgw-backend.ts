@@ -85,7 +85,7 @@ export class HostGwBackend implements Backend {
       throw new Error(`host-gw: EnableIPv6 is set but ${this.dev} has no global IPv6 address (choose one with --public-ipv6 or an interface that has one)`);
     }
     await this.readOnLinkPrefixes();
-    return { backendData: null, mtu: this.ctx.extIface.mtu };
+    return { backend: { type: 'host-gw' }, mtu: this.ctx.extIface.mtu };
   }
 
   private async readOnLinkPrefixes(): Promise<void> {
@@ -118,10 +118,10 @@ export class HostGwBackend implements Backend {
       return;
     }
     if (this.own?.subnet.equals(lease.subnet)) return;
-    if (lease.attrs.backendType !== 'host-gw') {
+    if (lease.attrs.backend.type !== 'host-gw') {
       this.counters.skippedLeases++;
       this.peers.delete(key);
-      this.ctx.log.warn({ subnet: key, publicIP: lease.attrs.publicIP, backendType: lease.attrs.backendType }, 'ignoring lease: its node does not use the host-gw backend');
+      this.ctx.log.warn({ subnet: key, publicIP: lease.attrs.publicIP, backendType: lease.attrs.backend.type }, 'ignoring lease: its node does not use the host-gw backend');
       return;
     }
     const peer: Peer = { subnet: lease.subnet, publicIP: lease.attrs.publicIP, v4: null, v6: null };

@@ -9,7 +9,6 @@ import type { Backend, BackendAnnouncement, BackendContext } from '../backend.js
 import { kernelMetrics } from '../../common/metrics.js';
 import { addrDeleteCommand, addrReplaceCommand, listIp4Addrs } from '../../routes/addr.js';
 import { ip, ipBatch } from '../../routes/ip.js';
-import { isCanonicalIp4 } from '../../routes/words.js';
 import type { UdpBackendConfig } from '../../subnet/config.js';
 import { formatIp4, isIp4, parseIp4 } from '../../common/ip4.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
@@ -75,7 +74,7 @@ export class UdpBackend implements Backend {
       this.resyncTimer = setInterval(() => void this.exclusive(() => this.resync()), this.options.resyncIntervalMs ?? 5000);
       this.resyncTimer.unref();
     }
-    return { backendData: null, mtu: this.mtu };
+    return { backend: { type: 'udp' }, mtu: this.mtu };
   }
 
   async setOwnLease(lease: Lease): Promise<void> {
@@ -234,8 +233,7 @@ export class UdpBackend implements Backend {
   }
 
   private unusable(lease: Lease): string | null {
-    if (lease.attrs.backendType !== 'udp') return `backend type is ${lease.attrs.backendType}, not udp`;
-    if (!isCanonicalIp4(lease.attrs.publicIP)) return `PublicIP ${JSON.stringify(lease.attrs.publicIP)} is not a canonical IPv4 address`;
+    if (lease.attrs.backend.type !== 'udp') return `backend type is ${lease.attrs.backend.type}, not udp`;
     if (!this.ctx.network.network.covers(lease.subnet)) return `subnet is outside Network ${this.ctx.network.network}`;
     return null;
   }

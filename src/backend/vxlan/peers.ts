@@ -1,7 +1,6 @@
 // Remote vxlan leases as peers: which VTEP MAC a lease names, and the route a peer needs. The
 // tables built from peers live in model.ts.
 import type { RouteSpec } from '../../routes/route.js';
-import { isCanonicalIp4 } from '../../routes/words.js';
 import { formatIp4, type Ip4Net } from '../../common/ip4.js';
 import type { Lease } from '../../subnet/lease.js';
 
@@ -13,22 +12,11 @@ export interface Peer {
   direct: { dev: string } | null;
 }
 
-const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
-
-/**
- * The VtepMAC of a vxlan lease, or the reason the lease cannot be used. Every value that will be a
- * word of a kernel batch is checked here, exactly as written (no trimming): PublicIP and VtepMAC.
- */
+/** The VtepMAC of a vxlan lease (decoded and checked with the lease), or why the lease is not one. */
 export function leaseVtepMac(lease: Lease): { mac: string } | { error: string } {
-  if (lease.attrs.backendType !== 'vxlan') return { error: `backend type is ${lease.attrs.backendType}, not vxlan` };
-  if (!isCanonicalIp4(lease.attrs.publicIP)) return { error: `PublicIP ${JSON.stringify(lease.attrs.publicIP)} is not a canonical IPv4 address` };
-  const raw = lease.attrs.backendData?.['VtepMAC'];
-  if (typeof raw !== 'string') return { error: 'BackendData has no VtepMAC' };
-  const mac = raw.toLowerCase();
-  if (!MAC.test(mac)) return { error: `VtepMAC "${raw}" is not a MAC address` };
-  const first = parseInt(mac.slice(0, 2), 16);
-  if (first & 1 || mac === '00:00:00:00:00:00') return { error: `VtepMAC ${mac} is not a unicast address` };
-  return { mac };
+  const { backend } = lease.attrs;
+  if (backend.type !== 'vxlan') return { error: `backend type is ${backend.type}, not vxlan` };
+  return { mac: backend.vtep.mac };
 }
 
 export function peerRoute(peer: Peer, device: string): RouteSpec {

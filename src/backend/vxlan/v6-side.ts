@@ -14,14 +14,12 @@ import { linkDeleteCommand, linkSetCommand, vxlanAddCommand, type VxlanSpec } fr
 import { neighDeleteCommand, neighReplaceCommand } from '../../routes/neigh.js';
 import type { VxlanBackendConfig } from '../../subnet/config.js';
 import { Ip6Net, formatIp6 } from '../../common/ip6.js';
-import type { Lease, LeaseEvent } from '../../subnet/lease.js';
+import type { Lease, LeaseEvent, VxlanVtep } from '../../subnet/lease.js';
 import type { BackendContext } from '../backend.js';
 import { failedBatchLines, listDevRoutes } from '../hostgw/routes.js';
 
 /** Outer IPv6 (40) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
 export const VXLAN6_OVERHEAD = 70;
-
-const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 interface PeerV6 {
   subnet: Ip6Net;
@@ -44,11 +42,9 @@ export function leaseV6Peer(lease: Lease): PeerV6 | { error: string } {
   if (!subnet) return { error: 'no IPv6 subnet in its key' };
   const publicIPv6 = lease.attrs.publicIPv6;
   if (!publicIPv6) return { error: 'no PublicIPv6' };
-  const raw = lease.attrs.backendV6Data?.['VtepMAC'];
-  if (typeof raw !== 'string') return { error: 'no BackendV6Data.VtepMAC' };
-  const mac = raw.toLowerCase();
-  if (!MAC.test(mac) || parseInt(mac.slice(0, 2), 16) & 1) return { error: `BackendV6Data.VtepMAC "${raw}" is not a unicast MAC address` };
-  return { subnet, gateway: formatIp6(subnet.ip), mac, publicIPv6 };
+  const { backend } = lease.attrs;
+  if (backend.type !== 'vxlan' || !backend.vtepV6) return { error: 'no BackendV6Data.VtepMAC' };
+  return { subnet, gateway: formatIp6(subnet.ip), mac: backend.vtepV6.mac, publicIPv6 };
 }
 
 export class VxlanV6Side {
@@ -107,7 +103,7 @@ export class VxlanV6Side {
   }
 
   /** Creates flannel-v6.<VNI>, or keeps it (and its MAC, which peers have) when its attributes match. */
-  async prepare(): Promise<{ VNI: number; VtepMAC: string }> {
+  async prepare(): Promise<VxlanVtep> {
     const spec = this.spec();
     let link = await this.readDevice();
     const d = link?.linkinfo?.info_data ?? {};
@@ -128,7 +124,7 @@ export class VxlanV6Side {
     const made = await this.readDevice();
     if (!made?.address) throw new Error(`vxlan device ${this.device} is missing right after it was created`);
     this.mac = made.address.toLowerCase();
-    return { VNI: this.config.vni, VtepMAC: this.mac };
+    return { vni: this.config.vni, mac: this.mac };
   }
 
   /** Addresses the device with our IPv6 subnet's network address as /128 (and drops any other). */

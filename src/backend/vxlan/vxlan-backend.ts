@@ -115,8 +115,8 @@ export class VxlanBackend implements Backend {
       }
     }
     this.extSubnets = (await listIp4Addrs(this.ctx.extIface.name, this.ipOpts)).map((a) => Ip4Net.parse(a.cidr, true));
-    const backendV6Data = this.v6 ? await this.v6.prepare() : null;
-    return { backendData: { VNI: this.config.vni, VtepMAC: this.mac }, mtu: link.mtu, ...(backendV6Data ? { backendV6Data } : {}) };
+    const vtepV6 = this.v6 ? await this.v6.prepare() : null;
+    return { backend: { type: 'vxlan', vtep: { vni: this.config.vni, mac: this.mac! }, vtepV6 }, mtu: link.mtu };
   }
 
   async setOwnLease(lease: Lease): Promise<void> {
