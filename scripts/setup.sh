@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iperf3 iptables containernetworking-plugins
+APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iperf3 iptables nftables containernetworking-plugins
   openssl procps curl python3 make g++ ca-certificates
   prometheus)  # promtool and a real Prometheus server for the /metrics tests
 
