@@ -12,81 +12,10 @@ import { silentLogger } from '../src/common/log.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
 import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { expectedForward, expectedNat, expectedNftForward, expectedPostrtg, forwardListing, natListing, nftChain } from './harness/netfilter-listings.js';
 
 const NETWORK = '198.19.0.0/16';
 const NETWORK6 = '2001:2:1::/48';
-
-/** `iptables -t nat -S POSTROUTING | grep FLANNEL` and `iptables -t nat -S FLANNEL-POSTRTG`, as check_iptables reads them. */
-async function natListing(ns: string, bin: 'iptables' | 'ip6tables'): Promise<string> {
-  const jump = (await run([bin, '-w', '5', '-t', 'nat', '-S', 'POSTROUTING'], { netns: ns })).stdout.split('\n').filter((l) => l.includes('FLANNEL'));
-  const chain = await run([bin, '-w', '5', '-t', 'nat', '-S', 'FLANNEL-POSTRTG'], { netns: ns, allowFail: true });
-  return [...jump, ...(chain.code === 0 ? chain.stdout.trimEnd().split('\n') : [])].join('\n');
-}
-
-/** `iptables -t filter -S FORWARD` and `iptables -t filter -S FLANNEL-FWD`, as check_iptables reads them. */
-async function forwardListing(ns: string, bin: 'iptables' | 'ip6tables'): Promise<string> {
-  const builtin = (await run([bin, '-w', '5', '-t', 'filter', '-S', 'FORWARD'], { netns: ns })).stdout.trimEnd();
-  const chain = await run([bin, '-w', '5', '-t', 'filter', '-S', 'FLANNEL-FWD'], { netns: ns, allowFail: true });
-  return chain.code === 0 ? `${builtin}\n${chain.stdout.trimEnd()}` : builtin;
-}
-
-/** `nft list chain <family> <table> <chain>`; empty when there is no such chain (check_nftables_removed). */
-async function nftChain(ns: string, family: 'ip' | 'ip6', chain: string): Promise<string> {
-  const table = family === 'ip' ? 'flannel-ipv4' : 'flannel-ipv6';
-  const r = await run(['nft', 'list', 'chain', family, table, chain], { netns: ns, allowFail: true });
-  return r.code === 0 ? r.stdout.trimEnd() : '';
-}
-
-// Upstream's expected listings (check_iptables), our network and lease in place of 10.42.0.0/16 and the pod CIDR.
-function expectedNat(network: string, podCidr: string, multicast: string, masquerade = 'MASQUERADE --random-fully'): string {
-  return `-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
--N FLANNEL-POSTRTG
--A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s ${podCidr} -d ${network} -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s ${network} -d ${podCidr} -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG ! -s ${network} -d ${podCidr} -m comment --comment "flanneld masq" -j RETURN
--A FLANNEL-POSTRTG -s ${network} ! -d ${multicast} -m comment --comment "flanneld masq" -j ${masquerade}
--A FLANNEL-POSTRTG ! -s ${network} -d ${network} -m comment --comment "flanneld masq" -j ${masquerade}`;
-}
-
-/** Upstream's FORWARD listing has kube-proxy's rules before flannel's jump; here one rule of another program stands for them. */
-function expectedForward(network: string, otherRule: string): string {
-  return `-P FORWARD ACCEPT
-${otherRule}
--A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
--N FLANNEL-FWD
--A FLANNEL-FWD -s ${network} -m comment --comment "flanneld forward" -j ACCEPT
--A FLANNEL-FWD -d ${network} -m comment --comment "flanneld forward" -j ACCEPT`;
-}
-
-// Upstream's expected listings (check_nftables), written the same way.
-function expectedPostrtg(family: 'ip' | 'ip6', network: string, podCidr: string, multicast: string, masquerade = 'masquerade fully-random'): string {
-  const table = family === 'ip' ? 'flannel-ipv4' : 'flannel-ipv6';
-  return `table ${family} ${table} {
-	chain postrtg {
-		comment "chain to manage traffic masquerading by flannel"
-		type nat hook postrouting priority srcnat; policy accept;
-		meta mark 0x00004000 return
-		${family} saddr ${podCidr} ${family} daddr ${network} return
-		${family} saddr ${network} ${family} daddr ${podCidr} return
-		${family} saddr != ${podCidr} ${family} daddr ${network} return
-		${family} saddr ${network} ${family} daddr != ${multicast} ${masquerade}
-		${family} saddr != ${network} ${family} daddr ${network} ${masquerade}
-	}
-}`;
-}
-
-function expectedNftForward(family: 'ip' | 'ip6', network: string): string {
-  const table = family === 'ip' ? 'flannel-ipv4' : 'flannel-ipv6';
-  return `table ${family} ${table} {
-	chain forward {
-		comment "chain to accept flannel traffic"
-		type filter hook forward priority filter; policy accept;
-		${family} saddr ${network} accept
-		${family} daddr ${network} accept
-	}
-}`;
-}
 
 const OTHER_V4 = '-A FORWARD -s 198.18.0.77/32 -j ACCEPT';
 const OTHER_V6 = '-A FORWARD -s 2001:2::77/128 -j ACCEPT';
@@ -125,7 +54,7 @@ describe('netfilter rules in the kernel', () => {
   });
   const expectedIptables = (subnet: string, subnet6: string) => ({
     nat: expectedNat(NETWORK, subnet, '224.0.0.0/4'), nat6: expectedNat(NETWORK6, subnet6, 'ff00::/8'),
-    fwd: expectedForward(NETWORK, OTHER_V4), fwd6: expectedForward(NETWORK6, OTHER_V6),
+    fwd: expectedForward(NETWORK, [OTHER_V4]), fwd6: expectedForward(NETWORK6, [OTHER_V6]),
   });
   const nftListings = async () => ({
     postrtg: await nftChain(ns, 'ip', 'postrtg'), forward: await nftChain(ns, 'ip', 'forward'),
