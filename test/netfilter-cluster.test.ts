@@ -3,7 +3,7 @@
 // bridge (198.18.0.200 and 2001:2::c8) with routes only to the underlay, so it can answer masqueraded
 // traffic (from a node's address) and nothing else. Node 1 is restarted into nftables mode and back:
 // each start leaves exactly upstream v0.28.9's listing of its mode and nothing of the other, and
-// masquerade never stops, not even while the daemon is down.
+// masquerade never stops, not even while the daemon is down; the env file appears only once the rules are in.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, unreachablePodPairs } from './harness/cluster.js';
@@ -106,8 +106,8 @@ describe('masquerade and forward rules of a running daemon', () => {
       // Stopped: the rules stay, so the pods still reach the outside.
       expect(await sourceSeenOutside(n1, 4), mode).toBe(n1.ip);
       await cluster.startDaemon(n1, MASQ_ARGS);
-      const { got, want } = await settledListings(n1, mode);
-      expect(got, `${mode}: ${cluster.logTail(n1, 1500)}`).toEqual(want);
+      // No waiting: the env file is written only once the rules are in place (and the other mode's gone).
+      expect(await listings(n1), `${mode}: ${cluster.logTail(n1, 1500)}`).toEqual(await expected(n1, mode));
       expect(await sourceSeenOutside(n1, 4), mode).toBe(n1.ip);
       expect(await sourceSeenOutside(n1, 6), mode).toBe(n1.ip6);
       expect(await unreachablePodPairs(cluster), mode).toEqual([]);

@@ -124,17 +124,18 @@ export class Daemon {
         await manager.start({
           onOwnLease: async (lease, change) => {
             const v6 = network.ipv6 && lease.ipv6Subnet ? { ipv6Network: network.ipv6.network, ipv6Subnet: lease.ipv6Subnet } : {};
+            // As upstream: the env file names the subnet only once its netfilter rules are in place, so that
+            // no pod starts (and opens connections that conntrack keeps unmasqueraded) before masquerade
+            // is. The rules (a few iptables or nft processes) go in while the backend addresses its device.
+            this.netfilterDone = this.netfilterDone
+              .then(() => this.applyNetfilterRules(lease, network))
+              .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the netfilter rules'));
+            await Promise.all([this.netfilterDone, backend.setOwnLease(lease)]);
             writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq, ...v6 });
             this.log.info(
               { subnet: lease.subnet.toString(), ...(lease.ipv6Subnet ? { ipv6Subnet: lease.ipv6Subnet.toString() } : {}), publicIP: extIface.publicIP, change },
               'subnet lease held; env file written',
             );
-            await backend.setOwnLease(lease);
-            // The rules (a few iptables or nft processes) go in while the backend programs the peers, not
-            // before: start-up waits for both before it says ready.
-            this.netfilterDone = this.netfilterDone
-              .then(() => this.applyNetfilterRules(lease, network))
-              .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the netfilter rules'));
           },
           onLeaseEvents: (events) => backend.handleLeaseEvents(events),
         });

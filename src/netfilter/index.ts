@@ -75,9 +75,15 @@ export async function startNetfilterRules(opts: NetfilterOptions, subnets: Lease
     mode, masq: want.masq, forward: want.forward, subnets: want.families.map((f) => f.subnet.toString()),
   });
 
+  /** The other front end's rules, once: after ours are in, so that the node is never without masquerade. */
+  const removeOther = async (): Promise<void> => {
+    if (otherRemoved) return;
+    if (await other.remove()) log.info({ removed: other.mode, mode }, `removed the ${other.mode} rules of an earlier run: the network config asks for ${mode}`);
+    otherRemoved = true;
+  };
   const write = async (): Promise<void> => {
     await writer.apply(want);
-    written = await writer.snapshot(want);
+    [written] = await Promise.all([writer.snapshot(want), removeOther()]);
   };
   const abort = new AbortController();
   const scheduler = new Scheduler<Reason>({
@@ -91,10 +97,7 @@ export async function startNetfilterRules(opts: NetfilterOptions, subnets: Lease
         log.info(fields(), 'netfilter rules missing or changed by another program; rewriting them');
         await write();
       }
-      if (!otherRemoved) {
-        if (await other.remove()) log.info({ removed: other.mode, mode }, `removed the ${other.mode} rules of an earlier run: the network config asks for ${mode}`);
-        otherRemoved = true;
-      }
+      await removeOther();
       lastFailure = '';
     },
     onError: (err) => {

@@ -111,9 +111,11 @@ export class IptablesWriter implements RuleWriter {
 
   private async readSet(family: Family, set: ChainSet): Promise<ChainSetState> {
     const bin = binary(family);
-    const builtin = await mustRun([bin, ...WAIT, '-t', set.table, '-S', set.builtin], this.opts);
+    const [builtin, own] = await Promise.all([
+      mustRun([bin, ...WAIT, '-t', set.table, '-S', set.builtin], this.opts),
+      runTool([bin, ...WAIT, '-t', set.table, '-S', set.chain], this.opts),
+    ]);
     const jump = new RegExp(` -j ${set.chain}( |$)`);
-    const own = await runTool([bin, ...WAIT, '-t', set.table, '-S', set.chain], this.opts);
     if (own.code !== 0 && own.code !== NO_SUCH_CHAIN) throw new NetfilterToolError([bin, '-t', set.table, '-S', set.chain], own.code, own.stderr);
     return { jumps: lines(builtin).filter((l) => jump.test(l)), chain: own.code === 0 ? lines(own.stdout) : null };
   }
@@ -131,15 +133,11 @@ export class IptablesWriter implements RuleWriter {
   }
 
   async snapshot(want: WantedRules): Promise<string> {
-    const out: string[] = [];
-    for (const f of want.families) {
-      for (const set of SETS) {
-        if (!want[set.key]) continue;
-        const s = await this.readSet(f.family, set);
-        out.push(`${f.family} ${set.table}`, ...s.jumps, ...(s.chain ?? ['(no chain)']));
-      }
-    }
-    return out.join('\n');
+    const reads = want.families.flatMap((f) => SETS.filter((set) => want[set.key]).map(async (set) => {
+      const s = await this.readSet(f.family, set);
+      return [`${f.family} ${set.table}`, ...s.jumps, ...(s.chain ?? ['(no chain)'])].join('\n');
+    }));
+    return (await Promise.all(reads)).join('\n');
   }
 
   async apply(want: WantedRules): Promise<void> {
@@ -150,25 +148,29 @@ export class IptablesWriter implements RuleWriter {
     return this.write({ masq: false, forward: false, randomFullyDisable: true, families: [] });
   }
 
-  /** Writes `want`, family by family; true when a transaction was needed. */
+  /** Writes `want`, one transaction per family (the families side by side); true when a transaction was needed. */
   private async write(want: WantedRules): Promise<boolean> {
-    let changed = false;
-    for (const family of [4, 6] as const) {
-      const f = want.families.find((x) => x.family === family) ?? null;
-      const randomFully = f !== null && want.masq && !want.randomFullyDisable && (await this.supportsRandomFully(family));
-      let states: ChainSetState[];
-      try {
-        states = await Promise.all(SETS.map((set) => this.readSet(family, set)));
-      } catch (err) {
-        // A family without a lease here, whose tool cannot even list (no ip6tables, IPv6 off), has nothing of ours.
-        if (f === null) continue;
-        throw err;
-      }
-      const input = restoreInput(SETS.map((set, k) => ({ set: set.key, state: states[k]!, want: want[set.key] ? f : null, randomFully })));
-      if (input === '') continue;
-      await mustRun([`${binary(family)}-restore`, ...WAIT, '--noflush'], { ...this.opts, input });
-      changed = true;
+    const written = await Promise.all(([4, 6] as const).map((family) => this.writeFamily(family, want)));
+    return written.some(Boolean);
+  }
+
+  private async writeFamily(family: Family, want: WantedRules): Promise<boolean> {
+    const f = want.families.find((x) => x.family === family) ?? null;
+    let states: ChainSetState[];
+    let randomFully: boolean;
+    try {
+      [randomFully, ...states] = await Promise.all([
+        f !== null && want.masq && !want.randomFullyDisable ? this.supportsRandomFully(family) : false,
+        ...SETS.map((set) => this.readSet(family, set)),
+      ]);
+    } catch (err) {
+      // A family without a lease here, whose tool cannot even list (no ip6tables, IPv6 off), has nothing of ours.
+      if (f === null) return false;
+      throw err;
     }
-    return changed;
+    const input = restoreInput(SETS.map((set, k) => ({ set: set.key, state: states[k]!, want: want[set.key] ? f : null, randomFully })));
+    if (input === '') return false;
+    await mustRun([`${binary(family)}-restore`, ...WAIT, '--noflush'], { ...this.opts, input });
+    return true;
   }
 }

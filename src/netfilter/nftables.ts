@@ -102,15 +102,14 @@ export class NftablesWriter implements RuleWriter {
   }
 
   async snapshot(): Promise<string> {
-    const out: string[] = [];
-    for (const family of [4, 6] as const) {
+    const reads = ([4, 6] as const).map(async (family) => {
       const argv = ['nft', '-j', 'list', 'table', ...tableRef(family).split(' ')];
       const r = await runTool(argv, this.opts);
-      if (r.code === 0) out.push(withoutHandles(r.stdout));
-      else if (NO_SUCH_TABLE.test(r.stderr)) out.push(`(no table ${tableRef(family)})`);
-      else throw new NetfilterToolError(argv, r.code, r.stderr);
-    }
-    return out.join('\n');
+      if (r.code === 0) return withoutHandles(r.stdout);
+      if (NO_SUCH_TABLE.test(r.stderr)) return `(no table ${tableRef(family)})`;
+      throw new NetfilterToolError(argv, r.code, r.stderr);
+    });
+    return (await Promise.all(reads)).join('\n');
   }
 
   async apply(want: WantedRules): Promise<void> {
