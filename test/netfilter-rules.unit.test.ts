@@ -11,6 +11,7 @@ import { checkBrNetfilter } from '../src/netfilter/br-netfilter.js';
 import { masqRules, restoreInput, ruleLine } from '../src/netfilter/iptables.js';
 import { nftScript, withoutHandles } from '../src/netfilter/nftables.js';
 import type { FamilyRules, WantedRules } from '../src/netfilter/rule-set.js';
+import { NetfilterToolError, runTool } from '../src/netfilter/runner.js';
 
 const v4: FamilyRules = { family: 4, network: Ip4Net.parse('198.19.0.0/16'), subnet: Ip4Net.parse('198.19.46.0/24') };
 const v6: FamilyRules = { family: 6, network: Ip6Net.parse('2001:2:1::/48'), subnet: Ip6Net.parse('2001:2:1:2e::/64') };
@@ -140,5 +141,16 @@ describe('the br_netfilter check', () => {
     writeFileSync(join(root, 'sys/net/bridge/bridge-nf-call-iptables'), '1\n');
     expect(() => checkBrNetfilter([4], root)).not.toThrow();
     expect(() => checkBrNetfilter([4, 6], root)).toThrow(/bridge-nf-call-ip6tables does not exist/);
+  });
+});
+
+describe('the tools', () => {
+  it('are killed past their deadline, and the pass that ran them fails with a message saying so', async () => {
+    const started = Date.now();
+    const err = await runTool(['sleep', '10'], { timeoutMs: 200 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NetfilterToolError);
+    expect((err as Error).message).toBe('sleep 10 failed: no answer within 200 ms; killed');
+    expect(Date.now() - started).toBeLessThan(5000);
+    await expect(runTool(['/nonexistent/iptables', '-S'])).rejects.toThrow(/cannot run \/nonexistent\/iptables/);
   });
 });
