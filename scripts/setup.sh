@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iperf3 iptables containernetworking-plugins
+APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iperf3 iptables nftables kmod containernetworking-plugins
   openssl procps curl python3 make g++ ca-certificates
   prometheus)  # promtool and a real Prometheus server for the /metrics tests
 
@@ -32,6 +32,13 @@ fi
 # The native addon builds against the local Node headers (no download): point node-gyp at them.
 if [ -f /usr/include/node/node.h ] && [ -z "${npm_config_nodedir:-}" ]; then
   export npm_config_nodedir=/usr
+fi
+
+# flanneld in iptables mode refuses to start without br_netfilter, as upstream does (traffic between pods
+# on one bridge would bypass iptables); Docker loads it on its hosts, a fresh machine may not have it.
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  echo "setup: loading the br_netfilter kernel module"
+  modprobe br_netfilter || echo "setup: cannot load br_netfilter; flanneld in iptables mode will not start" >&2
 fi
 
 # Debian's etcd-server enables and starts a system etcd on 127.0.0.1:2379; tests and the demo start

@@ -138,3 +138,20 @@ describe("config keys are matched as upstream's Go decoder does", () => {
     });
   });
 });
+
+describe('EnableNFTables', () => {
+  it('chooses nftables for the netfilter rules; absent or false means iptables; any spelling of the key; a non-boolean names the field', () => {
+    expect(parseNetworkConfig('{"Network":"198.19.0.0/16"}').enableNFTables).toBeUndefined();
+    expect(parseNetworkConfig('{"Network":"198.19.0.0/16","EnableNFTables":false}').enableNFTables).toBeUndefined();
+    expect(parseNetworkConfig('{"Network":"198.19.0.0/16","EnableNFTables":true}').enableNFTables).toBe(true);
+    expect(parseNetworkConfig('{"network":"198.19.0.0/16","enablenftables":true}').enableNFTables).toBe(true);
+    expectConfigError({ Network: '198.19.0.0/16', EnableNFTables: 'yes' }, 'EnableNFTables', /must be true or false/);
+  });
+
+  it('is kept by formatting (so `config validate` shows it) and a change of it is a change of the network (a restart applies it)', () => {
+    const nft = parseNetworkConfig('{"Network":"198.19.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}');
+    expect(formatNetworkConfig(nft)['EnableNFTables']).toBe(true);
+    expect(parseNetworkConfig(JSON.stringify(formatNetworkConfig(nft))).enableNFTables).toBe(true);
+    expect(sameNetwork(nft, parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'))).toBe(false);
+  });
+});

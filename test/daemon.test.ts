@@ -117,17 +117,21 @@ describe('flanneld in a network namespace', () => {
     await stopDaemon(d);
   }, 90_000);
 
-  it('reads every flag from FLANNELD_* environment variables', async () => {
+  it("reads every flag from FLANNELD_* environment variables, and runs with the Kubernetes DaemonSet's FLANNELD_NET_CONFIG_PATH, warning once", async () => {
     const envFile = join(dir, 'from-env.env');
+    const before = log().length;
     const d = startDaemon([], {
       FLANNELD_IFACE: '198.18.0.1',
       FLANNELD_SUBNET_FILE: envFile,
       FLANNELD_IPTABLES_FORWARD_RULES: 'false',
       FLANNELD_IP_MASQ: 'true',
       FLANNELD_PUBLIC_IP: '198.18.0.1',
+      FLANNELD_NET_CONFIG_PATH: '/etc/kube-flannel/net-conf.json',
     });
     await waitForFile(envFile);
     expect(readFileSync(envFile, 'utf8')).toContain('FLANNEL_IPMASQ=true');
+    expect(log().slice(before).match(/ignoring --net-config-path: in etcd mode the network config is read from etcd/g)).toHaveLength(1);
+    expect(d.exitCode).toBeNull();
     await stopDaemon(d);
   }, 60_000);
 

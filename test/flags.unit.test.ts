@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { normalizeGoStyleFlags } from '../src/common/cli.js';
-import { FlagError, UNSUPPORTED_UPSTREAM_FLAGS, parseDaemonFlags } from '../src/daemon/flags.js';
+import { FlagError, IGNORED_UPSTREAM_FLAGS, UNSUPPORTED_UPSTREAM_FLAGS, parseDaemonFlags } from '../src/daemon/flags.js';
 import { repoPath } from './harness/cluster.js';
 import { run } from './harness/netns.js';
 
@@ -80,11 +80,43 @@ describe("upstream's klog flags and environment", () => {
       expect(() => parseDaemonFlags([`--${flag}=x`], {}), flag).toThrow(new RegExp(`^--${flag} is not supported by this daemon: .+`));
     }
     expect(() => parseDaemonFlags(['--kube-subnet-mgr'], {})).toThrow(/--kube-subnet-mgr is not supported.*--etcd-endpoints/);
-    expect(() => parseDaemonFlags(['-net-config-path=/etc/kube-flannel/net-conf.json'], {})).toThrow(/flannelctl config set -f FILE/);
     expect(() => parseDaemonFlags([], { FLANNELD_KUBE_SUBNET_MGR: 'true' })).toThrow(/--kube-subnet-mgr is not supported/);
     // Turned off explicitly, it asks for nothing we lack.
     expect(parseDaemonFlags(['--kube-subnet-mgr=false'], {}).etcd.prefix).toBe('/coreos.com/network');
     expect(() => parseDaemonFlags(['--bogus-flag'], {})).toThrow(/Unknown arguments?: bogus-flag/);
+  });
+
+  it("accepts upstream's Kubernetes-only flags and their FLANNELD_* variables, as upstream does in etcd mode, with one warning each", () => {
+    expect(Object.keys(IGNORED_UPSTREAM_FLAGS).sort()).toEqual(['kube-annotation-prefix', 'kube-api-url', 'kubeconfig-file', 'net-config-path', 'set-node-network-unavailable']);
+    const o = parseDaemonFlags(
+      ['-net-config-path=/etc/kube-flannel/net-conf.json', '--kubeconfig-file', '/etc/kubernetes/kubeconfig', '--set-node-network-unavailable=false', '--ip-masq'],
+      { FLANNELD_KUBE_API_URL: 'https://198.18.0.254:6443', FLANNELD_KUBE_ANNOTATION_PREFIX: 'flannel.alpha.coreos.com' },
+    );
+    expect(o.ipMasq).toBe(true);
+    expect(o.warnings).toEqual([
+      'ignoring --kubeconfig-file: it only configures the Kubernetes subnet manager; leases are kept in etcd',
+      'ignoring --kube-api-url: it only configures the Kubernetes subnet manager; leases are kept in etcd',
+      'ignoring --kube-annotation-prefix: it only configures the Kubernetes subnet manager; leases are kept in etcd',
+      'ignoring --set-node-network-unavailable: it only configures the Kubernetes subnet manager; leases are kept in etcd',
+      'ignoring --net-config-path: in etcd mode the network config is read from etcd (<etcd-prefix>/config); store the file there with `flannelctl config set -f FILE`',
+    ]);
+    // The variable the DaemonSet sets (FLANNELD_NET_CONFIG_PATH) no longer stops the daemon.
+    expect(parseDaemonFlags([], { FLANNELD_NET_CONFIG_PATH: '/etc/kube-flannel/net-conf.json' }).warnings).toEqual([expect.stringMatching(/^ignoring --net-config-path: /)]);
+    // --set-node-network-unavailable is a boolean, as upstream's: it takes no word after it.
+    expect(() => parseDaemonFlags(['--set-node-network-unavailable', 'false'], {})).toThrow(/Unknown argument: false/);
+    expect(parseDaemonFlags([], {}).warnings).toEqual([]);
+  });
+
+  it('has --ip-masq-fully-random-disable and --ip-blackhole-route (off by default), and refuses an --iptables-resync under 1 s', () => {
+    expect(parseDaemonFlags([], {})).toMatchObject({ ipMasqFullyRandomDisable: false, ipBlackholeRoute: false, iptablesResyncSeconds: 5 });
+    expect(parseDaemonFlags(['--ip-masq-fully-random-disable', '-ip-blackhole-route', '--iptables-resync=1'], {})).toMatchObject({
+      ipMasqFullyRandomDisable: true, ipBlackholeRoute: true, iptablesResyncSeconds: 1,
+    });
+    expect(parseDaemonFlags([], { FLANNELD_IP_BLACKHOLE_ROUTE: 'true', FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE: '1' })).toMatchObject({ ipMasqFullyRandomDisable: true, ipBlackholeRoute: true });
+    expect(() => parseDaemonFlags(['--ip-blackhole-route=maybe'], {})).toThrow(/--ip-blackhole-route: "maybe" is not a boolean/);
+    for (const bad of ['0', '0.5', '-1', '2.5']) {
+      expect(() => parseDaemonFlags([`--iptables-resync=${bad}`], {}), bad).toThrow(new RegExp(`^--iptables-resync must be a whole number of seconds, at least 1 \\(got ${bad.replace('.', '\\.')}\\)`));
+    }
   });
 
   it('has --log-format json|text and binds the health endpoint to loopback by default', () => {
@@ -94,9 +126,9 @@ describe("upstream's klog flags and environment", () => {
   });
 
   it('the flanneld command prints one clear line for a refused flag and exits 1', async () => {
-    const res = await run(['node', repoPath('node_modules/tsx/dist/cli.mjs'), repoPath('src/daemon/main.ts'), '--kubeconfig-file=/etc/kubernetes/kubeconfig'], { allowFail: true, timeoutMs: 30_000 });
+    const res = await run(['node', repoPath('node_modules/tsx/dist/cli.mjs'), repoPath('src/daemon/main.ts'), '--kube-subnet-mgr'], { allowFail: true, timeoutMs: 30_000 });
     expect(res.code).toBe(1);
-    expect(res.stderr).toMatch(/^flanneld: --kubeconfig-file is not supported by this daemon: /);
+    expect(res.stderr).toMatch(/^flanneld: --kube-subnet-mgr is not supported by this daemon: /);
     expect(res.stderr).not.toContain('Options:');
   }, 40_000);
 });

@@ -63,7 +63,7 @@ describe('our own inputs get the lease parser', () => {
     ['--iface too long for a name', { iface: ['a'.repeat(16)] }, /is neither/],
     ['--iface with a slash', { iface: ['a/b'] }, /is neither/],
     ['--iface with an escape', { iface: ['eth0\u001b[2J'] }, /--iface "eth0\\x1b\[2J"/],
-    ['--iface-can-reach padded', { ifaceCanReach: ' 198.18.0.254' }, /--iface-can-reach " 198\.18\.0\.254" is not an IPv4 address/],
+    ['--iface-can-reach padded', { ifaceCanReach: ' 198.18.0.254' }, /--iface-can-reach " 198\.18\.0\.254" is not an IP address/],
   ] as [string, Partial<IfaceSelection>, RegExp][])('refuses %s', (_what, over, message) => {
     expect(() => checkIfaceSelection(sel(over))).toThrow(message);
   });

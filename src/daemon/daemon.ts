@@ -4,7 +4,7 @@ import type { Server } from 'node:http';
 import type { Backend, ExternalInterface } from '../backend/backend.js';
 import { createBackend } from '../backend/index.js';
 import { EtcdRegistry, type Stoppable, etcdErrorFields } from '../etcd/registry.js';
-import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
+import { type NetfilterRules, checkBrNetfilter, startNetfilterRules } from '../netfilter/index.js';
 import { ConfigError, type NetworkConfig, checkNetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
 import { previousIpv6Subnet, previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
 import type { Lease } from '../subnet/lease.js';
@@ -25,11 +25,10 @@ export class Daemon {
   private configWatch: Stoppable | null = null;
   private backend: Backend | null = null;
   private manager: LeaseManager | null = null;
-  private iptables: IptablesRules | null = null;
-  /** The iptables set-up started for our lease, awaited before ready and before stopping. */
-  private iptablesDone: Promise<void> = Promise.resolve();
-  /** The ip6tables half of a dual-stack node's rules. */
-  private ip6tables: IptablesRules | null = null;
+  /** The masquerade and forward rules, in iptables or nftables (both families). */
+  private netfilter: NetfilterRules | null = null;
+  /** The rules' set-up started for our lease, awaited before ready and before stopping. */
+  private netfilterDone: Promise<void> = Promise.resolve();
   private network: NetworkConfig | null = null;
   private ready = false;
   private startup: Promise<void> | null = null;
@@ -88,6 +87,8 @@ export class Daemon {
     if (network.ipv6 && !extIface.publicIPv6) {
       throw new Error(`EnableIPv6 is set but ${extIface.name} has no global IPv6 address: give it one, or name one with --public-ipv6`);
     }
+    // As upstream: iptables mode needs br_netfilter for traffic between pods on one bridge; nftables mode does not.
+    if (!network.enableNFTables) checkBrNetfilter(network.ipv6 ? [4, 6] : [4]);
 
     const backend = createBackend({ extIface, network, log: this.log.child({ backend: network.backend.type }) });
     this.backend = backend;
@@ -108,7 +109,7 @@ export class Daemon {
     });
     this.manager = manager;
     await this.startLeasing(manager, extIface, network, announcement.mtu);
-    await this.iptablesDone;
+    await this.netfilterDone;
     if (this.stopping) return;
     this.ready = true;
     this.log.info({ subnetFile: this.opts.subnetFile, startupMs: Date.now() - this.startedAt }, 'ready');
@@ -123,17 +124,18 @@ export class Daemon {
         await manager.start({
           onOwnLease: async (lease, change) => {
             const v6 = network.ipv6 && lease.ipv6Subnet ? { ipv6Network: network.ipv6.network, ipv6Subnet: lease.ipv6Subnet } : {};
+            // As upstream: the env file names the subnet only once its netfilter rules are in place, so that
+            // no pod starts (and opens connections that conntrack keeps unmasqueraded) before masquerade
+            // is. The rules (a few iptables or nft processes) go in while the backend addresses its device.
+            this.netfilterDone = this.netfilterDone
+              .then(() => this.applyNetfilterRules(lease, network))
+              .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the netfilter rules'));
+            await Promise.all([this.netfilterDone, backend.setOwnLease(lease)]);
             writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq, ...v6 });
             this.log.info(
               { subnet: lease.subnet.toString(), ...(lease.ipv6Subnet ? { ipv6Subnet: lease.ipv6Subnet.toString() } : {}), publicIP: extIface.publicIP, change },
               'subnet lease held; env file written',
             );
-            await backend.setOwnLease(lease);
-            // The rules (a few iptables processes) go in while the backend programs the peers, not before:
-            // start-up waits for both before it says ready.
-            this.iptablesDone = this.iptablesDone
-              .then(() => this.applyIptables(lease, network))
-              .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the iptables rules'));
           },
           onLeaseEvents: (events) => backend.handleLeaseEvents(events),
         });
@@ -148,35 +150,23 @@ export class Daemon {
     }
   }
 
-  private async applyIptables(lease: Lease, network: NetworkConfig): Promise<void> {
-    await this.applyIp6tables(lease, network);
-    if (this.iptables) return this.iptables.updateSubnet(lease.subnet);
-    if (!this.opts.ipMasq && !this.opts.iptablesForwardRules) return;
-    this.iptables = await startIptablesRules({
-      network: network.network,
-      subnet: lease.subnet,
-      ipMasq: this.opts.ipMasq,
-      forwardRules: this.opts.iptablesForwardRules,
-      log: this.log.child({ component: 'iptables' }),
-      resyncMs: this.opts.iptablesResyncSeconds * 1000,
-    });
-  }
-
-  /** Dual stack: the same forward and masquerade rules for the IPv6 network, through ip6tables. */
-  private async applyIp6tables(lease: Lease, network: NetworkConfig): Promise<void> {
-    const subnet = lease.ipv6Subnet;
-    if (!network.ipv6 || !subnet) return;
-    if (this.ip6tables) return this.ip6tables.updateSubnet(subnet);
-    if (!this.opts.ipMasq && !this.opts.iptablesForwardRules) return;
-    this.ip6tables = await startIptablesRules({
-      network: network.ipv6.network,
-      subnet,
-      ipv6: true,
-      ipMasq: this.opts.ipMasq,
-      forwardRules: this.opts.iptablesForwardRules,
-      log: this.log.child({ component: 'ip6tables' }),
-      resyncMs: this.opts.iptablesResyncSeconds * 1000,
-    });
+  /** The masquerade and forward rules for our lease, in the front end the config names (both families). */
+  private async applyNetfilterRules(lease: Lease, network: NetworkConfig): Promise<void> {
+    const subnets = { subnet: lease.subnet, ipv6Subnet: network.ipv6 ? (lease.ipv6Subnet ?? null) : null };
+    if (this.netfilter) return this.netfilter.updateSubnets(subnets);
+    this.netfilter = await startNetfilterRules(
+      {
+        mode: network.enableNFTables ? 'nftables' : 'iptables',
+        network: network.network,
+        ipv6Network: network.ipv6?.network ?? null,
+        ipMasq: this.opts.ipMasq,
+        forwardRules: this.opts.iptablesForwardRules,
+        randomFullyDisable: this.opts.ipMasqFullyRandomDisable,
+        resyncMs: this.opts.iptablesResyncSeconds * 1000,
+        log: this.log.child({ component: 'netfilter' }),
+      },
+      subnets,
+    );
   }
 
   /** Logs a problem once, not on every retry; a different problem is logged again. */
@@ -258,13 +248,12 @@ export class Daemon {
     this.configChanged?.();
     this.etcd?.interruptBackoffs();
     // A stop during start-up waits for the step in flight (each checks `stopping`), so that what it
-    // was creating (a lease, iptables rules) exists and is stopped like the rest.
+    // was creating (a lease, netfilter rules) exists and is stopped like the rest.
     await this.startup?.catch(() => undefined);
     await this.manager?.stop();
-    await this.iptablesDone;
+    await this.netfilterDone;
     await this.configWatch?.stop().catch(() => undefined);
-    await this.iptables?.stop({ removeRules: this.opts.iptablesCleanup });
-    await this.ip6tables?.stop({ removeRules: this.opts.iptablesCleanup });
+    await this.netfilter?.stop({ removeRules: this.opts.iptablesCleanup });
     await this.backend?.close();
     await new Promise<void>((r) => (this.health ? this.health.close(() => r()) : r()));
     this.etcd?.close();

@@ -1,7 +1,9 @@
 // Command-line flags with upstream flanneld's names and meanings; each is also read from
 // FLANNELD_<NAME> (dashes as underscores), as upstream does. Upstream's klog flags (-v, --vmodule,
-// ...) are accepted, as unit files carry them; upstream flags for features this daemon does not have
-// are refused with a message that says what to use instead. Parsed with src/common/flag-table.ts.
+// ...) are accepted, as unit files carry them. Upstream flags that only matter to its Kubernetes subnet
+// manager are accepted and ignored with one warning each, as upstream ignores them in etcd mode; a flag
+// that would change the mode (--kube-subnet-mgr), or asks for a feature this daemon does not have, is
+// refused with a message that says what to use instead. Parsed with src/common/flag-table.ts.
 import { flagsFromEnvironment, normalizeGoStyleFlags } from '../common/cli.js';
 import { type FlagSpec, FlagTableError, formatFlagHelp, parseFlagTable } from '../common/flag-table.js';
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../common/log.js';
@@ -22,6 +24,10 @@ export interface DaemonOptions {
   subnetLeaseRenewMarginMinutes: number;
   subnetLeaseTtlSeconds: number;
   ipMasq: boolean;
+  /** --ip-masq-fully-random-disable: plain MASQUERADE even where fully random port mapping is supported. */
+  ipMasqFullyRandomDisable: boolean;
+  /** --ip-blackhole-route: a blackhole route for our own subnet(s), so that traffic to an unused pod address is dropped here. */
+  ipBlackholeRoute: boolean;
   iptablesForwardRules: boolean;
   iptablesResyncSeconds: number;
   iptablesCleanup: boolean;
@@ -39,20 +45,28 @@ export class FlagError extends Error {
 }
 
 /**
- * Upstream flags for what this daemon does not do. Each is refused, naming the flag and the way to
+ * Upstream flags that would change what the daemon is (--kube-subnet-mgr), or that older upstream
+ * versions had for features this daemon does not have. Each is refused, naming the flag and the way to
  * get the same result here (see docs/compatibility.md).
  */
 export const UNSUPPORTED_UPSTREAM_FLAGS: Readonly<Record<string, string>> = {
   'kube-subnet-mgr': 'leases are kept in etcd only; run with --etcd-endpoints (and the Kubernetes manifest in deploy/kubernetes) instead',
-  'kubeconfig-file': 'the Kubernetes subnet manager is not supported; leases are kept in etcd (--etcd-endpoints)',
-  'kube-api-url': 'the Kubernetes subnet manager is not supported; leases are kept in etcd (--etcd-endpoints)',
-  'kube-annotation-prefix': 'the Kubernetes subnet manager is not supported; leases are kept in etcd (--etcd-endpoints)',
-  'set-node-network-unavailable': 'the Kubernetes subnet manager is not supported; leases are kept in etcd (--etcd-endpoints)',
-  'use-multi-cluster-cidr': 'the Kubernetes subnet manager is not supported; leases are kept in etcd (--etcd-endpoints)',
-  'net-config-path': 'the network config is read from etcd; store the file there with `flannelctl config set -f FILE`',
+  'use-multi-cluster-cidr': 'the Kubernetes subnet manager is not supported (and upstream removed this flag); leases are kept in etcd (--etcd-endpoints)',
   'auto-detect-ipv6': 'IPv6 auto-detection is not supported; name the address with --public-ipv6 or an IPv6 --iface',
   'charon-executable-path': 'the ipsec backend is not supported; use the vxlan backend',
   'charon-viciurl': 'the ipsec backend is not supported; use the vxlan backend',
+};
+
+/**
+ * Upstream v0.28.9 flags that only its Kubernetes subnet manager reads: in etcd mode upstream accepts and
+ * ignores them, and so do we, with one warning each saying so.
+ */
+export const IGNORED_UPSTREAM_FLAGS: Readonly<Record<string, string>> = {
+  'kubeconfig-file': 'it only configures the Kubernetes subnet manager; leases are kept in etcd',
+  'kube-api-url': 'it only configures the Kubernetes subnet manager; leases are kept in etcd',
+  'kube-annotation-prefix': 'it only configures the Kubernetes subnet manager; leases are kept in etcd',
+  'set-node-network-unavailable': 'it only configures the Kubernetes subnet manager; leases are kept in etcd',
+  'net-config-path': 'in etcd mode the network config is read from etcd (<etcd-prefix>/config); store the file there with `flannelctl config set -f FILE`',
 };
 
 /** klog's flags, accepted so that upstream unit files keep working; only -v has an effect. */
@@ -79,9 +93,11 @@ const DAEMON_FLAGS: Readonly<Record<string, FlagSpec>> = {
   'subnet-lease-renew-margin': { type: 'number', default: 60, describe: 'renew the lease this many minutes before it expires' },
   'subnet-lease-ttl': { type: 'number', default: 86400, describe: 'etcd lease TTL in seconds (extension; upstream fixes 24 h)' },
   'ip-masq': { type: 'boolean', default: false, describe: 'masquerade traffic leaving the flannel network' },
+  'ip-masq-fully-random-disable': { type: 'boolean', default: false, describe: 'masquerade without fully random source ports (MASQUERADE without --random-fully)' },
+  'ip-blackhole-route': { type: 'boolean', default: false, describe: "add a blackhole route for this node's subnet (traffic to unused pod addresses is dropped here)" },
   'iptables-forward-rules': { type: 'boolean', default: true, describe: 'add FORWARD accept rules for the network' },
-  'iptables-cleanup': { type: 'boolean', default: false, describe: 'remove our iptables rules on a clean stop (extension; by default they stay)' },
-  'iptables-resync': { type: 'number', default: 5, describe: 'seconds between checks of the iptables rules' },
+  'iptables-cleanup': { type: 'boolean', default: false, describe: 'remove our iptables or nftables rules on a clean stop (extension; by default they stay)' },
+  'iptables-resync': { type: 'number', default: 5, describe: 'seconds between checks of the iptables or nftables rules (at least 1)' },
   // Loopback by default: /metrics and /readyz are for the node itself (probes, a local agent).
   // Upstream binds 0.0.0.0; give --healthz-ip=0.0.0.0 for a Prometheus server elsewhere.
   'healthz-ip': { type: 'string', default: '127.0.0.1', describe: 'address of the health and metrics endpoint' },
@@ -91,6 +107,10 @@ const DAEMON_FLAGS: Readonly<Record<string, FlagSpec>> = {
   v: { type: 'number', describe: "upstream's klog verbosity: 0 info, 1-5 debug, 6+ trace (--log-level wins)" },
   ...Object.fromEntries(KLOG_FLAGS.map((flag) => [flag, { type: 'string', bare: true, hidden: true, describe: 'accepted for upstream compatibility; ignored' } satisfies FlagSpec])),
   ...Object.fromEntries(Object.keys(UNSUPPORTED_UPSTREAM_FLAGS).map((flag) => [flag, { type: 'string', bare: true, hidden: true } satisfies FlagSpec])),
+  // Read as upstream declares them (--set-node-network-unavailable is a boolean), so that they parse alike.
+  ...Object.fromEntries(
+    Object.keys(IGNORED_UPSTREAM_FLAGS).map((flag) => [flag, { type: flag === 'set-node-network-unavailable' ? 'boolean' : 'string', hidden: true } satisfies FlagSpec]),
+  ),
 };
 
 /** The value of a flag of the table, of the type its spec says (defaults are in place). */
@@ -106,6 +126,8 @@ function checkValues(v: Record<string, unknown>): void {
     const value = str(v, flag);
     if (value !== undefined && value !== 'false') throw new FlagError(`--${flag} is not supported by this daemon: ${instead}`);
   }
+  const resync = num(v, 'iptables-resync');
+  if (!(Number.isInteger(resync) && resync >= 1)) throw new FlagError(`--iptables-resync must be a whole number of seconds, at least 1 (got ${resync})`);
   const margin = num(v, 'subnet-lease-renew-margin');
   const ttl = num(v, 'subnet-lease-ttl');
   const port = num(v, 'healthz-port');
@@ -152,8 +174,12 @@ export function parseDaemonFlags(argv: readonly string[], env: Readonly<Record<s
   }
   const v = parsed.values;
   checkValues(v);
-  const warnings =
-    fromEnv.unknown.length > 0 ? [`ignoring environment variables that name no flanneld flag: ${fromEnv.unknown.join(', ')}`] : [];
+  const warnings = [
+    ...(fromEnv.unknown.length > 0 ? [`ignoring environment variables that name no flanneld flag: ${fromEnv.unknown.join(', ')}`] : []),
+    ...Object.entries(IGNORED_UPSTREAM_FLAGS)
+      .filter(([flag]) => v[flag] !== undefined)
+      .map(([flag, why]) => `ignoring --${flag}: ${why}`),
+  ];
   return {
     etcd: etcdOptionsFrom({
       etcdEndpoints: str(v, 'etcd-endpoints')!,
@@ -174,6 +200,8 @@ export function parseDaemonFlags(argv: readonly string[], env: Readonly<Record<s
     subnetLeaseRenewMarginMinutes: num(v, 'subnet-lease-renew-margin'),
     subnetLeaseTtlSeconds: num(v, 'subnet-lease-ttl'),
     ipMasq: bool(v, 'ip-masq'),
+    ipMasqFullyRandomDisable: bool(v, 'ip-masq-fully-random-disable'),
+    ipBlackholeRoute: bool(v, 'ip-blackhole-route'),
     iptablesForwardRules: bool(v, 'iptables-forward-rules'),
     iptablesResyncSeconds: num(v, 'iptables-resync'),
     iptablesCleanup: bool(v, 'iptables-cleanup'),

@@ -36,6 +36,8 @@ export interface NetworkConfig {
   backend: BackendConfig;
   /** Dual stack (EnableIPv6): the IPv6 network and its subnets; absent or null for IPv4 only. */
   ipv6?: Ip6NetworkConfig | null;
+  /** EnableNFTables: the node's masquerade and forward rules go into nftables tables instead of iptables chains. */
+  enableNFTables?: boolean;
 }
 
 export class ConfigError extends Error {
@@ -211,7 +213,8 @@ export function checkNetworkConfig(text: string): { config: NetworkConfig; unkno
   const backend = parseBackend(raw['Backend'], unknownKeys);
   // As upstream: the udp backend carries IPv4 packets only.
   if (ipv6 && backend.type === 'udp') throw new ConfigError('EnableIPv6', 'the udp backend does not support IPv6 (as upstream): use vxlan or host-gw for dual stack');
-  return { config: { network, subnetLen, subnetMin, subnetMax, backend, ...(ipv6 ? { ipv6 } : {}) }, unknownKeys };
+  const enableNFTables = optionalBool(raw, 'EnableNFTables', 'EnableNFTables') ?? false;
+  return { config: { network, subnetLen, subnetMin, subnetMax, backend, ...(ipv6 ? { ipv6 } : {}), ...(enableNFTables ? { enableNFTables } : {}) }, unknownKeys };
 }
 
 /**
@@ -235,7 +238,10 @@ export function formatNetworkConfig(c: NetworkConfig): Record<string, unknown> {
         IPv6SubnetMax: formatIp6(c.ipv6.subnetMax),
       }
     : {};
-  return { Network: c.network.toString(), SubnetLen: c.subnetLen, SubnetMin: formatIp4(c.subnetMin), SubnetMax: formatIp4(c.subnetMax), ...ipv6, Backend: backend };
+  return {
+    Network: c.network.toString(), SubnetLen: c.subnetLen, SubnetMin: formatIp4(c.subnetMin), SubnetMax: formatIp4(c.subnetMax), ...ipv6,
+    ...(c.enableNFTables ? { EnableNFTables: true } : {}), Backend: backend,
+  };
 }
 
 /** Every subnet a node may lease under this config, in address order. */

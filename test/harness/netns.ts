@@ -1,6 +1,6 @@
 // Network-namespace helpers for tests, benches and the demo: run a command (optionally inside a
 // namespace), create and delete namespaces. Commands are argv arrays; nothing goes through a shell.
-import { spawn } from 'node:child_process';
+import { runProcess } from '../../src/common/child-process.js';
 import { randomBytes } from 'node:crypto';
 
 /** A short random id, so that names made by concurrent runs on this machine never clash. */
@@ -34,37 +34,12 @@ export class RunError extends Error {
 }
 
 /** Runs argv (inside `netns` via `ip netns exec` when given) and collects its output. */
-export function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
-  const full = opts.netns ? ['ip', 'netns', 'exec', opts.netns, ...argv] : argv;
+export async function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = opts.timeoutMs ?? 30_000;
-  return new Promise((resolve, reject) => {
-    const child = spawn(full[0]!, full.slice(1), {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env: opts.env ? { ...process.env, ...opts.env } : process.env,
-    });
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot run ${full.join(' ')}: ${err.message}`));
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      if (timedOut) stderr += `\n(killed after ${timeoutMs} ms)`;
-      const result = { stdout, stderr, code: code ?? (signal ? 128 : -1) };
-      if (result.code !== 0 && !opts.allowFail) reject(new RunError(full, result));
-      else resolve(result);
-    });
-    child.stdin.on('error', () => {}); // the command may exit without reading its input
-    child.stdin.end(opts.input ?? '');
-  });
+  const r = await runProcess(argv, { ...opts, timeoutMs });
+  const result = { stdout: r.stdout, stderr: r.timedOut ? `${r.stderr}\n(killed after ${timeoutMs} ms)` : r.stderr, code: r.code };
+  if (result.code !== 0 && !opts.allowFail) throw new RunError(r.argv, result);
+  return result;
 }
 
 /** Creates a namespace and brings its loopback up. */

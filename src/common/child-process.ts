@@ -1,0 +1,53 @@
+// Runs a program with an argv array (never through a shell), optionally inside a named network namespace
+// (`ip netns exec`, which execs the program itself, so the deadline's kill reaches it), with input on
+// stdin and a deadline. The netfilter writers and the test harness run their tools through it.
+import { spawn } from 'node:child_process';
+
+export interface ProcessOptions {
+  netns?: string;
+  /** Written to stdin, which is then closed. */
+  input?: string;
+  /** Killed (SIGKILL) after this long; default 30 s. */
+  timeoutMs?: number;
+  /** Added to our own environment. */
+  env?: Record<string, string>;
+}
+
+export interface ProcessResult {
+  /** The exit code; 128 when killed by a signal. */
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** Killed for running past the deadline. */
+  timedOut: boolean;
+  /** The argv actually run (with the `ip netns exec` prefix). */
+  argv: string[];
+}
+
+/** Resolves when the program ends, whatever its exit; rejects only when it cannot be started. */
+export function runProcess(argv: readonly string[], opts: ProcessOptions = {}): Promise<ProcessResult> {
+  const full = opts.netns ? ['ip', 'netns', 'exec', opts.netns, ...argv] : [...argv];
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  return new Promise((resolve, reject) => {
+    const child = spawn(full[0]!, full.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ? { ...process.env, ...opts.env } : process.env });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot run ${full.join(' ')}: ${err.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr, timedOut, argv: full });
+    });
+    child.stdin.on('error', () => {}); // the program may exit without reading its input
+    child.stdin.end(opts.input ?? '');
+  });
+}
