@@ -278,14 +278,17 @@ function report(results: Measurement[], args: Args): void {
   const ref = median(vxlan.mbits);
   const fmt = (n: number): string => n.toFixed(0).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
   console.log(`\niperf3 TCP pod -> pod, ${args.rounds} x ${args.seconds} s per row, same run (${new Date().toISOString()})`);
-  console.log('| path | Mbit/s median | range | retransmits | ratio vs kernel VXLAN | ping RTT | forwarder CPU |');
-  console.log('|---|---|---|---|---|---|---|');
+  console.log('| path | Mbit/s median | range | retransmits | ratio vs kernel VXLAN | ping RTT | forwarder CPU | CPU per Gbit/s |');
+  console.log('|---|---|---|---|---|---|---|---|');
   for (const m of results) {
     const med = median(m.mbits);
     const range = `${fmt(Math.min(...m.mbits))} – ${fmt(Math.max(...m.mbits))}`;
     const cpu = m.cpu.length ? `${(median(m.cpu) * 100).toFixed(0)} %` : '';
+    // CPU seconds per second of transfer, per Gbit/s moved: the forwarders' cost per byte, a second
+    // view of a cost that throughput alone shows only through the machine's noise.
+    const perGbit = m.cpu.length ? `${(median(m.cpu.map((c, i) => (c * 100) / (m.mbits[i]! / 1000)))).toFixed(1)} %` : '';
     const rtt = m.rttMs === null ? 'n/a' : `${m.rttMs.toFixed(2)} ms`;
-    console.log(`| ${m.label} | ${fmt(med)} | ${range} | ${m.retransmits.join(', ')} | ${(med / ref).toFixed(2)} | ${rtt} | ${cpu} |`);
+    console.log(`| ${m.label} | ${fmt(med)} | ${range} | ${m.retransmits.join(', ')} | ${(med / ref).toFixed(2)} | ${rtt} | ${cpu} | ${perGbit} |`);
   }
 }
 
