@@ -1,4 +1,4 @@
-// A tiny line-chart writer for bench figures: log-scale x, linear y, one polyline per series, a
+// A tiny line-chart writer for bench figures: log-scale (or linear) x, linear y, one polyline per series, a
 // legend. Produces a standalone SVG string; no dependencies.
 
 export interface Series {
@@ -16,6 +16,8 @@ export interface Chart {
   series: readonly Series[];
   /** Horizontal reference lines (goals), drawn dotted. */
   marks?: readonly { y: number; label: string }[];
+  /** The x axis: logarithmic (sizes spanning decades, the default) or linear (rounds 1, 2, 3...). */
+  xScale?: 'log' | 'linear';
 }
 
 const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#17becf', '#7f7f7f'];
@@ -38,7 +40,8 @@ export function lineChart(chart: Chart, width = 720, height = 420): string {
   const ys = [...chart.series.flatMap((s) => s.points.map((p) => p.y)), ...(chart.marks ?? []).map((k) => k.y)];
   const [xMin, xMax] = [Math.min(...xs), Math.max(...xs)];
   const { top, step } = niceScale(Math.max(...ys));
-  const lx = (x: number): number => m.left + (xMax === xMin ? w / 2 : ((Math.log10(x) - Math.log10(xMin)) / (Math.log10(xMax) - Math.log10(xMin))) * w);
+  const scale = chart.xScale === 'linear' ? (x: number): number => x : Math.log10;
+  const lx = (x: number): number => m.left + (xMax === xMin ? w / 2 : ((scale(x) - scale(xMin)) / (scale(xMax) - scale(xMin))) * w);
   const ly = (y: number): number => m.top + h - (y / top) * h;
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);

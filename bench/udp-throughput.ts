@@ -3,18 +3,26 @@
 // figures from one run compare). Also prints ping RTT for both.
 //
 //   npm install && npm run build
-//   npx tsx bench/udp-throughput.ts [--seconds 10] [--rounds 3] [--steps] [--workers N] [--daemon]
+//   npx tsx bench/udp-throughput.ts [--seconds 10] [--rounds 3] [--steps] [--source-check] [--workers N]
+//                                   [--daemon] [--plot FILE.svg]
 //
 // Default: the bench process hosts both nodes' forwarders (UdpForwarder, the code UdpBackend runs),
 // each inside its node's namespace, on test/harness/udp-topology.ts (the cluster harness's topology
-// without etcd). --daemon runs the real bin/flanneld on the cluster harness instead.
+// without etcd); with several rows, their rounds alternate (row 1, row 2, ..., row 1, ...) so that
+// the machine's load drifts over all of them alike. --daemon runs the real bin/flanneld on the
+// cluster harness instead.
 // --steps measures each data-path optimisation on its own (docs/udp.md lists the results).
+// --source-check measures the AllowedIPs check on received datagrams: the data path with it and
+// without it (docs/benchmarks.md).
+// --plot draws each row's rounds (Mbit/s) and the kernel VXLAN reference into an SVG file.
+import { writeFileSync } from 'node:fs';
 import { UdpForwarder, type UdpForwarderOptions } from '../src/backend/udp/native.js';
 import { ipBatch } from '../src/routes/ip.js';
 import { Ip4Net, formatIp4, parseIp4 } from '../src/common/ip4.js';
 import { createCluster, type Cluster } from '../test/harness/cluster.js';
 import { run, sleep } from '../test/harness/netns.js';
 import { OVERLAY, addressFlannel0, createTopology, type Topology } from '../test/harness/udp-topology.js';
+import { lineChart } from './svg-plot.js';
 
 interface Args {
   seconds: number;
@@ -22,10 +30,12 @@ interface Args {
   steps: boolean;
   workers: number;
   daemon: boolean;
+  sourceCheck: boolean;
+  plot: string | null;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { seconds: 10, rounds: 3, steps: false, workers: 1, daemon: false };
+  const args: Args = { seconds: 10, rounds: 3, steps: false, workers: 1, daemon: false, sourceCheck: false, plot: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = (): number => {
@@ -38,6 +48,11 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--workers') args.workers = value();
     else if (a === '--steps') args.steps = true;
     else if (a === '--daemon') args.daemon = true;
+    else if (a === '--source-check') args.sourceCheck = true;
+    else if (a === '--plot') {
+      args.plot = argv[++i] ?? '';
+      if (!args.plot.endsWith('.svg')) throw new Error('--plot needs a file name ending in .svg');
+    }
     else throw new Error(`unknown argument ${a} (see the header of bench/udp-throughput.ts)`);
   }
   return args;
@@ -99,17 +114,21 @@ async function reachable(from: BenchNode, to: BenchNode): Promise<boolean> {
   return false;
 }
 
+/** One round into `m` (the RTT with its first round). */
+async function measureRound(m: Measurement, a: BenchNode, b: BenchNode, args: Args, cpuOf?: () => number): Promise<void> {
+  if (!(await reachable(a, b))) throw new Error(`${m.label}: pod ${a.podIp} cannot reach ${b.podIp}`);
+  if (m.mbits.length === 0) m.rttMs = await pingRtt(a, b);
+  const cpu0 = cpuOf?.() ?? 0;
+  const res = await iperf(a, b, args.seconds);
+  if (cpuOf) m.cpu.push((cpuOf() - cpu0) / args.seconds);
+  m.mbits.push(res.mbits);
+  m.retransmits.push(res.retransmits);
+  process.stderr.write(`  ${m.label}: ${res.mbits.toFixed(0)} Mbit/s (${res.retransmits} retransmits)\n`);
+}
+
 async function measure(label: string, a: BenchNode, b: BenchNode, args: Args, cpuOf?: () => number): Promise<Measurement> {
-  if (!(await reachable(a, b))) throw new Error(`${label}: pod ${a.podIp} cannot reach ${b.podIp}`);
-  const m: Measurement = { label, mbits: [], retransmits: [], rttMs: await pingRtt(a, b), cpu: [] };
-  for (let r = 0; r < args.rounds; r++) {
-    const cpu0 = cpuOf?.() ?? 0;
-    const res = await iperf(a, b, args.seconds);
-    if (cpuOf) m.cpu.push((cpuOf() - cpu0) / args.seconds);
-    m.mbits.push(res.mbits);
-    m.retransmits.push(res.retransmits);
-    process.stderr.write(`  ${label}: ${res.mbits.toFixed(0)} Mbit/s (${res.retransmits} retransmits)\n`);
-  }
+  const m: Measurement = { label, mbits: [], retransmits: [], rttMs: null, cpu: [] };
+  for (let r = 0; r < args.rounds; r++) await measureRound(m, a, b, args, cpuOf);
   return m;
 }
 
@@ -157,32 +176,50 @@ const STEPS: { label: string; opts: Partial<UdpForwarderOptions> }[] = [
   { label: 'all on except UDP GRO', opts: { udpGro: false } },
 ];
 
+/** The rows of the in-process mode. */
+function inProcessRows(args: Args): { label: string; opts: Partial<UdpForwarderOptions> }[] {
+  const workers = `${args.workers} worker${args.workers > 1 ? 's' : ''}`;
+  if (args.steps) return [...STEPS, { label: `all on, ${Math.max(2, args.workers)} workers (multi-queue TUN)`, opts: { workers: Math.max(2, args.workers) } }];
+  if (args.sourceCheck) {
+    return [
+      { label: `udp data path (${workers}), AllowedIPs check on (as shipped)`, opts: { workers: args.workers } },
+      { label: `udp data path (${workers}), AllowedIPs check off`, opts: { workers: args.workers, innerSourceCheck: false } },
+    ];
+  }
+  return [{ label: `udp backend data path (${workers})`, opts: { workers: args.workers } }];
+}
+
 async function runInProcess(args: Args): Promise<Measurement[]> {
   const topo: Topology = await createTopology({ nodes: 2, podMtu: 1472, prefix: 'udpb' });
   const nodes: BenchNode[] = topo.nodes.map((n) => ({ ns: n.ns, ip: n.ip, subnet: n.subnet, podNs: n.pod.ns, podIp: n.pod.ip, podPort: 'vp1' }));
-  const results: Measurement[] = [];
+  const rows = inProcessRows(args);
+  const results: Measurement[] = rows.map((row) => ({ label: row.label, mbits: [], retransmits: [], rttMs: null, cpu: [] }));
+  const cpu = (): number => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+  };
   try {
-    const steps = args.steps
-      ? [...STEPS, { label: `all on, ${Math.max(2, args.workers)} workers (multi-queue TUN)`, opts: { workers: Math.max(2, args.workers) } }]
-      : [{ label: `udp backend data path (${args.workers} worker${args.workers > 1 ? 's' : ''})`, opts: { workers: args.workers } }];
-    for (const step of steps) {
-      const fwds: UdpForwarder[] = [];
-      try {
-        for (const n of topo.nodes) {
-          fwds.push(new UdpForwarder({ tunName: 'flannel0', mtu: 1472, bindAddress: parseIp4(n.ip), port: 8285, netns: n.ns, ...step.opts }));
-          await addressFlannel0(n);
+    for (let round = 0; round < args.rounds; round++) {
+      for (const [i, row] of rows.entries()) {
+        const fwds: UdpForwarder[] = [];
+        try {
+          for (const n of topo.nodes) {
+            fwds.push(new UdpForwarder({ tunName: 'flannel0', mtu: 1472, bindAddress: parseIp4(n.ip), port: 8285, netns: n.ns, ...row.opts }));
+            await addressFlannel0(n);
+          }
+          topo.nodes.forEach((n, j) => {
+            const peer = topo.nodes[1 - j]!;
+            fwds[j]!.setTable({ own: n.subnet, icmpSource: OVERLAY.ip, routes: [{ subnet: peer.subnet, peer: parseIp4(peer.ip), port: 8285 }] });
+          });
+          await measureRound(results[i]!, nodes[0]!, nodes[1]!, args, cpu);
+          // Real traffic, with or without the AllowedIPs check: none of it may be refused as spoofed.
+          for (const f of fwds) {
+            const refused = f.stats().dropSpoofedSource;
+            if (refused !== 0) throw new Error(`${row.label}: ${refused} real packets refused as spoofed`);
+          }
+        } finally {
+          for (const f of fwds) f.close(); // removes flannel0 and its route
         }
-        topo.nodes.forEach((n, i) => {
-          const peer = topo.nodes[1 - i]!;
-          fwds[i]!.setTable({ own: n.subnet, icmpSource: OVERLAY.ip, routes: [{ subnet: peer.subnet, peer: parseIp4(peer.ip), port: 8285 }] });
-        });
-        const cpu = (): number => {
-          const u = process.cpuUsage();
-          return (u.user + u.system) / 1e6;
-        };
-        results.push(await measure(step.label, nodes[0]!, nodes[1]!, args, cpu));
-      } finally {
-        for (const f of fwds) f.close(); // removes flannel0 and its route
       }
     }
     await kernelVxlan(nodes);
@@ -219,22 +256,43 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
+/** Each row's rounds, and the kernel VXLAN reference's, as lines over the round number. */
+function plot(results: Measurement[], args: Args, file: string): void {
+  const svg = lineChart({
+    title: `udp data path vs kernel VXLAN, iperf3 pod -> pod, ${args.seconds} s rounds`,
+    xLabel: 'round',
+    yLabel: 'Mbit/s',
+    xScale: 'linear',
+    series: results.map((m, i) => ({
+      name: m.label.replace(/ \(as shipped\)$/, '').replace(/^udp data path \(1 worker\), /, 'udp, '),
+      points: m.mbits.map((y, r) => ({ x: r + 1, y: Math.round(y) })),
+      dashed: i === results.length - 1,
+    })),
+  }, 900);
+  writeFileSync(file, svg);
+  console.log(`wrote ${file}`);
+}
+
 function report(results: Measurement[], args: Args): void {
   const vxlan = results[results.length - 1]!;
   const ref = median(vxlan.mbits);
   const fmt = (n: number): string => n.toFixed(0).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
   console.log(`\niperf3 TCP pod -> pod, ${args.rounds} x ${args.seconds} s per row, same run (${new Date().toISOString()})`);
-  console.log('| path | Mbit/s median | range | retransmits | ratio vs kernel VXLAN | ping RTT | forwarder CPU |');
-  console.log('|---|---|---|---|---|---|---|');
+  console.log('| path | Mbit/s median | range | retransmits | ratio vs kernel VXLAN | ping RTT | forwarder CPU | CPU per Gbit/s |');
+  console.log('|---|---|---|---|---|---|---|---|');
   for (const m of results) {
     const med = median(m.mbits);
     const range = `${fmt(Math.min(...m.mbits))} – ${fmt(Math.max(...m.mbits))}`;
     const cpu = m.cpu.length ? `${(median(m.cpu) * 100).toFixed(0)} %` : '';
+    // CPU seconds per second of transfer, per Gbit/s moved: the forwarders' cost per byte, a second
+    // view of a cost that throughput alone shows only through the machine's noise.
+    const perGbit = m.cpu.length ? `${(median(m.cpu.map((c, i) => (c * 100) / (m.mbits[i]! / 1000)))).toFixed(1)} %` : '';
     const rtt = m.rttMs === null ? 'n/a' : `${m.rttMs.toFixed(2)} ms`;
-    console.log(`| ${m.label} | ${fmt(med)} | ${range} | ${m.retransmits.join(', ')} | ${(med / ref).toFixed(2)} | ${rtt} | ${cpu} |`);
+    console.log(`| ${m.label} | ${fmt(med)} | ${range} | ${m.retransmits.join(', ')} | ${(med / ref).toFixed(2)} | ${rtt} | ${cpu} | ${perGbit} |`);
   }
 }
 
 const args = parseArgs(process.argv.slice(2));
 const results = args.daemon ? await runDaemons(args) : await runInProcess(args);
 report(results, args);
+if (args.plot) plot(results, args, args.plot);

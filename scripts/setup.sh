@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iperf3 iptables nftables kmod containernetworking-plugins
   openssl procps curl python3 make g++ ca-certificates
-  prometheus)  # promtool and a real Prometheus server for the /metrics tests
+  prometheus  # promtool and a real Prometheus server for the /metrics tests
+  wireguard-tools wireguard-go)  # wg(8); userspace WireGuard where the kernel has no wireguard module
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup: run as root (it installs packages and the tests create network namespaces)" >&2

@@ -77,7 +77,7 @@ describe('network config validation names the field', () => {
     [{ Network: '198.19.0.0/16', SubnetMin: 'nope' }, 'SubnetMin', /not an IPv4 address/],
     [{ Network: '198.19.0.0/16', SubnetMin: '198.19.9.0', SubnetMax: '198.19.3.0' }, 'SubnetMin', /above SubnetMax/],
     [{ Network: '198.19.0.0/16', Backend: 'vxlan' }, 'Backend', /JSON object/],
-    [{ Network: '198.19.0.0/16', Backend: { Type: 'wireguard' } }, 'Backend.Type', /unknown backend "wireguard"/],
+    [{ Network: '198.19.0.0/16', Backend: { Type: 'ipsec' } }, 'Backend.Type', /unknown backend "ipsec"/],
     [{ Network: '198.19.0.0/16', Backend: { Type: 7 } }, 'Backend.Type', /string/],
     [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', VNI: 0 } }, 'Backend.VNI', /between 1 and 16777215/],
     [{ Network: '198.19.0.0/16', Backend: { Type: 'vxlan', VNI: 1.5 } }, 'Backend.VNI', /integer/],

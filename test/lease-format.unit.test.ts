@@ -33,7 +33,7 @@ describe('lease values in upstream JSON', () => {
     ['[]', /not a JSON object/],
     ['{"PublicIPv6":null}', /PublicIP is missing/],
     ['{"PublicIP":"198.18.0.300"}', /PublicIP/],
-    ['{"PublicIP":"198.18.0.2","BackendType":"wireguard"}', /not supported/],
+    ['{"PublicIP":"198.18.0.2","BackendType":"ipsec"}', /not supported/],
     ['{"PublicIP":"198.18.0.2","BackendType":"vxlan","BackendData":"x"}', /BackendData/],
     ['{"PublicIP":"198.18.0.2","PublicIPv6":5}', /PublicIPv6/],
   ])('rejects %s with a reason', (value, reason) => {

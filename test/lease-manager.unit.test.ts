@@ -1,10 +1,7 @@
 // The lease manager's logic on the in-memory store with a clock the test moves: allocation, races,
 // reuse, reservations, renewal, loss and re-claim, resync after compaction, invalid leases and bursts.
 // No root, no etcd, no namespaces: the whole file runs in well under a second.
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Logger } from '../src/common/log.js';
 import { silentLogger } from '../src/common/log.js';
 import { metricsRegistry } from '../src/common/metrics.js';
 import { chooseSubnet, NetworkFullError } from '../src/subnet/allocation.js';
@@ -13,6 +10,7 @@ import { Ip4Net } from '../src/common/ip4.js';
 import { type Lease, type LeaseEvent, encodeLeaseAttrs } from '../src/subnet/lease.js';
 import { LeaseManager, type LeaseManagerOptions } from '../src/subnet/manager.js';
 import { MemoryLeaseStore } from '../src/subnet/memory-store.js';
+import { capturingLogger } from './harness/log-capture.js';
 import { ManualClock, settle } from './harness/manual-clock.js';
 
 const NETWORK = parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}');
@@ -34,17 +32,6 @@ function seeded(seed: number): () => number {
   };
 }
 
-/** Log lines as objects, for assertions on what was said and how often. */
-function capturingLogger(): { log: Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { log: pino({ level: 'debug' }, sink), lines };
-}
 
 class Recorder {
   own: Lease[] = [];

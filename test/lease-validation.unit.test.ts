@@ -156,7 +156,7 @@ describe('lease values: each refusal has its reason', () => {
     ['PublicIPv6 unspecified', '{"PublicIP":"198.18.0.2","PublicIPv6":"::"}', 'bad_public_ipv6'],
     ['PublicIPv6 an IPv4 address', '{"PublicIP":"198.18.0.2","PublicIPv6":"198.18.0.2"}', 'bad_public_ipv6'],
     // BackendType
-    ['an unknown BackendType', '{"PublicIP":"198.18.0.2","BackendType":"wireguard"}', 'bad_backend_type'],
+    ['an unknown BackendType', '{"PublicIP":"198.18.0.2","BackendType":"ipsec"}', 'bad_backend_type'],
     ['BackendType in other case (Go compares exactly)', '{"PublicIP":"198.18.0.2","BackendType":"VXLAN"}', 'bad_backend_type'],
     ['BackendType a number', '{"PublicIP":"198.18.0.2","BackendType":1}', 'bad_backend_type'],
     ['BackendType padded', '{"PublicIP":"198.18.0.2","BackendType":"vxlan "}', 'bad_backend_type'],

@@ -130,17 +130,35 @@ test('garbage on port 8285 for 3 s while pods ping: all of it dropped and counte
   expect(await cluster.ping(n2.pods[0]!, target)).toBe(true);
 });
 
+/** 20 UDP datagrams from `fromNs` to `node`'s port 8285, carrying packets from `src` to its pod; how many the pod got. */
+async function deliverToPod(node: ClusterNode, fromNs: string, src: string): Promise<number> {
+  const target = node.pods[0]!;
+  const counter = script(target.ns, UDP_COUNTER, ['2500']);
+  await counter.ready;
+  await script(fromNs, INNER_SENDER, [node.ip, target.ip, src, '20']).done;
+  return Number(await counter.done);
+}
+
 test('packets from an address that holds no lease never reach a pod; the same from a member do', async () => {
   const [n1, n2] = cluster.nodes as [ClusterNode, ClusterNode];
-  const target = n1.pods[0]!;
-  const deliver = async (ns: string, src: string): Promise<number> => {
-    const counter = script(target.ns, UDP_COUNTER, ['2500']);
-    await counter.ready;
-    await script(ns, INNER_SENDER, [n1.ip, target.ip, src, '20']).done;
-    return Number(await counter.done);
-  };
+  const deliver = (ns: string, src: string): Promise<number> => deliverToPod(n1, ns, src);
   const before = await backendStats(n1);
   expect(await deliver(outsiderNs, '198.19.99.5')).toBe(0);
   expect((await backendStats(n1))['dropUnknownSource']! - before['dropUnknownSource']!).toBe(20);
+  expect(await deliver(n2.ns, n2.pods[0]!.ip)).toBe(20);
+});
+
+test('a member speaking for addresses that are not its own (inner source outside its subnet) never reaches a pod: counted as spoofed_source', async () => {
+  const [n1, n2, n3] = cluster.nodes as [ClusterNode, ClusterNode, ClusterNode];
+  const deliver = (ns: string, src: string): Promise<number> => deliverToPod(n1, ns, src);
+  // From node 2's address: an address of node 1's own subnet (another pod there), and node 3's pod.
+  const env1 = await n1.env();
+  const ownAddress = env1['FLANNEL_SUBNET']!.replace(/\.\d+\/\d+$/, '.3');
+  const before = await backendStats(n1);
+  expect(await deliver(n2.ns, ownAddress)).toBe(0);
+  expect(await deliver(n2.ns, n3.pods[0]!.ip)).toBe(0);
+  const spoofed = (await backendStats(n1))['dropSpoofedSource']! - before['dropSpoofedSource']!;
+  expect(spoofed).toBe(40);
+  // Node 2 for its own pod: delivered.
   expect(await deliver(n2.ns, n2.pods[0]!.ip)).toBe(20);
 });

@@ -13,6 +13,7 @@ import { LeaseManager, NetworkFullError } from '../subnet/manager.js';
 import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
+import { type UnderlayAddress, checkUnderlayOutsideNetwork, underlayAddresses } from './underlay-overlap.js';
 import type { Logger } from '../common/log.js';
 import { SystemdStatus, notifySystemd } from './sdnotify.js';
 
@@ -30,6 +31,8 @@ export class Daemon {
   /** The rules' set-up started for our lease, awaited before ready and before stopping. */
   private netfilterDone: Promise<void> = Promise.resolve();
   private network: NetworkConfig | null = null;
+  /** Addresses a network must not contain: our underlay addresses and etcd's (see underlay-overlap.ts). */
+  private underlay: UnderlayAddress[] = [];
   private ready = false;
   private startup: Promise<void> | null = null;
   private stopping = false;
@@ -74,6 +77,7 @@ export class Daemon {
         backendStats: () => this.backend?.stats?.() ?? {},
       });
     }
+    this.underlay = await underlayAddresses(extIface, this.opts.etcd.endpoints);
     const network = await this.waitForConfig();
     if (network === null || this.stopping) return;
     this.network = network;
@@ -179,7 +183,8 @@ export class Daemon {
 
   /**
    * Returns the first valid config, logging each distinct problem once while waiting for a fix;
-   * null when the daemon is stopped meanwhile (a clean stop, not a failure to start).
+   * null when the daemon is stopped meanwhile (a clean stop, not a failure to start). A config whose
+   * network contains our own underlay address or etcd's is invalid here.
    */
   private async waitForConfig(): Promise<NetworkConfig | null> {
     const backoff = new Backoff();
@@ -193,6 +198,7 @@ export class Daemon {
           this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
         } else {
           const { config, unknownKeys } = checkNetworkConfig(text);
+          checkUnderlayOutsideNetwork(config, this.underlay);
           if (unknownKeys.length > 0) this.log.warn({ unknownKeys }, 'the network config has keys upstream does not know; ignored (misspelt?)');
           return config;
         }
@@ -229,6 +235,7 @@ export class Daemon {
     }
     try {
       const next = parseNetworkConfig(text);
+      checkUnderlayOutsideNetwork(next, this.underlay);
       if (!sameNetwork(next, running)) {
         this.log.error(
           { running: running.network.toString(), new: next.network.toString(), backend: next.backend.type },

@@ -40,6 +40,7 @@ const UDP_DROPS: Readonly<Record<string, string>> = {
   dropMalformedLength: 'malformed_length',
   dropMalformedChecksum: 'malformed_checksum',
   dropUnknownSource: 'unknown_source',
+  dropSpoofedSource: 'spoofed_source',
   dropNotLocal: 'not_local',
   rxTcpChecksumBad: 'bad_tcp_checksum',
 };

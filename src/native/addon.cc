@@ -82,7 +82,8 @@ class UdpForwarder : public Napi::ObjectWrap<UdpForwarder> {
         !readNumber(o, "workers", 1, 16, &workers, false) || !readString(o, "netnsPath", &opts.netnsPath, false) ||
         !readNumber(o, "socketBufferBytes", 65536, 1 << 30, &buf, false) || !readBool(o, "batch", &opts.batch) ||
         !readBool(o, "tunOffload", &opts.tunOffload) || !readBool(o, "udpGso", &opts.udpGso) ||
-        !readBool(o, "udpGro", &opts.udpGro) || !readBool(o, "tunCoalesce", &opts.tunCoalesce))
+        !readBool(o, "udpGro", &opts.udpGro) || !readBool(o, "tunCoalesce", &opts.tunCoalesce) ||
+        !readBool(o, "innerSourceCheck", &opts.innerSourceCheck))
       return;
     opts.mtu = static_cast<int>(mtu);
     opts.bindAddr = static_cast<uint32_t>(bind);

@@ -23,6 +23,7 @@ namespace fl {
   X(dropMalformedLength)   /* IP total length differs from the datagram length */                       \
   X(dropMalformedChecksum) /* IP header checksum wrong */                                               \
   X(dropUnknownSource) /* datagram from an address that holds no lease */                               \
+  X(dropSpoofedSource) /* inner source outside the subnets of the member the datagram came from */      \
   X(dropNotLocal)      /* inner destination outside this node's subnet (we are not a relay) */          \
   X(txErrors)          /* packets the UDP socket refused (sendmmsg error) */                            \
   X(tunWriteErrors)    /* packets the TUN refused */                                                    \

@@ -31,6 +31,8 @@ struct ForwarderOptions {
   bool udpGso = true;        // UDP_SEGMENT: many equal datagrams per sendmsg
   bool udpGro = true;        // UDP_GRO: many datagrams per recvmsg
   bool tunCoalesce = true;   // merge received TCP segments into one TUN write (needs tunOffload)
+  // Not an optimisation: the AllowedIPs check on received datagrams. Off only to measure its cost.
+  bool innerSourceCheck = true;
 };
 
 /** What actually got enabled (the kernel may refuse some options). */

@@ -69,6 +69,17 @@ class RouteTable {
     return std::binary_search(members_.begin(), members_.end(), addrNetOrder);
   }
 
+  /**
+   * WireGuard's AllowedIPs rule: true when the inner source `src` (host order) lies in a subnet
+   * whose lease has `fromNetOrder` as its PublicIP, i.e. the datagram's sender may speak for that
+   * address. Our own subnet is never in the table, so a datagram claiming one of our own addresses
+   * as its source fails too. The port is not compared: it is no part of a member's identity.
+   */
+  bool mayCarry(uint32_t fromNetOrder, uint32_t src) const {
+    const sockaddr_in* owner = lookup(src);
+    return owner != nullptr && owner->sin_addr.s_addr == fromNetOrder;
+  }
+
   /** True when an inner destination (host order) lies in this node's own subnet. */
   bool isLocal(uint32_t dst) const { return have_own_ && (dst & own_mask_) == own_net_; }
 

@@ -79,13 +79,23 @@ bool Worker::rxBatch() {
     // with a non-zero UDP checksum and verifies it first. A datagram that came alone may have
     // carried a zero checksum (allowed in IPv4), which nobody verified.
     const bool udpChecked = datagrams > 1;
-    for (size_t off = 0; off < len; off += segment) rxDatagram(buf + off, std::min(segment, len - off), udpChecked);
+    const uint32_t from = rxAddr_[m].sin_addr.s_addr;
+    for (size_t off = 0; off < len; off += segment) rxDatagram(buf + off, std::min(segment, len - off), udpChecked, from);
   }
   flushAllFlows();
   return static_cast<size_t>(got) == rxMsgsMax_;
 }
 
-void Worker::rxDatagram(uint8_t* pkt, size_t len, bool udpChecked) {
+bool Worker::sourceAllowed(uint32_t from, uint32_t src) {
+  if (allowedKnown_ && from == allowedFrom_ && src == allowedSrc_) return true;
+  if (!table_->mayCarry(from, src)) return false;
+  allowedKnown_ = true;
+  allowedFrom_ = from;
+  allowedSrc_ = src;
+  return true;
+}
+
+void Worker::rxDatagram(uint8_t* pkt, size_t len, bool udpChecked, uint32_t from) {
   switch (checkIpv4(pkt, len)) {
     case Malformed::None:
       break;
@@ -104,6 +114,13 @@ void Worker::rxDatagram(uint8_t* pkt, size_t len, bool udpChecked) {
     case Malformed::Checksum:
       bump(c_.dropMalformedChecksum);
       return;
+  }
+  // A member speaks only for its own subnet (WireGuard's AllowedIPs rule): the outer source is
+  // easily forged, so without this anyone could hand our pods packets that claim to come from any
+  // address — one of our own pods, or another node's. Checked per datagram, before coalescing.
+  if (checkSource_ && !sourceAllowed(from, ipSrc(pkt))) {
+    bump(c_.dropSpoofedSource);
+    return;
   }
   // A member only sends us packets for our subnet; anything else would make us a relay.
   if (!table_->isLocal(ipDst(pkt))) {

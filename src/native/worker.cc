@@ -17,6 +17,7 @@ Worker::Worker(Forwarder& fwd, int tunFd, int udpFd, int stopFd)
     : fwd_(fwd), tunFd_(tunFd), udpFd_(udpFd), stopFd_(stopFd) {
   vnet_ = fwd.features_.vnetHdr;
   coalesce_ = fwd.features_.tunCoalesce;
+  checkSource_ = fwd.opts_.innerSourceCheck;
   batch_ = fwd.opts_.batch;
   txReadsMax_ = batch_ ? kTxReads : 1;
   rxMsgsMax_ = batch_ ? kRxMsgs : 1;
@@ -58,6 +59,7 @@ void Worker::refreshTable() {
   // One acquire load per batch; the lock is only taken when the table really changed.
   if (fwd_.tableVersion_.load(std::memory_order_acquire) == tableVersion_) return;
   table_ = fwd_.currentTable(&tableVersion_);
+  allowedKnown_ = false;
 }
 
 void Worker::run() {

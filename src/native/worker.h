@@ -56,7 +56,8 @@ class Worker {
   // --- UDP -> TUN ---
   /** Receives a batch of datagrams and writes them to the TUN. False once the socket is drained. */
   bool rxBatch();
-  void rxDatagram(uint8_t* pkt, size_t len, bool udpChecked);
+  void rxDatagram(uint8_t* pkt, size_t len, bool udpChecked, uint32_t from);
+  bool sourceAllowed(uint32_t from, uint32_t src);
   struct Flow;  // an in-progress coalesced TCP super-packet
   void coalesce(uint8_t* pkt, size_t len, bool udpChecked);
   void writeAsIs(uint8_t* pkt, size_t len);
@@ -69,11 +70,15 @@ class Worker {
   Forwarder& fwd_;
   const int tunFd_, udpFd_, stopFd_;
   int epollFd_ = -1;
-  bool vnet_ = false, batch_ = true, coalesce_ = false;
+  bool vnet_ = false, batch_ = true, coalesce_ = false, checkSource_ = true;
   WorkerCounters c_;
 
   std::shared_ptr<const RouteTable> table_;
   uint64_t tableVersion_ = ~0ull;
+  // The last (outer source, inner source) pair the table allowed: the segments of one flow share it,
+  // so a burst costs one lookup. Valid for the current table only.
+  bool allowedKnown_ = false;
+  uint32_t allowedFrom_ = 0, allowedSrc_ = 0;
 
   std::vector<uint8_t> txBufs_;
   size_t txReadsMax_;

@@ -3,6 +3,7 @@
 import { type Ip4, Ip4Net, formatIp4, parseIp4 } from '../common/ip4.js';
 import { type Ip6NetworkConfig, Ipv6ConfigError, parseIpv6Config } from './config-ipv6.js';
 import { formatIp6 } from '../common/ip6.js';
+import { wgKeyProblem } from '../common/wg-key.js';
 
 export type { Ip6NetworkConfig } from './config-ipv6.js';
 
@@ -27,6 +28,26 @@ export interface HostGwBackendConfig {
 }
 
 export type BackendConfig = VxlanBackendConfig | UdpBackendConfig | HostGwBackendConfig;
+
+/** Upstream's wireguard modes: one device per family, or one device for both (endpoint by family or chosen). */
+export const WIREGUARD_MODES = ['separate', 'auto', 'ipv4', 'ipv6'] as const;
+export type WireguardMode = (typeof WIREGUARD_MODES)[number];
+
+/** The wireguard backend's keys, with upstream's defaults. */
+export interface WireguardBackendConfig {
+  type: 'wireguard';
+  /** UDP port of flannel-wg (51820). */
+  listenPort: number;
+  /** UDP port of flannel-wg-v6 (51821), the IPv6 device of `separate` mode. */
+  listenPortV6: number;
+  /** The MTU WireGuard's 80 bytes of overhead are taken from (upstream's meaning); null = the underlay's. */
+  mtu: number | null;
+  /** The preshared key every peer gets, canonical base64 of 32 bytes; null for none. */
+  psk: string | null;
+  /** Seconds between keepalives to each idle peer; 0 = off. */
+  persistentKeepaliveInterval: number;
+  mode: WireguardMode;
+}
 
 export interface NetworkConfig {
   network: Ip4Net;
@@ -68,7 +89,11 @@ const BACKEND_KEYS: Record<string, readonly string[]> = {
   udp: ['Type', 'Port'],
   vxlan: ['Type', 'VNI', 'Port', 'GBP', 'DirectRouting', 'MTU', 'Learning', 'MacPrefix'],
   'host-gw': ['Type'],
+  wireguard: ['Type', 'PSK', 'ListenPort', 'ListenPortV6', 'MTU', 'PersistentKeepaliveInterval', 'Mode'],
 };
+
+/** WireGuard's overhead per packet, as upstream counts it: IPv6 header 40, UDP 8, its own 32. */
+export const WIREGUARD_OVERHEAD = 80;
 
 /**
  * The object with its keys renamed to their canonical spelling, as Go would match them (a later
@@ -112,7 +137,36 @@ function optionalIp(obj: Json, key: string): Ip4 | undefined {
   }
 }
 
-function parseBackend(backend: unknown, unknown: string[]): BackendConfig {
+/**
+ * The wireguard backend's keys (`raw` with canonical key names), upstream's defaults filled in.
+ * `ipv6`: the network is dual stack. Throws ConfigError naming the field; never quotes the PSK.
+ */
+export function parseWireguardBackend(raw: Json, ipv6: boolean): WireguardBackendConfig {
+  const mode = raw['Mode'] ?? 'separate';
+  if (typeof mode !== 'string' || !(WIREGUARD_MODES as readonly string[]).includes(mode)) {
+    throw new ConfigError('Backend.Mode', `must be one of ${WIREGUARD_MODES.join(', ')} (as upstream spells them), got ${JSON.stringify(mode)}`);
+  }
+  if (mode === 'ipv6' && !ipv6) throw new ConfigError('Backend.Mode', 'ipv6 sends to the peers\' IPv6 addresses: it needs EnableIPv6 and IPv6Network');
+  let psk: string | null = null;
+  const pskValue = raw['PSK'];
+  if (pskValue !== undefined && pskValue !== null && pskValue !== '') {
+    const problem = wgKeyProblem(pskValue);
+    if (problem !== null) throw new ConfigError('Backend.PSK', `not a WireGuard key (make one with \`wg genpsk\`): ${problem}`);
+    psk = pskValue as string;
+  }
+  const listenPort = optionalInt(raw, 'ListenPort', 'Backend.ListenPort', 1, 65535) ?? 51820;
+  const listenPortV6 = optionalInt(raw, 'ListenPortV6', 'Backend.ListenPortV6', 1, 65535) ?? 51821;
+  if (ipv6 && mode === 'separate' && listenPortV6 === listenPort) {
+    throw new ConfigError('Backend.ListenPortV6', `must differ from ListenPort (${listenPort}): separate mode runs a device per family, each on its own port`);
+  }
+  // The device gets MTU - 80, which must carry an IPv4 packet (68), or an IPv6 one (1280) in a dual-stack network.
+  const minMtu = (ipv6 ? 1280 : 68) + WIREGUARD_OVERHEAD;
+  const mtu = optionalInt(raw, 'MTU', 'Backend.MTU', minMtu, 65535) ?? null;
+  const keepalive = optionalInt(raw, 'PersistentKeepaliveInterval', 'Backend.PersistentKeepaliveInterval', 0, 65535) ?? 0;
+  return { type: 'wireguard', listenPort, listenPortV6, mtu, psk, persistentKeepaliveInterval: keepalive, mode: mode as WireguardMode };
+}
+
+function parseBackend(backend: unknown, unknown: string[], ipv6: boolean): BackendConfig {
   if (backend === undefined || backend === null) return { type: 'udp', port: 8285 }; // upstream's default backend
   if (!isObject(backend)) throw new ConfigError('Backend', 'must be a JSON object');
   const type = canonicalKeys(backend, ['Type'], '').fields['Type'] ?? 'udp';
@@ -135,6 +189,10 @@ function parseBackend(backend: unknown, unknown: string[]): BackendConfig {
       };
     case 'host-gw':
       return { type: 'host-gw' };
+    case 'wireguard':
+      // Its keys are checked (an operator preparing a config sees their errors) but no node runs it yet.
+      parseWireguardBackend(raw, ipv6);
+      throw new ConfigError('Backend.Type', 'the wireguard backend is not available in this version yet (supported: udp, vxlan, host-gw)');
     default:
       throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan, host-gw)`);
   }
@@ -210,7 +268,7 @@ export function checkNetworkConfig(text: string): { config: NetworkConfig; unkno
     throw new ConfigError('SubnetMin', `${formatIp4(subnetMin)} is above SubnetMax ${formatIp4(subnetMax)}`);
   }
 
-  const backend = parseBackend(raw['Backend'], unknownKeys);
+  const backend = parseBackend(raw['Backend'], unknownKeys, ipv6 !== null);
   // As upstream: the udp backend carries IPv4 packets only.
   if (ipv6 && backend.type === 'udp') throw new ConfigError('EnableIPv6', 'the udp backend does not support IPv6 (as upstream): use vxlan or host-gw for dual stack');
   const enableNFTables = optionalBool(raw, 'EnableNFTables', 'EnableNFTables') ?? false;

@@ -4,11 +4,12 @@ import { printable, quoted } from '../common/printable.js';
 import type { Ip4Net } from '../common/ip4.js';
 import { parseUnicastIp4 } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
+import { wgKeyProblem } from '../common/wg-key.js';
 import { LeaseRejected, hasControlChars } from './lease-reject.js';
 import { MAX_LEASE_VALUE_BYTES, goJsonFields, parseUnicastIp6, parseVtepMac } from './lease-validation.js';
 
-export type BackendType = 'udp' | 'vxlan' | 'host-gw';
-const BACKEND_TYPES: readonly string[] = ['udp', 'vxlan', 'host-gw'];
+export type BackendType = 'udp' | 'vxlan' | 'host-gw' | 'wireguard';
+const BACKEND_TYPES: readonly string[] = ['udp', 'vxlan', 'host-gw', 'wireguard'];
 
 /** The VTEP of one vxlan device, from BackendData (IPv4 device) or BackendV6Data (IPv6 device). */
 export interface VxlanVtep {
@@ -18,6 +19,17 @@ export interface VxlanVtep {
   mac: string;
 }
 
+/** One WireGuard device of a node, from BackendData (IPv4 device) or BackendV6Data (IPv6 device). */
+export interface WireguardPeerData {
+  /** The node's public key, canonical base64 of 32 bytes. */
+  publicKey: string;
+  /**
+   * The device's UDP port; null when the lease names none (upstream before v0.22 wrote only the key;
+   * upstream reads a missing or zero port as "the same as my own listen port").
+   */
+  port: number | null;
+}
+
 /**
  * What a lease says about its node's backend, decoded once: what each backend needs of a peer, typed.
  * udp and host-gw publish nothing beyond the node's addresses.
@@ -25,7 +37,8 @@ export interface VxlanVtep {
 export type LeaseBackend =
   | { type: 'udp' }
   | { type: 'host-gw' }
-  | { type: 'vxlan'; vtep: VxlanVtep; vtepV6: VxlanVtep | null };
+  | { type: 'vxlan'; vtep: VxlanVtep; vtepV6: VxlanVtep | null }
+  | { type: 'wireguard'; peer: WireguardPeerData; peerV6: WireguardPeerData | null };
 
 /** What a node publishes about itself alongside its subnet. Addresses are canonical (parsed exactly). */
 export interface LeaseAttrs {
@@ -49,6 +62,10 @@ function vtepWire(vtep: VxlanVtep): Record<string, unknown> {
   return vtep.vni === null ? { VtepMAC: vtep.mac } : { VNI: vtep.vni, VtepMAC: vtep.mac };
 }
 
+function wireguardWire(peer: WireguardPeerData): Record<string, unknown> {
+  return peer.port === null ? { PublicKey: peer.publicKey } : { PublicKey: peer.publicKey, Port: peer.port };
+}
+
 /**
  * Serialises attrs as upstream does: udp leases carry no BackendType/BackendData at all, host-gw ones
  * no BackendData (upstream omits empty data), and only dual-stack vxlan ones BackendV6Data.
@@ -61,6 +78,9 @@ export function encodeLeaseAttrs(attrs: LeaseAttrs): string {
     if (backend.type === 'vxlan') {
       wire['BackendData'] = vtepWire(backend.vtep);
       if (backend.vtepV6) wire['BackendV6Data'] = vtepWire(backend.vtepV6);
+    } else if (backend.type === 'wireguard') {
+      wire['BackendData'] = wireguardWire(backend.peer);
+      if (backend.peerV6) wire['BackendV6Data'] = wireguardWire(backend.peerV6);
     }
   }
   return JSON.stringify(wire);
@@ -70,17 +90,25 @@ function sameVtep(a: VxlanVtep | null, b: VxlanVtep | null): boolean {
   return a === b || (a !== null && b !== null && a.vni === b.vni && a.mac === b.mac);
 }
 
+function sameWireguardPeer(a: WireguardPeerData | null, b: WireguardPeerData | null): boolean {
+  return a === b || (a !== null && b !== null && a.publicKey === b.publicKey && a.port === b.port);
+}
+
 /** Two leases publish the same: addresses and backend data. */
 export function sameLeaseAttrs(a: LeaseAttrs, b: LeaseAttrs): boolean {
   if (a.publicIP !== b.publicIP || a.publicIPv6 !== b.publicIPv6 || a.backend.type !== b.backend.type) return false;
   if (a.backend.type === 'vxlan' && b.backend.type === 'vxlan') {
     return sameVtep(a.backend.vtep, b.backend.vtep) && sameVtep(a.backend.vtepV6, b.backend.vtepV6);
   }
+  if (a.backend.type === 'wireguard' && b.backend.type === 'wireguard') {
+    return sameWireguardPeer(a.backend.peer, b.backend.peer) && sameWireguardPeer(a.backend.peerV6, b.backend.peerV6);
+  }
   return true;
 }
 
 const TOP_FIELDS = ['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData', 'BackendV6Data'] as const;
 const VXLAN_FIELDS = ['VNI', 'VtepMAC'] as const;
+const WIREGUARD_FIELDS = ['PublicKey', 'Port'] as const;
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -112,6 +140,28 @@ function decodeVxlanVtep(data: unknown, field = 'BackendData'): VxlanVtep {
     vni = f.VNI;
   }
   return { vni, mac: parseVtepMac(f.VtepMAC) };
+}
+
+/**
+ * wireguard's BackendData (or BackendV6Data): the public key, exactly as WireGuard spells keys, and the
+ * port when given (upstream writes it as a uint16; 0 or none means "not given").
+ */
+function decodeWireguardPeer(data: unknown, field = 'BackendData'): WireguardPeerData {
+  if (!isObject(data)) throw new LeaseRejected('bad_backend_data', `wireguard lease: ${field} is missing or not a JSON object`);
+  const f = goJsonFields(data, WIREGUARD_FIELDS, field);
+  const problem = wgKeyProblem(f.PublicKey);
+  if (problem !== null) {
+    const shown = typeof f.PublicKey === 'string' ? ` ${quoted(f.PublicKey, 60)}` : '';
+    throw new LeaseRejected('bad_backend_data', `wireguard lease: ${field}.PublicKey${shown} is not a WireGuard public key: ${problem}`);
+  }
+  let port: number | null = null;
+  if (f.Port !== undefined && f.Port !== null) {
+    if (typeof f.Port !== 'number' || !Number.isInteger(f.Port) || f.Port < 0 || f.Port > 65535) {
+      throw new LeaseRejected('bad_backend_data', `wireguard lease: ${field}.Port ${printable(JSON.stringify(f.Port), 32)} is not a UDP port (1-65535)`);
+    }
+    if (f.Port !== 0) port = f.Port;
+  }
+  return { publicKey: f.PublicKey as string, port };
 }
 
 /**
@@ -167,7 +217,7 @@ export function decodeLeaseAttrs(value: string): LeaseAttrs {
   // Other backends publish no data, or data this daemon does not read; it must still be an object.
   for (const field of ['BackendData', 'BackendV6Data'] as const) {
     const data = f[field];
-    if (backendType !== 'vxlan' && data !== undefined && data !== null && !isObject(data)) {
+    if (backendType !== 'vxlan' && backendType !== 'wireguard' && data !== undefined && data !== null && !isObject(data)) {
       throw new LeaseRejected('bad_backend_data', `lease ${field} is not a JSON object`);
     }
   }
@@ -176,6 +226,10 @@ export function decodeLeaseAttrs(value: string): LeaseAttrs {
     // Dual-stack vxlan: the IPv6 device's VNI and MAC, checked as BackendData is.
     const v6 = f.BackendV6Data;
     backend = { type: 'vxlan', vtep: decodeVxlanVtep(f.BackendData), vtepV6: v6 === undefined || v6 === null ? null : decodeVxlanVtep(v6, 'BackendV6Data') };
+  } else if (backendType === 'wireguard') {
+    // BackendData is the IPv4 device's, which every network here has (IPv4 is never off).
+    const v6 = f.BackendV6Data;
+    backend = { type: 'wireguard', peer: decodeWireguardPeer(f.BackendData), peerV6: v6 === undefined || v6 === null ? null : decodeWireguardPeer(v6, 'BackendV6Data') };
   } else {
     backend = { type: backendType };
   }

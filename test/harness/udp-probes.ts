@@ -63,6 +63,41 @@ const s = dgram.createSocket('udp4');
 for (let i = 0; i < Number(count); i++) await new Promise((r) => s.send(pkt, 8285, target, r));
 s.close(); console.log(count);`;
 
+/**
+ * One UDP GSO send (UDP_SEGMENT, which Node's dgram cannot set) of equal-sized TCP segments, as a
+ * peer's forwarder sends a burst: the receiving forwarder gets them as one UDP_GRO message and
+ * coalesces them. A Python snippet, run as `python3 -c`. argv: target, bind address (sent from
+ * its port 8285), inner dst, TCP dst port, payload bytes per segment, then one inner source per
+ * segment. The segments are in-order ACKs of one flow per source (each valid: IP and TCP checksums).
+ * Prints the count.
+ */
+export const GSO_TCP_BURST = `
+import socket, struct, sys
+target, bind, dst, dport, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+srcs = sys.argv[6:]
+def csum(b):
+    if len(b) % 2: b += b'\\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def segment(src, seq):
+    tcp = struct.pack('!HHIIBBHHH', 40002, dport, seq, 1, 5 << 4, 0x10, 65535, 0, 0) + bytes([seq % 251]) * size
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack('!BBH', 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack('!H', csum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    return ip[:10] + struct.pack('!H', csum(ip)) + ip[12:] + tcp
+seqs = {}
+burst = []
+for src in srcs:
+    seq = seqs.get(src, 1000)
+    burst.append(segment(src, seq))
+    seqs[src] = seq + size
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((bind, 8285))
+UDP_SEGMENT = 103
+s.sendmsg([b''.join(burst)], [(socket.IPPROTO_UDP, UDP_SEGMENT, struct.pack('=H', len(burst[0])))], 0, (target, 8285))
+print(len(burst))`;
+
 /** Counts UDP datagrams arriving on port 9999 for argv[1] ms; prints "ready", then the count. */
 export const UDP_COUNTER = `
 import dgram from 'node:dgram';

@@ -21,6 +21,12 @@ export interface UdpForwarderOptions {
   udpGso?: boolean;
   udpGro?: boolean;
   tunCoalesce?: boolean;
+  /**
+   * The AllowedIPs check on received datagrams (the inner source must lie in a subnet of the member
+   * that sent it); default on. Off only in the throughput bench, to measure what the check costs:
+   * UdpBackend never turns it off.
+   */
+  innerSourceCheck?: boolean;
 }
 
 export interface ForwarderRoute {
