@@ -1,8 +1,14 @@
 // /healthz (the process is alive and its event loop answers), /readyz (our lease is held and the
 // env file written), /metrics (Prometheus text format, from the one metrics registry).
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
+import { createRequire } from 'node:module';
 import { metricsRegistry } from '../common/metrics.js';
 import { type ScrapeSource, serveDaemonMetrics } from './metrics-daemon.js';
+
+// node:http through require, not import: Node 22 builds the ES-module face of node:http by reading
+// every export, its lazy WebSocket among them, which loads undici and compiles its WebAssembly — and
+// the daemon runs without WebAssembly (bin/flanneld: --lite-mode), so that import would throw at start.
+const { createServer } = createRequire(import.meta.url)('node:http') as typeof import('node:http');
 
 export type { LeaseInfo } from './metrics-daemon.js';
 export type HealthSource = ScrapeSource;
