@@ -2,7 +2,7 @@
 // checked against the code they configure (the network config parser, the CNI plugin's conf parser, the
 // daemon's flags and health endpoints), the systemd units through systemd-analyze, and install.sh run
 // into a DESTDIR.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,9 +16,10 @@ import { parseFlannelNetConf } from '../src/cni/netconf.js';
 import { SUPPORTED_VERSIONS } from '../src/cni/plugin.js';
 import { Ip4Net } from '../src/subnet/ip4.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { createCluster, repoPath, type Cluster } from './harness/cluster.js';
+import { createCluster, killPid, repoPath, type Cluster } from './harness/cluster.js';
 import { containerEnv, loadManifests } from './harness/kube.js';
-import { run } from './harness/netns.js';
+import { startEtcd } from './harness/etcd.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
 type Obj = Record<string, unknown>;
 
@@ -283,6 +284,56 @@ describe('systemd units', () => {
     writeFileSync(copy, text.replace('ExecStart=/usr/local/bin/flanneld', 'ExecStart=/bin/true'));
     expect(verify(copy)).toEqual({ status: 0, out: '' });
   });
+
+  it.skipIf(!hasAnalyze)('flanneld.service is sandboxed: systemd-analyze security --offline rates it OK (it was 9.8 UNSAFE unsandboxed)', () => {
+    const text = readFileSync(repoPath('deploy', 'systemd', 'flanneld.service'), 'utf8');
+    for (const line of ['ProtectSystem=strict', 'NoNewPrivileges=yes', 'CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW',
+      'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK', 'DeviceAllow=/dev/net/tun rw', 'RuntimeDirectory=flannel',
+      'RuntimeDirectoryPreserve=yes', 'ReadWritePaths=-/run/xtables.lock -/run/wireguard']) {
+      expect(text.split('\n'), line).toContain(line);
+    }
+    // The env file's directory is the runtime directory, so the default --subnet-file stays writable.
+    expect(text).not.toMatch(/^Environment=FLANNELD_SUBNET_FILE=/m);
+    const copy = join(dir, 'flanneld.service');
+    writeFileSync(copy, text);
+    const res = spawnSync('systemd-analyze', ['security', '--offline=true', copy], { encoding: 'utf8' });
+    expect(res.status, res.stderr).toBe(0);
+    const m = /Overall exposure level for flanneld\.service: (\d+\.\d) (\w+)/.exec(res.stdout);
+    expect(m, res.stdout.slice(-500)).not.toBeNull();
+    expect(Number(m![1])).toBeLessThan(3);
+    expect(m![2]).toBe('OK');
+  });
+
+  it.skipIf(!built)("the daemon works inside the unit's capability bounding set with no_new_privs (vxlan, --ip-masq)", async () => {
+    const text = readFileSync(repoPath('deploy', 'systemd', 'flanneld.service'), 'utf8');
+    const caps = /^CapabilityBoundingSet=(.+)$/m.exec(text)![1]!.split(/\s+/).map((c) => c.replace(/^CAP_/, '').toLowerCase());
+    const ns = `fl-${runId()}-cap`;
+    const work = mkdtempSync(join(tmpdir(), 'deploy-caps-'));
+    await addLoneNodeNetns(ns);
+    const etcd = await startEtcd({ netns: ns });
+    try {
+      await run(['etcdctl', '--endpoints', etcd.endpoint, 'put', '/coreos.com/network/config', '{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'], { netns: ns, env: { ETCDCTL_API: '3' } });
+      const subnetFile = join(work, 'subnet.env');
+      // ip netns exec, setpriv and bin/flanneld each exec the next: the child's PID is the daemon's.
+      const daemon = spawn('ip', ['netns', 'exec', ns, 'setpriv', `--bounding-set=-all,${caps.map((c) => `+${c}`).join(',')}`, '--inh-caps=-all',
+        '--no-new-privs', repoPath('bin', 'flanneld'), `--etcd-endpoints=${etcd.endpoint}`, '--iface=eth0', '--ip-masq', `--subnet-file=${subnetFile}`],
+      { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      daemon.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
+      const up = await waitFor(async () => existsSync(subnetFile)
+        && (await run(['iptables-save', '-t', 'nat'], { netns: ns })).stdout.includes('FLANNEL-POSTRTG')
+        && (await run(['ip', 'link', 'show', 'flannel.1'], { netns: ns, allowFail: true })).code === 0, 20_000);
+      // The bounding set really is the unit's: the daemon's CapBnd has exactly those bits.
+      const bound = /^CapBnd:\s+(\S+)$/m.exec(readFileSync(`/proc/${daemon.pid}/status`, 'utf8'))?.[1];
+      await killPid(daemon.pid!);
+      expect(up, stderr).toBe(true);
+      expect(bound).toBe('0000000000003000'); // CAP_NET_ADMIN (12) and CAP_NET_RAW (13)
+    } finally {
+      await etcd.stop();
+      await delNetns(ns);
+      rmSync(work, { recursive: true, force: true });
+    }
+  }, 90_000);
 
   it.skipIf(!hasAnalyze)('the docker.service drop-in is picked up and verifies', () => {
     const unitDir = join(dir, 'units');
