@@ -2,7 +2,7 @@
 # Builds the flanneld-ts image from deploy/Dockerfile with podman (or docker, where its engine runs) and
 # prints the image reference as its last line.
 #
-#   scripts/build-image.sh [--tag REF] [--from-source]
+#   scripts/build-image.sh [--tag REF] [--from-source] [--no-cache]
 #
 # By default the image takes the tree this checkout built (npm ci && npm run build, as scripts/setup.sh
 # does), laid out by deploy/install.sh into .image/tree (the Dockerfile's TREE=host); --from-source
@@ -19,12 +19,14 @@ cd "$(dirname "$0")/.."
 version=$(node -p 'require("./package.json").version')
 tag="flanneld-ts:$version"
 tree=host
+cache=()
 while [ $# -gt 0 ]; do
   case $1 in
     --tag) tag=$2; shift 2 ;;
     --tag=*) tag=${1#--tag=}; shift ;;
     --from-source) tree=source; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --no-cache) cache=(--no-cache); shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "build-image: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -128,7 +130,9 @@ EOF
 if ! have_image "$node_base" || ! have_image "$run_base"; then
   if ! { have_image "$node_base" || "${engine[@]}" pull "$node_base" >/dev/null 2>&1; } \
     || ! { have_image "$run_base" || "${engine[@]}" pull "$run_base" >/dev/null 2>&1; }; then
+    started=$SECONDS
     make_bases
+    say "made the base images in $((SECONDS - started)) s"
   fi
 fi
 
@@ -148,11 +152,14 @@ if [ "${engine[0]}" = podman ]; then extra+=(--pull=never); fi
 # npm in the builder stage trusts what npm here trusts (a proxy that re-signs TLS).
 if [ "$tree" = source ] && [ -s "${NODE_EXTRA_CA_CERTS:-}" ]; then extra+=(--secret "id=npm-ca,src=$NODE_EXTRA_CA_CERTS"); fi
 previous=$("${engine[@]}" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
-"${engine[@]}" build --network host "${limits[@]}" "${extra[@]}" --build-arg "TREE=$tree" -f "$dockerfile" -t "$tag" . >&2
+started=$SECONDS
+"${engine[@]}" build --network host "${limits[@]}" "${extra[@]}" "${cache[@]}" --build-arg "TREE=$tree" -f "$dockerfile" -t "$tag" . >&2
 if [ "$tree" = host ]; then rm -rf .image; fi
 # The image this tag named before, unless something still uses it.
 current=$("${engine[@]}" image inspect --format '{{.Id}}' "$tag")
 if [ -n "$previous" ] && [ "$previous" != "$current" ]; then "${engine[@]}" rmi "$previous" >/dev/null 2>&1 || true; fi
+# The host tree's stage image: new at every build, of no use afterwards.
+"${engine[@]}" image prune -f --filter label=org.flanneld-ts.stage=tree-host >/dev/null 2>&1 || true
 size=$("${engine[@]}" image inspect --format '{{.Size}}' "$tag")
-say "$tag: $((size / 1000000)) MB"
+say "built $tag in $((SECONDS - started)) s: $((size / 1000000)) MB"
 echo "$tag"
