@@ -1,9 +1,10 @@
 // flannelctl node cleanup: removes from this node what flanneld and the flannel CNI plugin's
-// installation made on it — devices (and with them their routes, neighbours and FDB entries), host-gw
-// routes, iptables chains and jumps, nftables tables, the subnet env file, the CNI plugin and conflist.
-// Each thing is recognised by what only flanneld makes: device names and kinds, chain and table names,
-// and for host-gw routes their shape (inside the flannel network read from the env file, of the node
-// subnet's length, through a gateway on link). Nothing else is touched, so running it twice is safe;
+// installation made on it — devices (and with them their routes, neighbours and FDB entries), the pods'
+// bridge, host-gw routes, iptables chains and jumps, nftables tables, the subnet env file, the CNI plugin
+// and conflist. Each thing is recognised by what only flanneld makes: device names and kinds, chain and
+// table names, a bridge addressed inside the flannel network, and for host-gw routes their shape (inside
+// the network read from the env file, of the node subnet's length, through a gateway on link). Nothing
+// else is touched, so running it twice is safe;
 // the second run finds nothing. Kernel changes go through src/routes' checked builders and iptables'
 // runner, as argv arrays.
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, rmSync, rmdirSync } from 'node:fs';
