@@ -158,8 +158,8 @@ if [ "$tree" = host ]; then rm -rf .image; fi
 # The image this tag named before, unless something still uses it.
 current=$("${engine[@]}" image inspect --format '{{.Id}}' "$tag")
 if [ -n "$previous" ] && [ "$previous" != "$current" ]; then "${engine[@]}" rmi "$previous" >/dev/null 2>&1 || true; fi
-# The host tree's stage image: new at every build, of no use afterwards.
-"${engine[@]}" image prune -f --filter label=org.flanneld-ts.stage=tree-host >/dev/null 2>&1 || true
+# The tree stage's images: new at every build, of no use afterwards (the final image has copied the tree).
+"${engine[@]}" image prune -f --filter label=org.flanneld-ts.stage=tree >/dev/null 2>&1 || true
 size=$("${engine[@]}" image inspect --format '{{.Size}}' "$tag")
 say "built $tag in $((SECONDS - started)) s: $((size / 1000000)) MB"
 echo "$tag"
