@@ -9,7 +9,10 @@
 #   --cni         also install the CNI plugin as /opt/cni/bin/flannel
 #   --no-systemd  no unit files, no systemctl (container images)
 #   --uninstall   stop and disable flanneld, remove everything above except /etc/default/flanneld
-#                 and /etc/flannel (add --purge to remove those too); leases stay in etcd
+#                 and /etc/flannel; leases and kernel state stay. Add --purge to remove those two
+#                 too, after `flannelctl node cleanup` has removed what flanneld made on this node
+#                 (devices, routes, iptables/nftables rules, env file, CNI files) and, with the etcd
+#                 endpoints of /etc/default/flanneld, its lease
 #   --dry-run     print what would be done, change nothing
 # DESTDIR=/some/root installs under that root instead of / (and never runs systemctl).
 set -eu
@@ -32,7 +35,7 @@ for arg in "$@"; do
     --dry-run) dry=yes ;;
     --uninstall) uninstall=yes ;;
     --purge) purge=yes ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -53,6 +56,24 @@ if [ "$uninstall" = yes ]; then
   # stays in etcd (it expires, or `flannelctl lease delete` removes it) and its kernel state stays.
   if [ -z "$destdir" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     if systemctl list-unit-files flanneld.service >/dev/null 2>&1; then act systemctl disable --now flanneld.service || true; fi
+  fi
+  # --purge on this machine's own root: flannelctl, still installed, removes flanneld's state on the
+  # node, with the unit's settings (the etcd endpoints, TLS files, subnet file); --release-lease when
+  # they name etcd endpoints.
+  if [ "$purge" = yes ] && [ -z "$destdir" ]; then
+    if [ -x "$lib/bin/flannelctl" ]; then
+      # shellcheck disable=SC2016
+      act sh -c 'set -a
+        for f in /etc/sysconfig/flanneld /etc/default/flanneld /etc/flannel/credentials.env; do [ -r "$f" ] && . "$f"; done
+        set +a
+        release=; [ -n "${FLANNELD_ETCD_ENDPOINTS:-${FLANNEL_ETCD_ENDPOINTS:-}}" ] && release=--release-lease
+        FLANNELD_ETCD_ENDPOINTS=${FLANNELD_ETCD_ENDPOINTS:-${FLANNEL_ETCD_ENDPOINTS:-}}
+        FLANNELD_ETCD_PREFIX=${FLANNELD_ETCD_PREFIX:-${FLANNEL_ETCD_PREFIX:-}}
+        exec "$0" node cleanup --subnet-file="${FLANNELD_SUBNET_FILE:-/run/flannel/subnet.env}" $release' "$lib/bin/flannelctl" \
+        || echo "install.sh: flannelctl node cleanup failed (above); uninstalling anyway" >&2
+    else
+      echo "install.sh: $lib/bin/flannelctl is not installed: flanneld's state on this node was not cleaned up" >&2
+    fi
   fi
   for f in /usr/local/bin/flanneld /usr/local/bin/flannelctl /usr/libexec/flannel/mk-docker-opts.sh /opt/cni/bin/flannel \
     /etc/systemd/system/flanneld.service /etc/systemd/system/docker.service.d/flannel.conf; do
@@ -108,8 +129,9 @@ act mkdir -p "$destdir/usr/libexec/flannel"
 act ln -sfn "$lib/deploy/mk-docker-opts.sh" "$destdir/usr/libexec/flannel/mk-docker-opts.sh"
 
 if [ "$cni" = yes ]; then
+  # The plugin's executable in the installed tree, as install-cni-plugin.sh names it.
   act mkdir -p "$destdir/opt/cni/bin"
-  act ln -sfn "$lib/bin/flannel" "$destdir/opt/cni/bin/flannel"
+  act ln -sfn "$lib/$("$src/deploy/install-cni-plugin.sh" --exec)" "$destdir/opt/cni/bin/flannel"
 fi
 
 if [ "$systemd" = yes ]; then

@@ -10,6 +10,7 @@ import { parseDaemonFlags } from '../src/daemon/flags.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { writeSubnetEnvFile } from '../src/subnet/envfile.js';
 import { repoPath } from './harness/cluster.js';
+import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
 
 /** Exists, as a file, a directory or a link (even a dangling one). */
 function present(path: string): boolean {
@@ -139,4 +140,41 @@ describe('install.sh: mk-docker-opts.sh shim and uninstall', () => {
     expect(existsSync(join(dest, 'opt/cni/bin/flannel'))).toBe(true);
     expect(spawnSync(repoPath('deploy', 'install.sh'), ['--purge'], { encoding: 'utf8' }).status).toBe(2);
   });
+
+  // On a machine's own root (no DESTDIR): a namespace of its own for the kernel state, and, inside it,
+  // fresh file systems over the directories install.sh writes to, so nothing of this machine is touched.
+  it.skipIf(!built)('--uninstall --purge on a real root first runs flannelctl node cleanup with the unit\'s settings', async () => {
+    const ns = `fl-${runId()}-purge`;
+    const work = mkdtempSync(join(tmpdir(), 'deploy-purge-'));
+    const envFile = join(work, 'subnet.env');
+    const script = [
+      'set -eu',
+      'for d in /usr/local /usr/libexec /opt /etc/default; do mount -t tmpfs tmpfs "$d"; done',
+      `"${repoPath('deploy', 'install.sh')}" --no-systemd --cni >/dev/null`,
+      // The unit's settings name a subnet file elsewhere: cleanup must take it from there.
+      `printf 'FLANNELD_SUBNET_FILE=%s\\n' "${envFile}" > /etc/default/flanneld`,
+      `printf 'FLANNEL_NETWORK=198.19.0.0/16\\nFLANNEL_SUBNET=198.19.5.1/24\\nFLANNEL_MTU=1450\\nFLANNEL_IPMASQ=true\\n' > "${envFile}"`,
+      'ip link add flannel.1 type vxlan id 1 dev eth0 dstport 8472',
+      'iptables -N FLANNEL-FWD',
+      'iptables -I FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
+      `"${repoPath('deploy', 'install.sh')}" --uninstall --purge`,
+      'echo "links: $(ip -o link show | grep -c flannel || true)"',
+      'echo "rules: $(iptables-save | grep -c FLANNEL || true)"',
+      'echo "lib: $(ls -A /usr/local/lib)"; echo "cni: $(ls -A /opt/cni/bin)"; echo "default: $(ls -A /etc/default)"',
+    ].join('\n');
+    await addLoneNodeNetns(ns);
+    try {
+      const res = await run(['ip', 'netns', 'exec', ns, 'sh', '-c', script], { allowFail: true, timeoutMs: 120_000 });
+      expect(res.code, res.stdout + res.stderr).toBe(0);
+      expect(res.stdout).toContain('removed device flannel.1 (vxlan)');
+      expect(res.stdout).toContain(`removed subnet file ${envFile}`);
+      expect(res.stdout).toContain('links: 0\n');
+      expect(res.stdout).toContain('rules: 0\n');
+      for (const empty of ['lib', 'cni', 'default']) expect(res.stdout).toContain(`\n${empty}: \n`);
+      expect(existsSync(envFile)).toBe(false);
+    } finally {
+      await delNetns(ns);
+      rmSync(work, { recursive: true, force: true });
+    }
+  }, 150_000);
 });

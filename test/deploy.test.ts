@@ -1,19 +1,25 @@
-// The deployment files: Kubernetes manifests parsed and checked against the code they configure (the
-// network config parser, the CNI plugin's conf parser, the daemon's flags and health endpoints), the
-// systemd units through systemd-analyze, and install.sh run into a DESTDIR.
-import { spawnSync } from 'node:child_process';
+// The deployment files: Kubernetes manifests parsed, validated against the Kubernetes API schemas and
+// checked against the code they configure (the network config parser, the CNI plugin's conf parser, the
+// daemon's flags and health endpoints), the systemd units through systemd-analyze, and install.sh run
+// into a DESTDIR.
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
+import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
+import { Namespace } from 'kubernetes-models/v1/Namespace';
+import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
 import { buildDelegateConf } from '../src/cni/delegate.js';
 import { parseFlannelNetConf } from '../src/cni/netconf.js';
 import { SUPPORTED_VERSIONS } from '../src/cni/plugin.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { createCluster, repoPath, type Cluster } from './harness/cluster.js';
-import { run } from './harness/netns.js';
+import { createCluster, killPid, repoPath, type Cluster } from './harness/cluster.js';
+import { containerEnv, loadManifests } from './harness/kube.js';
+import { startEtcd } from './harness/etcd.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
 type Obj = Record<string, unknown>;
 
@@ -23,13 +29,13 @@ interface Container {
   command?: string[];
   args?: string[];
   env?: { name: string; value?: string; valueFrom?: { configMapKeyRef?: { name: string; key: string } } }[];
-  securityContext?: { privileged?: boolean; capabilities?: { add?: string[] } };
+  envFrom?: { configMapRef?: { name: string } }[];
+  securityContext?: { privileged?: boolean; allowPrivilegeEscalation?: boolean; capabilities?: { add?: string[]; drop?: string[] } };
   livenessProbe?: { httpGet: { path: string; port: number; host?: string } };
   readinessProbe?: { httpGet: { path: string; port: number; host?: string } };
-  volumeMounts?: { name: string; mountPath: string }[];
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
 }
 
-const KUBE_DIR = repoPath('deploy', 'kubernetes');
 const built = existsSync(repoPath('dist', 'daemon', 'main.js')) && existsSync(repoPath('dist', 'cni', 'main.js'));
 
 // install.sh copies node_modules and prunes it (seconds): done once, shared by the tests that need a tree.
@@ -47,19 +53,11 @@ afterAll(() => {
 });
 
 function manifests(): Obj[] {
-  const docs: Obj[] = [];
-  for (const file of readdirSync(KUBE_DIR).filter((f) => /\.ya?ml$/.test(f))) {
-    for (const doc of parseAllDocuments(readFileSync(join(KUBE_DIR, file), 'utf8'))) {
-      expect(doc.errors, `${file}: ${doc.errors.map(String).join('; ')}`).toEqual([]);
-      const value = doc.toJS() as Obj | null;
-      if (value !== null) docs.push(value);
-    }
-  }
-  return docs;
+  return loadManifests() as Obj[];
 }
 
-function byKind(kind: string): Obj {
-  const found = manifests().filter((m) => m['kind'] === kind);
+function byKind(kind: string, name?: string): Obj {
+  const found = manifests().filter((m) => m['kind'] === kind && (name === undefined || (m['metadata'] as Obj)['name'] === name));
   expect(found, kind).toHaveLength(1);
   return found[0]!;
 }
@@ -75,14 +73,16 @@ function daemonSetParts(): { spec: Obj; containers: Container[]; initContainers:
   };
 }
 
-function configMapData(): Record<string, string> {
-  return byKind('ConfigMap')['data'] as Record<string, string>;
+/** The flannel ConfigMap (network config, conflist); `name` for another. */
+function configMapData(name = 'kube-flannel-cfg'): Record<string, string> {
+  return byKind('ConfigMap', name)['data'] as Record<string, string>;
 }
 
 describe('Kubernetes manifests', () => {
   it('parse, and every object has apiVersion, kind and metadata, in the kube-flannel namespace', () => {
     const docs = manifests();
-    expect(docs.map((d) => d['kind']).sort()).toEqual(['ConfigMap', 'DaemonSet', 'Namespace', 'ServiceAccount']);
+    // Two ConfigMaps: the flannel settings, and how to reach etcd (taken whole by every etcd client).
+    expect(docs.map((d) => d['kind']).sort()).toEqual(['ConfigMap', 'ConfigMap', 'DaemonSet', 'Namespace', 'ServiceAccount']);
     const expectedApi: Record<string, string> = { Namespace: 'v1', ServiceAccount: 'v1', ConfigMap: 'v1', DaemonSet: 'apps/v1' };
     for (const d of docs) {
       const kind = d['kind'] as string;
@@ -110,16 +110,74 @@ describe('Kubernetes manifests', () => {
     const runMount = flanneld!.volumeMounts!.find((m) => m.mountPath === '/run/flannel');
     expect(runMount).toBeDefined();
     expect(flanneld!.args).toContain('--subnet-file=/run/flannel/subnet.env');
-    // Environment values come from ConfigMap keys that exist.
-    const data = configMapData();
-    for (const e of flanneld!.env ?? []) {
-      if (e.valueFrom?.configMapKeyRef) expect(Object.keys(data)).toContain(e.valueFrom.configMapKeyRef.key);
-    }
-    expect((flanneld!.env ?? []).map((e) => e.name)).toContain('FLANNELD_ETCD_ENDPOINTS');
+    // Environment values come from ConfigMaps that exist (the etcd settings: their own ConfigMap, whole).
+    const configMaps = { 'kube-flannel-cfg': configMapData(), 'kube-flannel-etcd': configMapData('kube-flannel-etcd') };
+    const env = containerEnv(flanneld! as Parameters<typeof containerEnv>[0], { configMaps, secrets: {} });
+    expect(Object.keys(env)).toContain('FLANNELD_ETCD_ENDPOINTS');
     // Every volume mounted is declared.
     const declared = daemonSetParts().volumes.map((v) => v['name']);
     for (const c of [...containers, ...daemonSetParts().initContainers]) {
       for (const m of c.volumeMounts ?? []) expect(declared, `${c.name}: ${m.name}`).toContain(m.name);
+    }
+  });
+
+  it('validates against the Kubernetes API schemas (kubernetes-models), which refuse a broken copy', () => {
+    const models: Record<string, { validate(): void }> = {};
+    const model = (d: Obj): { validate(): void } => {
+      const key = `${String(d['apiVersion'])}/${String(d['kind'])}`;
+      switch (key) {
+        case 'v1/Namespace': return new Namespace(d as ConstructorParameters<typeof Namespace>[0]);
+        case 'v1/ServiceAccount': return new ServiceAccount(d as ConstructorParameters<typeof ServiceAccount>[0]);
+        case 'v1/ConfigMap': return new ConfigMap(d as ConstructorParameters<typeof ConfigMap>[0]);
+        case 'apps/v1/DaemonSet': return new DaemonSet(d as ConstructorParameters<typeof DaemonSet>[0]);
+        default: throw new Error(`no schema here for ${key}`);
+      }
+    };
+    for (const d of manifests()) {
+      const name = `${String(d['kind'])} ${String((d['metadata'] as Obj)['name'])}`;
+      models[name] = model(d);
+      expect(() => models[name]!.validate(), name).not.toThrow();
+    }
+    // The validator is live: a probe port that is neither a number nor a name, a DaemonSet without a selector.
+    const broken = structuredClone(byKind('DaemonSet'));
+    const spec = ((broken['spec'] as Obj)['template'] as Obj)['spec'] as { containers: Container[] };
+    (spec.containers[0]!.livenessProbe!.httpGet as { port: unknown }).port = { number: 10269 };
+    expect(() => model(broken).validate()).toThrow(/livenessProbe\/httpGet\/port/);
+    const noSelector = structuredClone(byKind('DaemonSet'));
+    delete (noSelector['spec'] as Obj)['selector'];
+    expect(() => model(noSelector).validate()).toThrow(/selector/);
+  });
+
+  it('every container that talks to etcd takes the etcd ConfigMap whole and mounts the TLS Secret its settings name', () => {
+    const { containers, initContainers, volumes } = daemonSetParts();
+    const etcd = configMapData('kube-flannel-etcd');
+    expect(Object.keys(etcd).sort()).toEqual(['FLANNELD_ETCD_CAFILE', 'FLANNELD_ETCD_CERTFILE', 'FLANNELD_ETCD_ENDPOINTS', 'FLANNELD_ETCD_KEYFILE', 'FLANNELD_ETCD_PREFIX']);
+    const tls = volumes.find((v) => v['name'] === 'etcd-tls') as { secret: { secretName: string; optional: boolean } };
+    expect(tls.secret).toMatchObject({ secretName: 'flannel-etcd-tls', optional: true });
+    const clients = [...initContainers, ...containers].filter((c) => /\/(flanneld|flannelctl)$/.test(c.command?.[0] ?? ''));
+    expect(clients.map((c) => c.name).sort()).toEqual(['kube-flannel', 'put-network-config']);
+    for (const c of clients) {
+      expect(c.envFrom, c.name).toEqual([{ configMapRef: { name: 'kube-flannel-etcd' } }]);
+      // Nothing overrides the shared settings per container.
+      expect((c.env ?? []).filter((e) => e.name.startsWith('FLANNELD_ETCD_')), c.name).toEqual([]);
+      const mount = c.volumeMounts!.find((m) => m.name === 'etcd-tls');
+      expect(mount, c.name).toMatchObject({ mountPath: '/etc/flannel/etcd', readOnly: true });
+      for (const key of ['FLANNELD_ETCD_CAFILE', 'FLANNELD_ETCD_CERTFILE', 'FLANNELD_ETCD_KEYFILE']) {
+        expect(etcd[key]!.startsWith(`${mount!.mountPath}/`), key).toBe(true);
+      }
+    }
+  });
+
+  it('no container is privileged: flanneld keeps NET_ADMIN and NET_RAW alone, gets /dev/net/tun as a device; init containers keep no capability', () => {
+    const { containers, initContainers, volumes } = daemonSetParts();
+    const flanneld = containers.find((c) => c.name === 'kube-flannel')!;
+    expect(flanneld.securityContext).toEqual({
+      privileged: false, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] },
+    });
+    expect(flanneld.volumeMounts).toContainEqual({ name: 'dev-net-tun', mountPath: '/dev/net/tun' });
+    expect(volumes).toContainEqual({ name: 'dev-net-tun', hostPath: { path: '/dev/net/tun', type: 'CharDevice' } });
+    for (const c of initContainers) {
+      expect(c.securityContext, c.name).toEqual({ allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } });
     }
   });
 
@@ -150,19 +208,20 @@ describe('Kubernetes manifests', () => {
       const { initContainers, volumes } = daemonSetParts();
       const install = initContainers.find((c) => c.name === 'install-cni-plugin')!;
       expect(install.volumeMounts).toEqual([{ name: 'cni-plugin', mountPath: '/host/opt/cni' }]);
-      expect(volumes).toContainEqual({ name: 'cni-plugin', hostPath: { path: '/opt/cni' } });
-      // The image's tree is what install.sh makes; the script runs with its paths moved under `dir`.
+      expect(volumes).toContainEqual({ name: 'cni-plugin', hostPath: { path: '/opt/cni', type: 'DirectoryOrCreate' } });
+      // The image's tree is what install.sh makes; the init container's script runs from it, with the
+      // host's /opt/cni (mounted at /host/opt/cni) under `dir`, and so also the link's target.
       const tree = installedTree();
-      // A node that records it ran, standing in for the image's node binary.
-      const fakeNode = join(dir, 'node-wrapper');
+      // A node that records it ran, standing in for the image's node binary (first on PATH).
+      mkdirSync(join(dir, 'path'));
+      const fakeNode = join(dir, 'path', 'node');
       writeFileSync(fakeNode, `#!/bin/sh\necho ran >> "${join(dir, 'node-used')}"\nexec ${process.execPath} "$@"\n`);
       chmodSync(fakeNode, 0o755);
-      const script = install.command![2]!
-        .replaceAll('/usr/local/lib/flanneld-ts', join(tree, 'usr/local/lib/flanneld-ts'))
-        .replaceAll('/host/', `${dir}/host/`)
-        .replaceAll(' /opt/cni/flanneld-ts/', ` ${dir}/host/opt/cni/flanneld-ts/`)
-        .replace('$(command -v node)', fakeNode);
-      const sh = spawnSync('/bin/sh', ['-c', script], { encoding: 'utf8' });
+      expect(install.command![0]!.startsWith('/usr/local/lib/flanneld-ts/')).toBe(true);
+      const script = join(tree, install.command![0]!);
+      expect(install.args).toEqual(['--copy', '/host/opt/cni']);
+      const hostDir = join(dir, 'host/opt/cni');
+      const sh = spawnSync(script, ['--copy', hostDir, '--host-path', hostDir], { encoding: 'utf8', env: { PATH: `${join(dir, 'path')}:/usr/bin:/bin` } });
       expect(sh.status, sh.stderr).toBe(0);
       const plugin = join(dir, 'host/opt/cni/bin/flannel');
       expect(lstatSync(plugin).isSymbolicLink()).toBe(true);
@@ -225,6 +284,56 @@ describe('systemd units', () => {
     writeFileSync(copy, text.replace('ExecStart=/usr/local/bin/flanneld', 'ExecStart=/bin/true'));
     expect(verify(copy)).toEqual({ status: 0, out: '' });
   });
+
+  it.skipIf(!hasAnalyze)('flanneld.service is sandboxed: systemd-analyze security --offline rates its exposure OK, below 3', () => {
+    const text = readFileSync(repoPath('deploy', 'systemd', 'flanneld.service'), 'utf8');
+    for (const line of ['ProtectSystem=strict', 'NoNewPrivileges=yes', 'CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW',
+      'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK', 'DeviceAllow=/dev/net/tun rw', 'RuntimeDirectory=flannel',
+      'RuntimeDirectoryPreserve=yes', 'ReadWritePaths=-/run/xtables.lock -/run/wireguard']) {
+      expect(text.split('\n'), line).toContain(line);
+    }
+    // The env file's directory is the runtime directory, so the default --subnet-file stays writable.
+    expect(text).not.toMatch(/^Environment=FLANNELD_SUBNET_FILE=/m);
+    const copy = join(dir, 'flanneld.service');
+    writeFileSync(copy, text);
+    const res = spawnSync('systemd-analyze', ['security', '--offline=true', copy], { encoding: 'utf8' });
+    expect(res.status, res.stderr).toBe(0);
+    const m = /Overall exposure level for flanneld\.service: (\d+\.\d) (\w+)/.exec(res.stdout);
+    expect(m, res.stdout.slice(-500)).not.toBeNull();
+    expect(Number(m![1])).toBeLessThan(3);
+    expect(m![2]).toBe('OK');
+  });
+
+  it.skipIf(!built)("the daemon works inside the unit's capability bounding set with no_new_privs (vxlan, --ip-masq)", async () => {
+    const text = readFileSync(repoPath('deploy', 'systemd', 'flanneld.service'), 'utf8');
+    const caps = /^CapabilityBoundingSet=(.+)$/m.exec(text)![1]!.split(/\s+/).map((c) => c.replace(/^CAP_/, '').toLowerCase());
+    const ns = `fl-${runId()}-cap`;
+    const work = mkdtempSync(join(tmpdir(), 'deploy-caps-'));
+    await addLoneNodeNetns(ns);
+    const etcd = await startEtcd({ netns: ns });
+    try {
+      await run(['etcdctl', '--endpoints', etcd.endpoint, 'put', '/coreos.com/network/config', '{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'], { netns: ns, env: { ETCDCTL_API: '3' } });
+      const subnetFile = join(work, 'subnet.env');
+      // ip netns exec, setpriv and bin/flanneld each exec the next: the child's PID is the daemon's.
+      const daemon = spawn('ip', ['netns', 'exec', ns, 'setpriv', `--bounding-set=-all,${caps.map((c) => `+${c}`).join(',')}`, '--inh-caps=-all',
+        '--no-new-privs', repoPath('bin', 'flanneld'), `--etcd-endpoints=${etcd.endpoint}`, '--iface=eth0', '--ip-masq', `--subnet-file=${subnetFile}`],
+      { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      daemon.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
+      const up = await waitFor(async () => existsSync(subnetFile)
+        && (await run(['iptables-save', '-t', 'nat'], { netns: ns })).stdout.includes('FLANNEL-POSTRTG')
+        && (await run(['ip', 'link', 'show', 'flannel.1'], { netns: ns, allowFail: true })).code === 0, 20_000);
+      // The bounding set really is the unit's: the daemon's CapBnd has exactly those bits.
+      const bound = /^CapBnd:\s+(\S+)$/m.exec(readFileSync(`/proc/${daemon.pid}/status`, 'utf8'))?.[1];
+      await killPid(daemon.pid!);
+      expect(up, stderr).toBe(true);
+      expect(bound).toBe('0000000000003000'); // CAP_NET_ADMIN (12) and CAP_NET_RAW (13)
+    } finally {
+      await etcd.stop();
+      await delNetns(ns);
+      rmSync(work, { recursive: true, force: true });
+    }
+  }, 90_000);
 
   it.skipIf(!hasAnalyze)('the docker.service drop-in is picked up and verifies', () => {
     const unitDir = join(dir, 'units');
@@ -319,16 +428,29 @@ describe('install.sh', () => {
 });
 
 describe('Dockerfile', () => {
-  it('is based on node:20-slim, copies paths that exist, and runs what install.sh installs', () => {
+  // Node 20 left support on 2026-04-30: the image's Node is the 22 LTS line, which package.json's engines allow.
+  it('takes Node 22 LTS from an ARG base, copies paths that exist, and runs what install.sh installs', () => {
     const text = readFileSync(repoPath('deploy', 'Dockerfile'), 'utf8');
-    expect(text.match(/^FROM (\S+)/gm)).toEqual(['FROM node:20-slim', 'FROM node:20-slim']);
+    expect(text).toMatch(/^ARG NODE_BASE=docker\.io\/library\/node:22-bookworm-slim$/m);
+    expect(text).toMatch(/^ARG RUN_BASE=docker\.io\/library\/debian:bookworm-slim$/m);
+    const engines = (JSON.parse(readFileSync(repoPath('package.json'), 'utf8')) as { engines: { node: string } }).engines.node;
+    expect(engines).toMatch(/\^22\./);
+    expect(text.match(/^FROM (\S+)/gm)).toEqual(['FROM ${NODE_BASE}', 'FROM ${NODE_BASE}', 'FROM scratch', 'FROM tree-${TREE}', 'FROM ${RUN_BASE}']);
     for (const m of text.matchAll(/^COPY (?!--from)(.+) (\S+)$/gm)) {
-      for (const source of m[1]!.trim().split(/\s+/)) expect(existsSync(repoPath(source)), source).toBe(true);
+      for (const source of m[1]!.trim().split(/\s+/)) {
+        // .image/tree is the host's tree, staged there by scripts/build-image.sh for the build.
+        if (source === '.image/tree/') continue;
+        expect(existsSync(repoPath(source)), source).toBe(true);
+      }
     }
     expect(text).toContain('deploy/install.sh --no-systemd --cni');
+    expect(readFileSync(repoPath('scripts', 'build-image.sh'), 'utf8')).toContain('DESTDIR="$PWD/.image/tree" deploy/install.sh --no-systemd --cni');
     expect(text).toMatch(/^ENTRYPOINT \["\/usr\/local\/bin\/flanneld"\]$/m);
+    expect(text).toMatch(/^CMD \[\]$/m);
+    // The manifest runs the image scripts/build-image.sh tags by default: flanneld-ts:<version>.
+    const version = (JSON.parse(readFileSync(repoPath('package.json'), 'utf8')) as { version: string }).version;
+    expect(readFileSync(repoPath('scripts', 'build-image.sh'), 'utf8')).toContain('tag="flanneld-ts:$version"');
     const { containers, initContainers } = daemonSetParts();
-    for (const c of [...containers, ...initContainers]) expect(c.image).toBe('flanneld-ts:0.1.0');
-    expect(text).toContain('-t flanneld-ts:0.1.0');
+    for (const c of [...containers, ...initContainers]) expect(c.image).toBe(`flanneld-ts:${version}`);
   });
 });

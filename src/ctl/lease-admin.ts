@@ -96,3 +96,24 @@ export async function deleteLease(registry: EtcdRegistry, target: KeyToDelete): 
     throw new CtlError(`${target.description} changed since it was shown; nothing deleted (run the command again)`);
   }
 }
+
+/**
+ * Deletes the leases (and reservations) of the node cleaning itself up: every lease whose public IP is
+ * one of `ownAddresses` — a node is its public IP to flannel, and a node that ran with several network
+ * configs may hold more than one key. `subnet`, from the node's env file, must be among them when its
+ * lease exists: a lease there under another public IP is not ours to delete (a stale env file, or a node
+ * behind NAT with --public-ip), and is reported.
+ */
+export async function deleteOwnLeases(registry: EtcdRegistry, subnet: Ip4Net | null, ownAddresses: ReadonlySet<string>): Promise<string[]> {
+  const { records } = await registry.listLeases();
+  const deleted: string[] = [];
+  for (const record of records.filter((r) => ownAddresses.has(r.attrs.publicIP))) {
+    if (!(await registry.deleteLeaseIf(record.key, record.modRevision))) throw new CtlError(`the lease of ${record.subnet} changed meanwhile; run the command again`);
+    deleted.push(`lease ${record.subnet} (public IP ${record.attrs.publicIP}${record.leaseId === null ? ', reserved' : ''}) deleted from etcd`);
+  }
+  const named = subnet ? records.find((r) => r.subnet.equals(subnet) && !ownAddresses.has(r.attrs.publicIP)) : undefined;
+  if (named) {
+    throw new CtlError(`the lease of ${named.subnet} belongs to ${named.attrs.publicIP}, not to an address of this node: left in place (flannelctl lease delete removes it)`);
+  }
+  return deleted;
+}

@@ -9,7 +9,9 @@ import { VERSION } from '../common/version.js';
 import { ETCD_FLAGS, withEtcdFlags } from '../etcd/flags.js';
 import { ConfigError, type NetworkConfig, checkNetworkConfig, formatNetworkConfig } from '../subnet/config.js';
 import { dockerOptsCommand } from './docker-opts.js';
-import { RELEASE_TTL_SECONDS, deleteLease, leaseToDelete, parseSubnetArg, releaseLease, reserveLease } from './lease-admin.js';
+import { RELEASE_TTL_SECONDS, deleteLease, deleteOwnLeases, leaseToDelete, parseSubnetArg, releaseLease, reserveLease } from './lease-admin.js';
+import { DEFAULT_SUBNET_FILE } from '../subnet/envfile.js';
+import { cleanupNode, localAddresses } from './node-cleanup.js';
 import { renderLeaseTable, vtepMacOf } from './leases-table.js';
 import { withRegistry } from './session.js';
 import { collectStatus, leaseRows, renderStatus } from './status.js';
@@ -159,6 +161,32 @@ await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
       } else {
         process.stdout.write(renderStatus(nodes, invalid));
       }
+    },
+  )
+  .command('node <action>', 'this node: cleanup removes what flanneld made on it (stop flanneld first)', (y) =>
+    y
+      .positional('action', { choices: ['cleanup'] as const, demandOption: true })
+      .option('subnet-file', { type: 'string', default: DEFAULT_SUBNET_FILE, describe: "flanneld's subnet env file (names the network of host-gw routes)" })
+      .option('release-lease', { type: 'boolean', default: false, describe: "also delete this node's lease from etcd" })
+      .option('cni-bin-dir', { type: 'string', default: '/opt/cni/bin', describe: 'where the flannel CNI plugin is linked (its copy: ../flanneld-ts)' })
+      .option('cni-conf-dir', { type: 'string', default: '/etc/cni/net.d', describe: 'where the CNI conflist is' })
+      .option('cni-data-dir', { type: 'string', default: '/var/lib/cni/flannel', describe: "the CNI plugin's saved state" }),
+    async (args) => {
+      const report = await cleanupNode({ subnetFile: args.subnetFile, cniBinDir: args.cniBinDir, cniConfDir: args.cniConfDir, cniDataDir: args.cniDataDir });
+      for (const line of report.removed) process.stdout.write(`removed ${line}\n`);
+      if (report.removed.length === 0) process.stdout.write('nothing of flanneld found on this node\n');
+      if (args.releaseLease) {
+        const own = await localAddresses();
+        try {
+          const deleted = await withRegistry(args, (r) => deleteOwnLeases(r, report.subnet, own));
+          for (const line of deleted) process.stdout.write(`${line}\n`);
+          if (deleted.length === 0) process.stdout.write('no lease of this node in etcd\n');
+        } catch (err) {
+          report.problems.push((err as Error).message);
+        }
+      }
+      for (const line of report.notes) process.stderr.write(`flannelctl: note: ${line}\n`);
+      if (report.problems.length > 0) fail(report.problems.join('\n  '));
     },
   )
   .command(dockerOptsCommand)

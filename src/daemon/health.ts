@@ -6,10 +6,16 @@
 // for its headers and its request rather than Node's 60 s and 300 s. At the cap a new connection
 // replaces the oldest one that is not being answered (a slowloris connection still sending headers,
 // or an idle keep-alive one), so that a probe keeps getting through while someone hoards connections.
-import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import { metricsRegistry } from '../common/metrics.js';
 import { type ScrapeSource, serveDaemonMetrics } from './metrics-daemon.js';
+
+// node:http through require, not import: Node 22 builds the ES-module face of node:http by reading
+// every export, its lazy WebSocket among them, which loads undici and compiles its WebAssembly — and
+// the daemon runs without WebAssembly (bin/flanneld: --lite-mode), so that import would throw at start.
+const { createServer } = createRequire(import.meta.url)('node:http') as typeof import('node:http');
 
 export type { LeaseInfo } from './metrics-daemon.js';
 export type HealthSource = ScrapeSource;
