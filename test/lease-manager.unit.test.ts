@@ -243,6 +243,42 @@ describe('following changes', () => {
     expect(rec.remote.size).toBe(1000);
   });
 
+  it('changes waiting for a busy backend are folded per key: a key rewritten 2,000 times is one entry, and a new lease behind it comes in the next batch', async () => {
+    const { store, make } = setup();
+    let release: () => void = () => undefined;
+    let busy: Promise<void> | null = null;
+    const batches: LeaseEvent[][] = [];
+    const m = make('198.18.0.1', { previousSubnet: Ip4Net.parse('198.19.9.0/24') });
+    await m.start({
+      onOwnLease: async () => undefined,
+      onLeaseEvents: async (events) => {
+        batches.push(events);
+        await busy;
+      },
+    });
+    store.put('198.19.1.0-24', value('198.18.0.11', '02:00:00:00:00:11'));
+    await settle();
+    // The backend is now slow: every change made meanwhile waits.
+    busy = new Promise((r) => (release = r));
+    store.put('198.19.2.0-24', value('198.18.0.12', '02:00:00:00:00:12'));
+    await settle();
+    const before = batches.length;
+    for (let i = 0; i < 2000; i++) {
+      store.put('198.19.1.0-24', value(`198.18.0.${20 + (i % 2)}`, '02:00:00:00:00:11'));
+      if (i % 50 === 0) await settle(1); // many watch responses, not one
+    }
+    store.put('198.19.3.0-24', value('198.18.0.13', '02:00:00:00:00:13'));
+    await settle();
+    expect(m.stats()['pendingChanges']).toBe(2);
+    busy = null;
+    release();
+    await settle();
+    const after = batches.slice(before);
+    expect(after).toHaveLength(1);
+    expect(after[0]!.map((e) => `${e.type} ${e.lease.subnet} ${e.lease.attrs.publicIP}`).sort()).toEqual(['added 198.19.1.0/24 198.18.0.21', 'added 198.19.3.0/24 198.18.0.13']);
+    expect(m.stats()['pendingChanges']).toBe(0);
+  });
+
   it('after a compaction the watch resets: listed again, only the differences are emitted', async () => {
     const { store, make } = setup();
     const rec = new Recorder();

@@ -7,8 +7,8 @@ import { EtcdRegistry, type Stoppable, etcdErrorFields } from '../etcd/registry.
 import { type IptablesRules, startIptablesRules } from '../iptables/index.js';
 import { ConfigError, type NetworkConfig, checkNetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
 import { previousIpv6Subnet, previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
-import type { Lease } from '../subnet/lease.js';
-import { Backoff, RETRY_MAX_MS } from '../common/retry.js';
+import type { Lease, LeaseEvent } from '../subnet/lease.js';
+import { Wakeup, isAbort, pause, retry } from '../common/retry.js';
 import { LeaseManager, NetworkFullError } from '../subnet/manager.js';
 import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
@@ -33,9 +33,10 @@ export class Daemon {
   private network: NetworkConfig | null = null;
   private ready = false;
   private startup: Promise<void> | null = null;
-  private stopping = false;
+  /** Aborted by stop(): ends every retry and wait of the start-up. */
+  private readonly life = new AbortController();
   /** Wakes the config wait when the config key changes. */
-  private configChanged: (() => void) | null = null;
+  private readonly configChanged = new Wakeup();
   private lastProblem = '';
   private readonly status = new SystemdStatus();
   private readonly startedAt = Date.now();
@@ -44,6 +45,10 @@ export class Daemon {
     private readonly opts: DaemonOptions,
     private readonly log: Logger,
   ) {}
+
+  private get stopping(): boolean {
+    return this.life.signal.aborted;
+  }
 
   private get registry(): EtcdRegistry {
     if (!this.etcd) throw new Error('the daemon is not running');
@@ -117,34 +122,41 @@ export class Daemon {
 
   private async startLeasing(manager: LeaseManager, extIface: ExternalInterface, network: NetworkConfig, mtu: number): Promise<void> {
     const backend = this.backend!;
-    const backoff = new Backoff();
-    while (!this.stopping) {
-      try {
-        await manager.start({
-          onOwnLease: async (lease, change) => {
-            const v6 = network.ipv6 && lease.ipv6Subnet ? { ipv6Network: network.ipv6.network, ipv6Subnet: lease.ipv6Subnet } : {};
-            writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq, ...v6 });
-            this.log.info(
-              { subnet: lease.subnet.toString(), ...(lease.ipv6Subnet ? { ipv6Subnet: lease.ipv6Subnet.toString() } : {}), publicIP: extIface.publicIP, change },
-              'subnet lease held; env file written',
-            );
-            await backend.setOwnLease(lease);
-            // The rules (a few iptables processes) go in while the backend programs the peers, not before:
-            // start-up waits for both before it says ready.
-            this.iptablesDone = this.iptablesDone
-              .then(() => this.applyIptables(lease, network))
-              .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the iptables rules'));
-          },
-          onLeaseEvents: (events) => backend.handleLeaseEvents(events),
-        });
-        return;
-      } catch (err) {
-        const message = (err as Error).message;
-        if (err instanceof NetworkFullError) this.problem('error', message, {});
-        else this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
-        await manager.stop();
-        await this.registry.backoff(err instanceof NetworkFullError ? RETRY_MAX_MS : backoff.next());
-      }
+    const listener = {
+      onOwnLease: async (lease: Lease, change: 'claimed' | 'moved') => {
+        const v6 = network.ipv6 && lease.ipv6Subnet ? { ipv6Network: network.ipv6.network, ipv6Subnet: lease.ipv6Subnet } : {};
+        writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq, ...v6 });
+        this.log.info(
+          { subnet: lease.subnet.toString(), ...(lease.ipv6Subnet ? { ipv6Subnet: lease.ipv6Subnet.toString() } : {}), publicIP: extIface.publicIP, change },
+          'subnet lease held; env file written',
+        );
+        await backend.setOwnLease(lease);
+        // The rules (a few iptables processes) go in while the backend programs the peers, not before:
+        // start-up waits for both before it says ready.
+        this.iptablesDone = this.iptablesDone
+          .then(() => this.applyIptables(lease, network))
+          .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the iptables rules'));
+      },
+      onLeaseEvents: (events: LeaseEvent[]) => backend.handleLeaseEvents(events),
+    };
+    try {
+      await retry(async () => {
+        try {
+          await manager.start(listener);
+        } catch (err) {
+          await manager.stop();
+          throw err;
+        }
+      }, {
+        signal: this.life.signal,
+        wakeup: () => this.registry.recovered,
+        onError: (err) => {
+          if (err instanceof NetworkFullError) this.problem('error', err.message, {});
+          else this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
+        },
+      });
+    } catch (err) {
+      if (!isAbort(err)) throw err;
     }
   }
 
@@ -192,47 +204,48 @@ export class Daemon {
    * null when the daemon is stopped meanwhile (a clean stop, not a failure to start).
    */
   private async waitForConfig(): Promise<NetworkConfig | null> {
-    const backoff = new Backoff();
-    while (!this.stopping) {
+    const signal = this.life.signal;
+    while (!signal.aborted) {
+      let text: string | null;
       try {
         // Read first: it fails within the call deadline when etcd is unreachable, where creating
         // the watch would wait longer. A change between the two is caught by the poll below.
-        const text = await this.registry.getConfig();
-        if (!this.configWatch) this.configWatch = await this.registry.watchConfig((t) => this.onConfigChange(t));
-        if (text === null) {
-          this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
-        } else {
+        text = await retry(async () => {
+          const read = await this.registry.getConfig();
+          this.configWatch ??= await this.registry.watchConfig((t) => this.onConfigChange(t));
+          return read;
+        }, {
+          signal,
+          wakeup: () => this.registry.recovered,
+          // Keyed without the error text: gRPC stamps each failure with the time.
+          onError: (err) => this.problem('warn', 'cannot read the network config from etcd; retrying', etcdErrorFields(err), 'read config'),
+        });
+      } catch (err) {
+        if (isAbort(err)) return null;
+        throw err;
+      }
+      if (text === null) {
+        this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
+      } else {
+        try {
           const { config, unknownKeys } = checkNetworkConfig(text);
           if (unknownKeys.length > 0) this.log.warn({ unknownKeys }, 'the network config has keys upstream does not know; ignored (misspelt?)');
           return config;
-        }
-      } catch (err) {
-        if (err instanceof ConfigError) {
+        } catch (err) {
+          if (!(err instanceof ConfigError)) throw err;
           this.problem('error', 'invalid network config; waiting for a fixed one', { field: err.field, reason: err.reason });
-        } else {
-          // Keyed without the error text: gRPC stamps each failure with the time.
-          this.problem('warn', 'cannot read the network config from etcd; retrying', etcdErrorFields(err), 'read config');
-          await this.registry.backoff(backoff.next());
-          continue;
         }
       }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, CONFIG_POLL_MS);
-        this.configChanged = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.configChanged = null;
+      await pause(CONFIG_POLL_MS, signal, this.configChanged.signal);
     }
     return null;
   }
 
   /** While running, a config change is checked but never half-applied: a new network needs a restart. */
   private onConfigChange(text: string | null): void {
-    if (this.configChanged) return this.configChanged();
     const running = this.network;
-    if (!running) return;
+    if (!running) return this.configChanged.wake(); // still waiting for a valid config
+
     if (text === null) {
       this.log.error('the network config was deleted from etcd; keeping the running config');
       return;
@@ -253,10 +266,8 @@ export class Daemon {
   /** Stops cleanly. The lease stays in etcd (as upstream does) so a restart keeps its subnet. */
   async stop(): Promise<void> {
     if (this.stopping) return;
-    this.stopping = true;
+    this.life.abort();
     this.ready = false;
-    this.configChanged?.();
-    this.etcd?.interruptBackoffs();
     // A stop during start-up waits for the step in flight (each checks `stopping`), so that what it
     // was creating (a lease, iptables rules) exists and is stopped like the rest.
     await this.startup?.catch(() => undefined);

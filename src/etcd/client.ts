@@ -1,7 +1,7 @@
 // The etcd client's lifecycle, apart from what we store in etcd: one current client for calls,
 // replaced by a fresh one when etcd comes back after a failure; watches on clients of their own;
-// reachability tracked from every call and watch (an outage is logged once); backoffs that end
-// early when etcd is back or we are stopping. src/etcd/registry.ts builds flannel's keys on top.
+// reachability tracked from every call and watch (an outage is logged once), and the wake-up signal
+// that ends retry waits when etcd is back. src/etcd/registry.ts builds flannel's keys on top.
 import { Etcd3, type IOptions } from 'etcd3';
 import type { Logger } from '../common/log.js';
 import { etcdMetrics } from '../common/metrics.js';
@@ -58,8 +58,8 @@ export class EtcdClient {
   /**
    * etcd answers again after a failure. Connections made while it did not may still sit in a TCP
    * connect into the black hole, and the client's circuit breaker may stay open for seconds: new
-   * calls go to a fresh client (calls in flight on the old one finish or time out first), and
-   * watches reconnect at once.
+   * calls go to a fresh client (calls in flight on the old one finish or time out first). Watches
+   * reconnect at once through `recovered`.
    */
   private reconnected(): void {
     const old = this.current;
@@ -69,7 +69,6 @@ export class EtcdClient {
       this.retired.delete(old);
       old.close();
     }, CALL_TIMEOUT_MS + 1000).unref();
-    for (const w of this.watches) w.retryNow();
   }
 
   /** Runs one etcd operation, recording whether etcd answered; connectivity failures become LeaseStoreUnavailableError. */
@@ -92,7 +91,7 @@ export class EtcdClient {
     this.reach.failed(op, err);
   }
 
-  /** Starts a watch and keeps it registered (for retryNow) until stopped. */
+  /** Starts a watch and keeps it registered (closed with the client) until stopped. */
   async startWatch(what: string, watch: ResumableWatch): Promise<Stoppable> {
     this.watches.add(watch);
     try {
@@ -121,14 +120,9 @@ export class EtcdClient {
     return this.reach.outages;
   }
 
-  /** Waits `ms` before a retry, or less if etcd comes back meanwhile or interruptBackoffs() is called. */
-  backoff(ms: number): Promise<void> {
-    return this.reach.pause(ms);
-  }
-
-  /** Ends every backoff now and makes later ones return at once, so retry loops see a stop promptly. */
-  interruptBackoffs(): void {
-    this.reach.interrupt();
+  /** Aborted when etcd answers again after a failure (then replaced): the wake-up of retry loops on etcd. */
+  get recovered(): AbortSignal {
+    return this.reach.recovered;
   }
 
   close(): void {

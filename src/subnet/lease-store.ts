@@ -147,8 +147,11 @@ export interface LeaseStore {
   deleteLease(subnet: Ip4Net, ipv6Subnet?: Ip6Net | null): Promise<boolean>;
   /** Follows changes from `fromRevision` (inclusive), resuming by itself after lost connections. */
   watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable>;
-  /** Waits before a retry: `ms`, or less when the store answers again meanwhile or is closing. */
-  backoff(ms: number): Promise<void>;
+  /**
+   * Aborted when the store answers again after failing (then replaced by a fresh signal): retry loops
+   * take it as their wake-up, so a wait after a failure ends as soon as the store is back.
+   */
+  readonly recovered: AbortSignal;
 }
 
 /** The subnets a key under subnets/ names (`name` is the part after the prefix), or why it names none. */
