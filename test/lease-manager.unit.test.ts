@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Logger } from '../src/common/log.js';
 import { silentLogger } from '../src/common/log.js';
 import { metricsRegistry } from '../src/common/metrics.js';
-import { chooseSubnet, NetworkFullError } from '../src/subnet/allocation.js';
+import { chooseSubnet, NetworkFullError, PublicIpInUseError } from '../src/subnet/allocation.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { type Lease, type LeaseEvent, encodeLeaseAttrs } from '../src/subnet/lease.js';
@@ -18,12 +18,14 @@ import { ManualClock, settle } from './harness/manual-clock.js';
 const NETWORK = parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}');
 const SMALL = parseNetworkConfig('{"Network":"198.19.0.0/26","Backend":{"Type":"vxlan"}}'); // three /28s
 
-const vxlan = (publicIP: string, mac = '02:00:00:00:00:01') => ({
+/** Each node's VTEP MAC is its own (two leases with one MAC are refused): derived from its PublicIP. */
+const macOf = (publicIP: string) => `02:00:${publicIP.split('.').map((o) => Number(o).toString(16).padStart(2, '0')).join(':')}`;
+const vxlan = (publicIP: string, mac = macOf(publicIP)) => ({
   publicIP,
   publicIPv6: null,
   backend: { type: 'vxlan' as const, vtep: { vni: 1, mac }, vtepV6: null },
 });
-const value = (publicIP: string, mac = '02:00:00:00:00:99') => encodeLeaseAttrs(vxlan(publicIP, mac));
+const value = (publicIP: string, mac = macOf(publicIP)) => encodeLeaseAttrs(vxlan(publicIP, mac));
 
 /** A seeded source of numbers in [0, 1), so random choices repeat from run to run. */
 function seeded(seed: number): () => number {
@@ -164,6 +166,63 @@ describe('claiming', () => {
     expect(reserved.expiration).toBeNull();
     expect(store.get('198.19.0.16-28')?.leaseId).toBeNull();
     await expect(make('198.18.0.9', { network: SMALL }).start(new Recorder().listener)).rejects.toThrow(/no free subnet: all 3 \/28 subnets/);
+  });
+});
+
+describe('one PublicIP, one live node', () => {
+  const ID_A = 'a'.repeat(32);
+  const ID_B = 'b'.repeat(32);
+  const withId = (publicIP: string, nodeIdentity: string) => ({ ...vxlan(publicIP), nodeIdentity });
+
+  it('chooses only a lease with our identity or none; another identity on our PublicIP is a conflict, not a subnet to take', () => {
+    const rec = (subnet: string, nodeIdentity?: string) => ({
+      key: `/p/${subnet}`, subnet: Ip4Net.fromKey(subnet), attrs: { ...vxlan('198.18.0.5'), ...(nodeIdentity ? { nodeIdentity } : {}) }, leaseId: '1', modRevision: '2', createRevision: '2',
+    });
+    const req = { network: SMALL, publicIP: '198.18.0.5', nodeIdentity: ID_A, preferred: null, avoid: null, random: () => 0 };
+    const pick = (records: ReturnType<typeof rec>[], extra = {}) => chooseSubnet({ records, invalid: [], revision: '3' }, { ...req, ...extra });
+    expect(pick([rec('198.19.0.16-28', ID_A)])).toMatchObject({ kind: 'take-over', record: { key: '/p/198.19.0.16-28' } });
+    // Written by upstream, an older version, or an operator's reservation: ours at start, not after ours was taken.
+    expect(pick([rec('198.19.0.16-28')])).toMatchObject({ kind: 'take-over' });
+    expect(() => pick([rec('198.19.0.16-28')], { unmarkedIsOurs: false })).toThrow(PublicIpInUseError);
+    const err = (() => {
+      try {
+        pick([rec('198.19.0.16-28', ID_B)]);
+      } catch (e) {
+        return e as Error;
+      }
+      return null;
+    })();
+    expect(err).toBeInstanceOf(PublicIpInUseError);
+    expect(err!.message).toMatch(/public IP 198\.18\.0\.5 is in use by another node: it holds 198\.19\.0\.16\/28 .*node identity b{32}/);
+    // Ours among them: taken over; the other is a conflict for whoever holds it, not for us.
+    expect(pick([rec('198.19.0.16-28', ID_B), rec('198.19.0.32-28', ID_A)])).toMatchObject({ kind: 'take-over', record: { key: '/p/198.19.0.32-28' } });
+  });
+
+  it('a second node with our PublicIP takes no lease and writes nothing; the first keeps its subnet, also across a restart', async () => {
+    const { store, make } = setup();
+    const first = await make('198.18.0.5', { attrs: withId('198.18.0.5', ID_A) }).start(new Recorder().listener);
+    const revision = store.currentRevision;
+    const second = make('198.18.0.5', { attrs: withId('198.18.0.5', ID_B) });
+    await expect(second.start(new Recorder().listener)).rejects.toThrow(PublicIpInUseError);
+    expect(store.currentRevision).toBe(revision);
+    expect(store.get(first.subnet.toKey())?.value).toContain(`"NodeIdentity":"${ID_A}"`);
+    await managers[0]!.stop();
+    const again = await make('198.18.0.5', { attrs: withId('198.18.0.5', ID_A) }).start(new Recorder().listener);
+    expect(again.subnet.equals(first.subnet)).toBe(true);
+  });
+
+  it('an upstream node with our PublicIP taking our key while we run: we stand aside instead of taking it back, with bounded writes', async () => {
+    const { clock, store, make } = setup();
+    const { log, lines } = capturingLogger();
+    const lease = await make('198.18.0.5', { attrs: withId('198.18.0.5', ID_A), log }).start(new Recorder().listener);
+    // What upstream writes when it takes over "its" lease: our PublicIP, no identity.
+    store.put(lease.subnet.toKey(), value('198.18.0.5', '02:00:00:00:00:77'), store.grant(3600));
+    const revision = store.currentRevision;
+    await settle();
+    await clock.advance(120_000);
+    expect(store.currentRevision).toBe(revision);
+    expect(store.get(lease.subnet.toKey())?.value).not.toContain(ID_A);
+    expect(lines.some((l) => l['msg'] === 'cannot claim a subnet' && /public IP 198\.18\.0\.5 is in use by another node/.test(String(l['err'])))).toBe(true);
   });
 });
 

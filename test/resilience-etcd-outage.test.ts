@@ -6,9 +6,9 @@
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { createCluster, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
 import { hubEtcd, type HubEtcd } from './harness/etcd-cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
+import { sleep, waitFor } from './harness/netns.js';
 import {
-  WARN, diffTables, expectedVxlanTables, freeSubnets, logSize, parseEtcdctlJson, readLog, report, startPing, vxlanLeasesFrom, vxlanTables, waitForLog,
+  WARN, cutFromEtcd, diffTables, expectedVxlanTables, freeSubnets, logSize, parseEtcdctlJson, readLog, report, startPing, vxlanLeasesFrom, vxlanTables, waitForLog,
 } from './harness/resilience.js';
 
 const OUTAGE_MS = 30_000;
@@ -143,10 +143,7 @@ test('two nodes cut off from etcd for 30 s while a node leaves and another joins
   const marks = [logSize(n1.logFile), logSize(n2.logFile)];
   const ping = startPing(pod1.ns, pod2.ip);
   await sleep(1000);
-  const cut = (node: ClusterNode, op: '-A' | '-D') => Promise.all([
-    run(['iptables', op, 'OUTPUT', '-p', 'tcp', '--dport', '2379', '-j', 'DROP'], { netns: node.ns }),
-    run(['iptables', op, 'INPUT', '-p', 'tcp', '--sport', '2379', '-j', 'DROP'], { netns: node.ns }),
-  ]);
+  const cut = (node: ClusterNode, op: '-A' | '-D') => cutFromEtcd(node, op === '-A');
   const n3Subnet = await subnetOf(n3);
   await Promise.all([cut(n1, '-A'), cut(n2, '-A')]);
   const down = Date.now();

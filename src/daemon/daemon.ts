@@ -9,7 +9,8 @@ import { ConfigError, type NetworkConfig, checkNetworkConfig, parseNetworkConfig
 import { previousIpv6Subnet, previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
 import type { Lease, LeaseEvent } from '../subnet/lease.js';
 import { Wakeup, isAbort, pause, retry } from '../common/retry.js';
-import { LeaseManager, NetworkFullError } from '../subnet/manager.js';
+import { LeaseManager, NetworkFullError, PublicIpInUseError } from '../subnet/manager.js';
+import { loadNodeIdentity, nodeIdentityPath } from '../subnet/node-identity.js';
 import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
@@ -97,6 +98,9 @@ export class Daemon {
     const backend = createBackend({ extIface, network, log: this.log.child({ backend: network.backend.type }) });
     this.backend = backend;
     const announcement = await backend.prepare();
+    const identityFile = nodeIdentityPath(this.opts.subnetFile);
+    const { identity, created } = loadNodeIdentity(identityFile);
+    this.log.info({ nodeIdentity: identity, file: identityFile, created }, 'node identity');
     const manager = new LeaseManager({
       store: this.registry,
       network,
@@ -104,6 +108,7 @@ export class Daemon {
         publicIP: extIface.publicIP,
         publicIPv6: network.ipv6 ? (extIface.publicIPv6 ?? null) : null,
         backend: announcement.backend,
+        nodeIdentity: identity,
       },
       ttlSeconds: this.opts.subnetLeaseTtlSeconds,
       renewMarginSeconds: this.opts.subnetLeaseRenewMarginMinutes * 60,
@@ -152,6 +157,12 @@ export class Daemon {
         wakeup: () => this.registry.recovered,
         onError: (err) => {
           if (err instanceof NetworkFullError) this.problem('error', err.message, {});
+          else if (err instanceof PublicIpInUseError) {
+            const { holder } = err;
+            this.problem('error', 'our public IP is in use by another node; taking no lease while it holds one', {
+              publicIP: err.publicIP, heldSubnet: holder.subnet.toString(), holderIdentity: holder.attrs.nodeIdentity ?? null, err: err.message,
+            });
+          }
           else this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
         },
       });

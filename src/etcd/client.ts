@@ -7,14 +7,15 @@ import type { Logger } from '../common/log.js';
 import { etcdMetrics } from '../common/metrics.js';
 import { LeaseStoreUnavailableError, type Stoppable } from '../subnet/lease-store.js';
 import { speedUpInt64Strings } from './int64-strings.js';
-import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, Reachability, buildClientOptions, isConnectivityError } from './connection.js';
+import { CALL_TIMEOUT_MS, ClientOptionsSource, type EtcdConnectionOptions, Reachability, etcdConnectionWarnings, isConnectivityError } from './connection.js';
 import type { ResumableWatch } from './resumable-watch.js';
 
 /** A probe needs no long deadline: a healthy etcd answers a read in milliseconds. */
 const PROBE_TIMEOUT_MS = 2_000;
 
 export class EtcdClient {
-  readonly options: IOptions;
+  /** Client options, TLS files read again when they change (see clientOptions()). */
+  private readonly optionsSource: ClientOptionsSource;
   /** Replaced when etcd comes back after a failure (see reconnected()). */
   private current: Etcd3;
   /** Replaced clients, closed once the calls still running on them are over. */
@@ -29,11 +30,17 @@ export class EtcdClient {
     /** A key read by the reachability probe. */
     private readonly probeKey: string,
   ) {
-    this.options = buildClientOptions(opts);
+    this.optionsSource = new ClientOptionsSource(opts, log);
+    for (const warning of etcdConnectionWarnings(opts)) log.warn(warning);
     speedUpInt64Strings();
-    this.current = new Etcd3(this.options);
+    this.current = new Etcd3(this.optionsSource.current());
     this.reach = new Reachability(log, opts.endpoints, () => this.probe(), () => this.reconnected());
     etcdMetrics.up.set(1);
+  }
+
+  /** Options for a fresh client: TLS files as they are on disk now (rotated certificates are used on reconnect). */
+  clientOptions(): IOptions {
+    return this.optionsSource.current();
   }
 
   /** The client for the next call. */
@@ -47,7 +54,7 @@ export class EtcdClient {
    * breaker left open by earlier failures.
    */
   private async probe(): Promise<void> {
-    const client = new Etcd3(this.options);
+    const client = new Etcd3(this.clientOptions());
     try {
       await client.get(this.probeKey).options({ deadline: Date.now() + PROBE_TIMEOUT_MS }).exec();
     } finally {
@@ -63,7 +70,7 @@ export class EtcdClient {
    */
   private reconnected(): void {
     const old = this.current;
-    this.current = new Etcd3(this.options);
+    this.current = new Etcd3(this.clientOptions());
     this.retired.add(old);
     setTimeout(() => {
       this.retired.delete(old);

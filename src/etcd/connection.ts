@@ -1,7 +1,7 @@
 // How we talk to etcd when the network misbehaves: client options with deadlines and keepalives,
 // which failures mean "etcd is out of reach", and the reachability tracker that logs an outage
 // once when it starts and once when it ends, however many retries happen in between.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry as retryPolicy } from 'cockatiel';
 import { EtcdWatchStreamEnded, GRPCResourceExhastedError, type IOptions, castGrpcError, isRecoverableError } from 'etcd3';
 import type { Logger } from '../common/log.js';
@@ -119,6 +119,71 @@ export function buildClientOptions(opts: EtcdConnectionOptions): IOptions {
   }
   if (opts.username) options.auth = { username: opts.username, password: opts.password ?? '' };
   return options;
+}
+
+/**
+ * What is wrong but not fatal in the connection flags, one line each: TLS client files that cannot be
+ * used (no https:// endpoint and no --etcd-cafile: the connection is plaintext) and a password that
+ * would cross the network in plaintext.
+ */
+export function etcdConnectionWarnings(opts: EtcdConnectionOptions): string[] {
+  const tls = Boolean(opts.caFile) || opts.endpoints.some((h) => h.trim().startsWith('https://'));
+  const out: string[] = [];
+  if (!tls && (opts.certFile || opts.keyFile)) {
+    out.push('--etcd-certfile and --etcd-keyfile are not used: no --etcd-endpoints is https:// and no --etcd-cafile is given, so the connection to etcd is plaintext');
+  }
+  if (!tls && opts.username && opts.password) {
+    out.push('--etcd-password is sent to etcd in plaintext: the endpoints are http://; use https:// endpoints (with --etcd-cafile) to protect it');
+  }
+  return out;
+}
+
+/**
+ * The client options for each new client, with the TLS files read again when one changed on disk
+ * (certificates rotated in place), so that a reconnect — a fresh client — presents the new ones. A file
+ * that cannot be read at that moment (a rotation half done) keeps the last good options, warned once.
+ */
+export class ClientOptionsSource {
+  private options: IOptions;
+  private stamp: string;
+  private failedStamp = '';
+
+  constructor(
+    private readonly opts: EtcdConnectionOptions,
+    private readonly log: Logger,
+  ) {
+    this.options = buildClientOptions(opts);
+    this.stamp = this.filesStamp();
+  }
+
+  /** Size, change time and inode of each TLS file: what a rotation changes. */
+  private filesStamp(): string {
+    return [this.opts.caFile, this.opts.certFile, this.opts.keyFile]
+      .map((f) => {
+        if (!f) return '-';
+        try {
+          const st = statSync(f);
+          return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+        } catch {
+          return 'missing';
+        }
+      })
+      .join('|');
+  }
+
+  current(): IOptions {
+    const stamp = this.filesStamp();
+    if (stamp === this.stamp || stamp === this.failedStamp) return this.options;
+    try {
+      this.options = buildClientOptions(this.opts);
+      this.stamp = stamp;
+      this.log.info('etcd TLS files changed on disk; new connections use them');
+    } catch (err) {
+      this.failedStamp = stamp;
+      this.log.warn({ err: (err as Error).message }, 'etcd TLS files changed on disk but cannot be read; keeping the previous ones');
+    }
+    return this.options;
+  }
 }
 
 /**

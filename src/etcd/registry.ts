@@ -98,7 +98,7 @@ export class EtcdRegistry implements LeaseStore {
     const stopper = new AbortController();
     let current: Stoppable | null = null;
     const open = async (fromRevision: string | null): Promise<void> => {
-      const watch = new ResumableWatch(this.client.options, (c) => c.watch().key(this.configKey), fromRevision, {
+      const watch = new ResumableWatch(this.client, (c) => c.watch().key(this.configKey), fromRevision, {
         onData: (res) => {
           for (const ev of res.events) onChange(ev.type === 'Delete' ? null : ev.kv.value.toString());
         },
@@ -109,7 +109,7 @@ export class EtcdRegistry implements LeaseStore {
         },
         onDisconnect: (err) => this.client.failed('watch config', err),
         onConnect: () => this.client.succeeded(),
-      }, () => this.recovered);
+      });
       current = await this.client.startWatch('config', watch);
       if (stopper.signal.aborted) await current.stop();
     };
@@ -331,7 +331,7 @@ export class EtcdRegistry implements LeaseStore {
    * can no longer serve that revision (compaction), onReset tells the caller to re-list.
    */
   async watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable> {
-    const watch = new ResumableWatch(this.client.options, (c) => c.watch().prefix(this.subnetsPrefix), fromRevision, {
+    const watch = new ResumableWatch(this.client, (c) => c.watch().prefix(this.subnetsPrefix), fromRevision, {
       onData: (res) => this.deliverLeaseChanges(res, handlers),
       onCancelled: (err) => handlers.onReset(err.message),
       onDisconnect: (err) => {
@@ -342,7 +342,7 @@ export class EtcdRegistry implements LeaseStore {
         this.client.succeeded();
         handlers.onReconnect?.();
       },
-    }, () => this.recovered);
+    });
     return this.client.startWatch('leases', watch);
   }
 

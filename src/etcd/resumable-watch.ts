@@ -8,7 +8,7 @@
 // after the last event actually delivered.
 import { Etcd3, type IOptions, type IWatchResponse, type WatchBuilder, type Watcher } from 'etcd3';
 import { abortReason, isAbort, jitteredBackoff, retry } from '../common/retry.js';
-import { EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS } from './connection.js';
+import { EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS, isResponseTooLarge } from './connection.js';
 
 /** start() waits at most this long for etcd to confirm the watch. */
 const WATCH_START_TIMEOUT_MS = 15_000;
@@ -16,6 +16,14 @@ const WATCH_START_TIMEOUT_MS = 15_000;
 const ATTEMPT_TIMEOUT_MS = 5_000;
 /** How long cancelling a watch may take before we stop waiting for etcd to confirm it. */
 const CANCEL_TIMEOUT_MS = 2_000;
+
+/** Where a watch gets its clients and its wake-up: the registry's EtcdClient. */
+export interface WatchSource {
+  /** Options for a fresh client (TLS files as they are on disk now). */
+  clientOptions(): IOptions;
+  /** Aborted when etcd answers again after a failure (then replaced): waiting and stalled attempts go at once. */
+  readonly recovered: AbortSignal;
+}
 
 export interface WatchEvents {
   onData(res: IWatchResponse): void;
@@ -31,6 +39,13 @@ class WatchCancelled extends Error {
     super(reason.message);
   }
 }
+
+/**
+ * The changes since the watch's revision do not fit one response (the gRPC receive limit: a backlog of
+ * huge values written while we were cut off). Resuming from that revision would fail the same way for
+ * ever; the owner reads the current state instead, as after a compaction.
+ */
+class CatchUpTooLarge extends WatchCancelled {}
 
 /** etcd answers again while this attempt is still connecting (perhaps into a black hole): a fresh one, at once. */
 class Superseded extends Error {}
@@ -53,12 +68,10 @@ export class ResumableWatch {
   private onStartFailed: ((err: Error) => void) | null = null;
 
   constructor(
-    private readonly options: IOptions,
+    private readonly source: WatchSource,
     private readonly build: (client: Etcd3) => WatchBuilder,
     fromRevision: string | null,
     private readonly events: WatchEvents,
-    /** The client's "etcd answers again" signal (read afresh each time): retries and stalled attempts go at once. */
-    private readonly wakeup: () => AbortSignal,
   ) {
     this.next = fromRevision ?? undefined;
   }
@@ -89,7 +102,7 @@ export class ResumableWatch {
       await retry((signal) => this.attempt(signal!), {
         signal: this.stopper.signal,
         backoff: this.backoff,
-        wakeup: this.wakeup,
+        wakeup: () => this.source.recovered,
         retryIf: (err) => !(err instanceof WatchCancelled),
         onError: (err) => {
           if (!(err instanceof Superseded)) this.events.onDisconnect(err as Error);
@@ -107,12 +120,13 @@ export class ResumableWatch {
   /**
    * One connection on a client of its own. Never resolves: it ends when the connection is lost or
    * gets nowhere within ATTEMPT_TIMEOUT_MS (retried), when etcd answers again while it is still
-   * connecting (retried at once), when etcd cancels the watch, or when the watch is stopped.
+   * connecting (retried at once), when etcd cancels the watch or its catch-up cannot be received (not
+   * retried: the owner lists again), or when the watch is stopped.
    */
   private attempt(signal: AbortSignal): Promise<never> {
-    const wake = this.wakeup();
+    const wake = this.source.recovered;
     return new Promise<never>((_resolve, reject) => {
-      const client = new Etcd3(this.options);
+      const client = new Etcd3(this.source.clientOptions());
       const builder = this.build(client);
       if (this.next !== undefined) builder.startRevision(this.next);
       const watcher = builder.watcher();
@@ -158,7 +172,11 @@ export class ResumableWatch {
         this.events.onConnect();
         this.onFirstConnect?.();
       });
-      watcher.on('disconnected', (err: Error) => end(err));
+      watcher.on('disconnected', (err: Error) => {
+        if (!isResponseTooLarge(err)) return end(err);
+        const from = this.next ?? 'now';
+        end(new CatchUpTooLarge(new Error(`the changes since revision ${from} are larger than one etcd response may be (${err.message}): reading the current state instead`)));
+      });
       watcher.on('error', (err: Error) => end(new WatchCancelled(err), true));
       watcher.on('end', () => end(new WatchCancelled(new Error('watch ended')), true));
       const timer = setTimeout(() => end(new EtcdTimeoutError('connecting a watch', ATTEMPT_TIMEOUT_MS)), ATTEMPT_TIMEOUT_MS);

@@ -4,10 +4,12 @@
 // a reason: counted by reason once per change of its key, logged once per key and reason.
 //
 // Two keys may claim the same addresses (e.g. `a-24` and `a-24&b-64`, or two dual-stack keys sharing
-// an IPv6 subnet): the older key — lower createRevision, then the lower key name — is used and the
-// other refused, the same on every node whatever order the keys arrived in. Since every usable key
-// has the network's subnet lengths, keys overlap only by naming the same subnet: an index from each
-// claimed subnet to the keys claiming it finds them. A change is decided with the keys it can affect
+// an IPv6 subnet) or the same VTEP MAC (a cloned VM, a hostile writer): the older key — lower
+// createRevision, then the lower key name — is used and the other refused, the same on every node
+// whatever order the keys arrived in and whenever a node restarted, so that no backend ever sees two
+// peers with one subnet or one MAC. A lease carrying our own VTEP MAC or our own PublicIP is refused
+// too. Since every usable key has the network's subnet lengths, keys overlap only by naming the same
+// subnet: an index from each claimed subnet and MAC to the keys claiming it finds them. A change is decided with the keys it can affect
 // only — those linked to it through shared claims — so a batch costs its own size however many keys
 // there are, and a key that flaps under contest costs its claim group, not a pass over every key.
 import type { Logger } from '../common/log.js';
@@ -16,7 +18,7 @@ import { printable } from '../common/printable.js';
 import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
-import { type Lease, type LeaseEvent, sameLeaseAttrs } from './lease.js';
+import { type Lease, type LeaseAttrs, type LeaseEvent, sameLeaseAttrs } from './lease.js';
 import { checkLeaseSubnet } from './lease-validation.js';
 import { type InvalidLeaseKey, type LeaseChange, type LeaseListing, type LeaseRecord, sameSubnets } from './lease-store.js';
 
@@ -30,10 +32,16 @@ interface Refusal {
   reason: string;
 }
 
-interface OwnSubnets {
+interface OwnLease {
   subnet: Ip4Net;
   ipv6Subnet: Ip6Net | null;
+  /** What we publish: our VTEP MACs and our PublicIP are nobody else's. */
+  attrs: LeaseAttrs | null;
 }
+
+/** Claim ids: a subnet is its key form (`a.b.c.d-len`, `6/<ipv6>-len`), a VTEP MAC `mac/…` or `mac6/…`. */
+const MAC_CLAIM = 'mac/';
+const MAC6_CLAIM = 'mac6/';
 
 /** A refused key, `fresh` when this version of it was not counted before, `tell` when its reason is news. */
 type Refused = InvalidLeaseKey & { fresh: boolean; tell: boolean };
@@ -53,9 +61,9 @@ export class KnownLeases {
   private readonly records = new Map<string, LeaseRecord>();
   /** Keys whose name or value cannot be used, by whole key. */
   private readonly invalid = new Map<string, InvalidLeaseKey>();
-  /** Claimed subnets (`a.b.c.d-len`, or `6/<ipv6>-len`) → the keys claiming them that pass their own checks. */
+  /** Claimed subnets and VTEP MACs (see MAC_CLAIM) → the keys claiming them that pass their own checks. */
   private readonly claims = new Map<string, Set<string>>();
-  /** The keys in `claims` → the subnets each claims. */
+  /** The keys in `claims` → what each claims. */
   private readonly claimed = new Map<string, readonly string[]>();
   /** The leases handed to the backend, by IPv4 subnet. */
   private readonly leases = new Map<string, Lease>();
@@ -63,7 +71,7 @@ export class KnownLeases {
   private readonly heldBy = new Map<string, string>();
   /** Refused keys → the version last counted (modRevision/reason) and the reason last logged. */
   private readonly refused = new Map<string, { version: string; code: string }>();
-  private own: OwnSubnets | null = null;
+  private own: OwnLease | null = null;
   /** Refusals counted since start, by reason (also exported as flannel_leases_invalid_total). */
   readonly refusedByReason = new Map<string, number>();
   /** Keys decided since start: what listings and changes cost (a change costs its claim group). */
@@ -84,12 +92,13 @@ export class KnownLeases {
   }
 
   /**
-   * Our own subnets: never a remote lease, and nothing overlapping them may be routed away. A change
-   * re-checks every key's claims; redecide() then says what it changed for the backend.
+   * Our own subnets (never a remote lease, and nothing overlapping them may be routed away) and what we
+   * publish (`attrs`: no remote lease may carry our VTEP MACs or our PublicIP). A change re-checks every
+   * key's claims; redecide() then says what it changed for the backend.
    */
-  setOwn(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null): void {
-    if (this.own && sameSubnets(this.own, { subnet, ipv6Subnet })) return;
-    this.own = { subnet, ipv6Subnet };
+  setOwn(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null, attrs: LeaseAttrs | null = null): void {
+    if (this.own && sameSubnets(this.own, { subnet, ipv6Subnet }) && this.own.attrs === attrs) return;
+    this.own = { subnet, ipv6Subnet, attrs };
     this.claims.clear();
     this.claimed.clear();
     for (const r of this.records.values()) this.index(r);
@@ -102,6 +111,17 @@ export class KnownLeases {
     // Checked first: a key such as <our net>-23 or -25 claims our pods' addresses, and its warning says so.
     if (own && r.subnet.overlaps(own.subnet)) return { code: 'overlap', reason: `overlaps our own subnet ${own.subnet}` };
     if (own?.ipv6Subnet && v6?.overlaps(own.ipv6Subnet)) return { code: 'overlap', reason: `overlaps our own IPv6 subnet ${own.ipv6Subnet}` };
+    const mine = own?.attrs?.backend;
+    const theirs = r.attrs.backend;
+    if (mine?.type === 'vxlan' && theirs.type === 'vxlan') {
+      if (theirs.vtep.mac === mine.vtep.mac) return { code: 'duplicate_vtep_mac', reason: `carries this node's own VTEP MAC ${mine.vtep.mac}` };
+      if (mine.vtepV6 && theirs.vtepV6?.mac === mine.vtepV6.mac) {
+        return { code: 'duplicate_vtep_mac', reason: `carries this node's own IPv6 VTEP MAC ${mine.vtepV6.mac}` };
+      }
+    }
+    if (own?.attrs && r.attrs.publicIP === own.attrs.publicIP) {
+      return { code: 'duplicate_public_ip', reason: `carries this node's own PublicIP ${own.attrs.publicIP}: another node is configured with it` };
+    }
     const problem = checkLeaseSubnet(r.subnet, this.network);
     if (problem) return { code: problem.reason, reason: problem.detail };
     const ipv6 = this.network.ipv6;
@@ -126,6 +146,7 @@ export class KnownLeases {
     this.claims.clear();
     this.claimed.clear();
     for (const bad of listing.invalid) {
+      if (this.countedOnly(bad)) continue;
       this.invalid.set(bad.key, bad);
       keys.add(bad.key);
     }
@@ -150,6 +171,7 @@ export class KnownLeases {
     const keys = new Set<string>();
     const subnets: string[] = [];
     for (const change of changes) {
+      if (change.type === 'invalid' && this.countedOnly(change)) continue;
       const key = change.type === 'put' ? change.record.key : change.key;
       subnets.push(...this.unindex(key));
       if (change.type === 'delete') {
@@ -171,10 +193,25 @@ export class KnownLeases {
     return events;
   }
 
-  /** The subnets a key claims: its IPv4 subnet, and its IPv6 one in a dual-stack network. */
+  /** A key refused at parse time for its length: counted each time it is seen, never kept (see MAX_KEY_NAME_CHARS). */
+  private countedOnly(bad: InvalidLeaseKey): boolean {
+    if (bad.code !== 'key_too_long') return false;
+    this.refusedByReason.set(bad.code, (this.refusedByReason.get(bad.code) ?? 0) + 1);
+    leaseMetrics.invalid.inc({ reason: bad.code });
+    return true;
+  }
+
+  /** What a key claims: its IPv4 subnet, its IPv6 one in a dual-stack network, and its VTEP MACs. */
   private claimKeys(r: LeaseRecord): string[] {
     const v6 = this.network.ipv6 ? (r.ipv6Subnet ?? null) : null;
-    return v6 ? [r.subnet.toKey(), `6/${v6.toKey()}`] : [r.subnet.toKey()];
+    const out = [r.subnet.toKey()];
+    if (v6) out.push(`6/${v6.toKey()}`);
+    const { backend } = r.attrs;
+    if (backend.type === 'vxlan') {
+      out.push(MAC_CLAIM + backend.vtep.mac);
+      if (backend.vtepV6) out.push(MAC6_CLAIM + backend.vtepV6.mac);
+    }
+    return out;
   }
 
   /** Records a key's claims, if it passes its own checks (a refused key takes nothing); returns them. */
@@ -256,17 +293,21 @@ export class KnownLeases {
       else if (this.claimed.get(key)!.every((c) => this.claims.get(c)!.size === 1)) winners.push(r);
       else contested.push(r);
     }
-    // Where keys claim the same subnet, the oldest of them keeps it; one that lost a subnet claims nothing.
+    // Where keys claim the same subnet or MAC, the oldest of them keeps it; one that lost a claim claims nothing.
     contested.sort(olderFirst);
     const takenBy = new Map<string, LeaseRecord>();
     for (const r of contested) {
-      const subnets = this.claimed.get(r.key)!;
-      const older = subnets.map((c) => takenBy.get(c)).find((x) => x !== undefined);
-      if (older) {
-        refuse(this.refusedRecord(r, { code: 'overlap_older_lease', reason: `claims addresses of the older key ${older.key}` }));
+      const claims = this.claimed.get(r.key)!;
+      const lost = claims.find((c) => takenBy.has(c));
+      if (lost !== undefined) {
+        const older = takenBy.get(lost)!.key;
+        const mac = lost.startsWith(MAC_CLAIM) ? lost.slice(MAC_CLAIM.length) : lost.startsWith(MAC6_CLAIM) ? lost.slice(MAC6_CLAIM.length) : null;
+        refuse(this.refusedRecord(r, mac === null
+          ? { code: 'overlap_older_lease', reason: `claims addresses of the older key ${older}` }
+          : { code: 'duplicate_vtep_mac', reason: `VTEP MAC ${mac} belongs to the older key ${older}` }));
         continue;
       }
-      for (const c of subnets) takenBy.set(c, r);
+      for (const c of claims) takenBy.set(c, r);
       winners.push(r);
     }
     const events: LeaseEvent[] = [];
@@ -332,6 +373,8 @@ export class KnownLeases {
     const msg =
       bad.code === 'overlap' ? 'skipping a lease that overlaps our own subnet'
       : bad.code === 'overlap_older_lease' ? 'skipping a lease that claims the addresses of an older lease'
+      : bad.code === 'duplicate_vtep_mac' ? 'skipping a lease whose VTEP MAC belongs to another node'
+      : bad.code === 'duplicate_public_ip' ? 'skipping a lease that carries our own public IP: another node is configured with it'
       : 'skipping a malformed or invalid lease';
     this.log.warn(fields, msg);
   }

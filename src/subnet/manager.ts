@@ -16,7 +16,7 @@ import type { Logger } from '../common/log.js';
 import { leaseMetrics } from '../common/metrics.js';
 import { Backoff, RETRY_JITTER, RETRY_MAX_MS, RETRY_MIN_MS, type RetryOptions, isAbort, retry } from '../common/retry.js';
 import { SerialQueue } from '../common/serial-queue.js';
-import { NetworkFullError, chooseSubnet } from './allocation.js';
+import { NetworkFullError, PublicIpInUseError, chooseSubnet } from './allocation.js';
 import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
@@ -24,7 +24,7 @@ import { KnownLeases } from './known-leases.js';
 import { type Lease, type LeaseAttrs, type LeaseEvent, sameLeaseAttrs } from './lease.js';
 import { type LeaseChange, type LeaseListing, type LeaseStore, LeaseStoreUnavailableError, type Stoppable, sameSubnets } from './lease-store.js';
 
-export { NetworkFullError } from './allocation.js';
+export { NetworkFullError, PublicIpInUseError } from './allocation.js';
 
 export interface LeaseManagerOptions {
   store: LeaseStore;
@@ -168,13 +168,15 @@ export class LeaseManager {
   /**
    * Picks and claims a subnet (see chooseSubnet). Retries from a fresh listing when another node wins
    * a race; the first attempt uses `listing` when the caller has just read one. Other failures (the
-   * store unreachable, a full network) are the caller's to retry.
+   * store unreachable, a full network, our PublicIP in use by another node) are the caller's to retry.
+   * `unmarkedIsOurs`: whether a lease with our PublicIP and no node identity is ours (at start).
    */
   private async claim(
     preferred: Ip4Net | null,
     avoid: Ip4Net | null,
     listing: LeaseListing | null = null,
     preferredIpv6: Ip6Net | null = null,
+    unmarkedIsOurs = true,
   ): Promise<LeaseListing> {
     const { store, attrs, ttlSeconds, network } = this.opts;
     let attempts = 0;
@@ -183,7 +185,9 @@ export class LeaseManager {
       attempts++;
       const current = given ?? (await store.listLeases());
       given = null;
-      const choice = chooseSubnet(current, { network, publicIP: attrs.publicIP, preferred, preferredIpv6, avoid, random: this.random });
+      const choice = chooseSubnet(current, {
+        network, publicIP: attrs.publicIP, nodeIdentity: attrs.nodeIdentity ?? null, unmarkedIsOurs, preferred, preferredIpv6, avoid, random: this.random,
+      });
       if (choice.kind === 'take-over') {
         const written = await store.takeOverLease(choice.record, attrs, ttlSeconds);
         if (written === null) throw new LostRace('our lease changed since it was listed');
@@ -222,7 +226,7 @@ export class LeaseManager {
   private setOwn(subnet: Ip4Net, ipv6Subnet: Ip6Net | null, leaseId: string | null, revision: string): void {
     const expiration = leaseId === null ? null : new Date(this.clock.now() + this.opts.ttlSeconds * 1000);
     this.own = { subnet, ipv6Subnet, leaseId, expiration, revision: BigInt(revision) };
-    this.known.setOwn(subnet, ipv6Subnet);
+    this.known.setOwn(subnet, ipv6Subnet, this.opts.attrs);
   }
 
   /** Rebuilds the known set from a listing; watched changes up to its revision are in it already. */
@@ -295,7 +299,17 @@ export class LeaseManager {
     if (lostReason) await this.reclaim(lostReason);
   }
 
-  /** Our lease vanished or was taken: claim the same subnet again if we can, another one if not. */
+  /** A lease written by us: our PublicIP and, when we have one, our node identity. */
+  private isOurs(attrs: LeaseAttrs): boolean {
+    const identity = this.opts.attrs.nodeIdentity ?? null;
+    return attrs.publicIP === this.opts.attrs.publicIP && (identity === null || attrs.nodeIdentity === identity);
+  }
+
+  /**
+   * Our lease vanished or was taken: claim the same subnet again if we can, another one if not. A
+   * lease now carrying our PublicIP is ours only with our identity: one without was written by
+   * another node, which we never take a subnet from (see PublicIpInUseError).
+   */
   private async reclaim(reason: string): Promise<void> {
     const old = this.own!;
     this.log.warn({ subnet: old.subnet.toString(), reason }, 'our subnet lease was lost; claiming again');
@@ -307,12 +321,12 @@ export class LeaseManager {
         const current = await this.opts.store.listLeases();
         const holder = current.records.find((r) => sameSubnets(r, old));
         const occupiedByOther =
-          (holder !== undefined && holder.attrs.publicIP !== this.opts.attrs.publicIP) ||
+          (holder !== undefined && !this.isOurs(holder.attrs)) ||
           current.invalid.some((bad) => bad.subnet !== null && sameSubnets({ subnet: bad.subnet, ipv6Subnet: bad.ipv6Subnet ?? null }, old));
         // The claim's first attempt chooses from this same listing rather than reading another.
-        return this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, current, occupiedByOther ? null : old.ipv6Subnet);
+        return this.claim(occupiedByOther ? null : old.subnet, occupiedByOther ? old.subnet : null, current, occupiedByOther ? null : old.ipv6Subnet, false);
       }, this.retrying('re-claim failed; retrying', (err) => {
-        if (!(err instanceof NetworkFullError)) return false;
+        if (!(err instanceof NetworkFullError || err instanceof PublicIpInUseError)) return false;
         this.log.error({ err: err.message }, 'cannot claim a subnet');
         return true;
       }));

@@ -9,7 +9,7 @@ import { listRoutes } from '../../src/routes/route.js';
 import { LEVEL_VALUES } from '../../src/common/log.js';
 import { Ip4Net } from '../../src/common/ip4.js';
 import type { Cluster, ClusterNode } from './cluster.js';
-import { sleep } from './netns.js';
+import { run, sleep } from './netns.js';
 
 export interface PingResult {
   /** Highest sequence number seen + 1 (replies only tell us what was answered). */
@@ -230,4 +230,13 @@ export async function kernelVsEtcd(cluster: Cluster, node: ClusterNode, prefix =
   const values = parseEtcdctlJson(await cluster.etcdctl(['get', '--prefix', `${prefix}/subnets/`, '-w', 'json']));
   const want = expectedVxlanTables(vxlanLeasesFrom(values, (await subnetOf(node)).toString()));
   return diffTables(await vxlanTables(node), want).join('; ');
+}
+
+/** Cuts a node off from etcd (tcp/2379 dropped both ways in its namespace), or heals the cut. */
+export async function cutFromEtcd(node: ClusterNode, cut: boolean): Promise<void> {
+  const op = cut ? '-A' : '-D';
+  await Promise.all([
+    run(['iptables', op, 'OUTPUT', '-p', 'tcp', '--dport', '2379', '-j', 'DROP'], { netns: node.ns }),
+    run(['iptables', op, 'INPUT', '-p', 'tcp', '--sport', '2379', '-j', 'DROP'], { netns: node.ns }),
+  ]);
 }
