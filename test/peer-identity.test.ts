@@ -9,11 +9,10 @@
 //    writes) is still its node's after an in-place swap.
 // Needs `npm run build`.
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { listFdb } from '../src/routes/fdb.js';
 import { ipJson } from '../src/routes/ip.js';
-import { createCluster, dualSubnetsOf, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { createCluster, dualSubnetsOf, nodeIdentityOf, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { spawnFlanneld, type FlanneldProcess } from './harness/etcd-cluster.js';
 import { sleep, waitFor } from './harness/netns.js';
 import {
@@ -31,7 +30,7 @@ async function revision(cluster: Cluster): Promise<number> {
   return (JSON.parse(await cluster.etcdctl(['get', 'x', '-w', 'json'])) as { header: { revision: number } }).header.revision;
 }
 
-const identityOf = (node: ClusterNode): string => readFileSync(join(dirname(node.subnetFile), 'node-identity'), 'utf8').trim();
+const identityOf = nodeIdentityOf;
 
 async function leaseValues(cluster: Cluster): Promise<Map<string, string>> {
   return parseEtcdctlJson(await cluster.etcdctl(['get', '--prefix', `${PREFIX}/subnets/`, '-w', 'json']));

@@ -155,19 +155,24 @@ export class Daemon {
       }, {
         signal: this.life.signal,
         wakeup: () => this.registry.recovered,
-        onError: (err) => {
-          if (err instanceof NetworkFullError) this.problem('error', err.message, {});
-          else if (err instanceof PublicIpInUseError) {
-            const { holder } = err;
-            this.problem('error', 'our public IP is in use by another node; taking no lease while it holds one', {
-              publicIP: err.publicIP, heldSubnet: holder.subnet.toString(), holderIdentity: holder.attrs.nodeIdentity ?? null, err: err.message,
-            });
-          }
-          else this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
-        },
+        onError: (err) => this.claimProblem(err),
       });
     } catch (err) {
       if (!isAbort(err)) throw err;
+    }
+  }
+
+  /** Why no lease could be claimed, said once per kind of problem. */
+  private claimProblem(err: unknown): void {
+    if (err instanceof NetworkFullError) {
+      this.problem('error', err.message, {});
+    } else if (err instanceof PublicIpInUseError) {
+      const { holder } = err;
+      this.problem('error', 'our public IP is in use by another node; taking no lease while it holds one', {
+        publicIP: err.publicIP, heldSubnet: holder.subnet.toString(), holderIdentity: holder.attrs.nodeIdentity ?? null, err: err.message,
+      });
+    } else {
+      this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
     }
   }
 
