@@ -61,8 +61,11 @@ export class KnownLeases {
   private readonly records = new Map<string, LeaseRecord>();
   /** Keys whose name or value cannot be used, by whole key. */
   private readonly invalid = new Map<string, InvalidLeaseKey>();
-  /** Claimed subnets and VTEP MACs (see MAC_CLAIM) → the keys claiming them that pass their own checks. */
-  private readonly claims = new Map<string, Set<string>>();
+  /**
+   * Claimed subnets and VTEP MACs (see MAC_CLAIM) → the keys claiming them that pass their own checks: the
+   * key itself while it is the only one (as nearly always), a set once several are.
+   */
+  private readonly claims = new Map<string, string | Set<string>>();
   /** The keys in `claims` → what each claims. */
   private readonly claimed = new Map<string, readonly string[]>();
   /** The leases handed to the backend, by IPv4 subnet. */
@@ -220,9 +223,10 @@ export class KnownLeases {
     const subnets = this.claimKeys(r);
     this.claimed.set(r.key, subnets);
     for (const c of subnets) {
-      const set = this.claims.get(c);
-      if (set) set.add(r.key);
-      else this.claims.set(c, new Set([r.key]));
+      const held = this.claims.get(c);
+      if (held === undefined) this.claims.set(c, r.key);
+      else if (typeof held === 'string') this.claims.set(c, new Set([held, r.key]));
+      else held.add(r.key);
     }
     return subnets;
   }
@@ -233,9 +237,12 @@ export class KnownLeases {
     if (!subnets) return [];
     this.claimed.delete(key);
     for (const c of subnets) {
-      const set = this.claims.get(c);
-      set?.delete(key);
-      if (set?.size === 0) this.claims.delete(c);
+      const held = this.claims.get(c);
+      if (held === key) this.claims.delete(c);
+      else if (typeof held === 'object') {
+        held.delete(key);
+        if (held.size === 1) this.claims.set(c, held.values().next().value!);
+      }
     }
     return subnets;
   }
@@ -248,7 +255,8 @@ export class KnownLeases {
     for (let c = todo.pop(); c !== undefined; c = todo.pop()) {
       if (seen.has(c)) continue;
       seen.add(c);
-      for (const key of this.claims.get(c) ?? []) {
+      const held = this.claims.get(c);
+      for (const key of held === undefined ? [] : typeof held === 'string' ? [held] : held) {
         if (keys.has(key)) continue;
         keys.add(key);
         todo.push(...this.claimed.get(key)!);
@@ -284,14 +292,16 @@ export class KnownLeases {
         continue;
       }
       const r = this.records.get(key);
-      if (!r || this.isOwnKey(r)) {
-        this.refused.delete(key); // deleted, or our own key
+      const claims = this.claimed.get(key);
+      if (claims) {
+        // Passed its own checks when indexed: contested only where another key claims the same.
+        if (claims.every((c) => typeof this.claims.get(c) === 'string')) winners.push(r!);
+        else contested.push(r!);
         continue;
       }
-      const why = this.refusal(r);
-      if (why) refuse(this.refusedRecord(r, why));
-      else if (this.claimed.get(key)!.every((c) => this.claims.get(c)!.size === 1)) winners.push(r);
-      else contested.push(r);
+      const why = r && !this.isOwnKey(r) ? this.refusal(r) : null;
+      if (why) refuse(this.refusedRecord(r!, why));
+      else this.refused.delete(key); // deleted, or our own key
     }
     // Where keys claim the same subnet or MAC, the oldest of them keeps it; one that lost a claim claims nothing.
     contested.sort(olderFirst);
