@@ -3,7 +3,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EtcdServer, startEtcd } from './harness/etcd.js';
 import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
@@ -85,7 +85,10 @@ describe('flanneld in a network namespace', () => {
     const key = `/coreos.com/network/subnets/${subnet}.0-24`;
     const value = (await etcdctl('get', key, '--print-value-only')).trim();
     const mac = JSON.parse((await run(['ip', '-json', 'link', 'show', 'flannel.1'], { netns: ns })).stdout)[0].address as string;
-    expect(value).toBe(`{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"${mac}"}}`);
+    // ... and this node's identity, kept beside the env file (upstream's decoders ignore the extra field).
+    const identity = readFileSync(join(dirname(subnetFile), 'node-identity'), 'utf8').trim();
+    expect(identity).toMatch(/^[0-9a-f]{32}$/);
+    expect(value).toBe(`{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"${mac}"},"NodeIdentity":"${identity}"}`);
     const leaseHex = BigInt(/"lease":(\d+)/.exec(await etcdctl('get', key, '-w', 'json'))![1]!).toString(16);
     const ttl = Number(/granted with TTL\((\d+)s\)/.exec(await etcdctl('lease', 'timetolive', leaseHex))![1]);
     expect(ttl).toBe(86400);

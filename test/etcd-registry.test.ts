@@ -16,7 +16,11 @@ let etcd: EtcdServer;
 let client: Etcd3;
 let prefixCounter = 0;
 const freshPrefix = () => `/registry-t${process.pid}-${prefixCounter++}`;
-const value = (i: number) => encodeLeaseAttrs({ publicIP: `198.18.${1 + (i >> 8)}.${i & 255}`, publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null } });
+/** The i-th lease's value: its own PublicIP and VTEP MAC. */
+const value = (i: number) => encodeLeaseAttrs({
+  publicIP: `198.18.${1 + (i >> 8)}.${i & 255}`, publicIPv6: null,
+  backend: { type: 'vxlan', vtep: { vni: 1, mac: `02:00:00:01:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}` }, vtepV6: null },
+});
 /** 1.2 MB: under etcd's default request limit (1.5 MiB), over a quarter of gRPC's default 4 MiB. */
 const HUGE = 'x'.repeat(1_200_000);
 

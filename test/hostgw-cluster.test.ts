@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
-import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, unreachablePodPairs } from './harness/cluster.js';
+import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, nodeIdentityOf, unreachablePodPairs } from './harness/cluster.js';
 import { run, waitFor } from './harness/netns.js';
 
 const CONFIG = { Network: '198.19.0.0/16', EnableIPv6: true, IPv6Network: '2001:2:1::/48', Backend: { Type: 'host-gw' } };
@@ -61,7 +61,8 @@ test('etcd keys, values and kernel routes are upstream\'s', async () => {
   const s1 = await subnetsOf(n1);
   const s2 = await subnetsOf(n2);
   const value = (await cluster.etcdctl(['get', keyOf(s1), '--print-value-only'])).trim();
-  expect(value).toBe('{"PublicIP":"198.18.0.1","PublicIPv6":"2001:2::1","BackendType":"host-gw"}');
+  // Upstream's value, plus the node's identity (a field upstream ignores).
+  expect(value).toBe(`{"PublicIP":"198.18.0.1","PublicIPv6":"2001:2::1","BackendType":"host-gw","NodeIdentity":"${nodeIdentityOf(n1)}"}`);
   const keys = (await cluster.etcdctl(['get', '/coreos.com/network/subnets/', '--prefix', '--keys-only'])).split('\n').filter(Boolean);
   expect(keys).toHaveLength(4);
   for (const key of keys) expect(key).toMatch(/^\/coreos\.com\/network\/subnets\/198\.19\.\d+\.0-24&2001:2:1:[0-9a-f]{1,4}::-64$/);

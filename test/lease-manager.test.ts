@@ -68,7 +68,8 @@ function manager(prefix: string, publicIP: string, overrides: Partial<LeaseManag
   const m = new LeaseManager({
     store: registry(prefix),
     network: parseNetworkConfig(config),
-    attrs: { publicIP, publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null } },
+    // Each node's own VTEP MAC (two leases with one MAC are refused), from its address's last octet.
+    attrs: { publicIP, publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: `02:00:00:00:00:${Number(publicIP.split('.')[3]).toString(16).padStart(2, '0')}` }, vtepV6: null } },
     ttlSeconds: 3600,
     renewMarginSeconds: 60,
     previousSubnet: null,
@@ -104,7 +105,9 @@ describe('claiming subnets', () => {
 
   it('writes the lease in upstream JSON', async () => {
     const prefix = freshPrefix();
-    const lease = await manager(prefix, '198.18.0.7').start(new Recorder().listener);
+    const lease = await manager(prefix, '198.18.0.7', {
+      attrs: { publicIP: '198.18.0.7', publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: '02:00:00:00:00:01' }, vtepV6: null } },
+    }).start(new Recorder().listener);
     const value = etcdctl('get', `${prefix}/subnets/${lease.subnet.toKey()}`, '--print-value-only').trim();
     expect(value).toBe('{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}');
   });

@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/log.js';
 import { metricsRegistry } from '../src/common/metrics.js';
-import { chooseSubnet, NetworkFullError } from '../src/subnet/allocation.js';
+import { chooseSubnet, NetworkFullError, PublicIpInUseError } from '../src/subnet/allocation.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { type Lease, type LeaseEvent, encodeLeaseAttrs } from '../src/subnet/lease.js';
@@ -16,12 +16,14 @@ import { ManualClock, settle } from './harness/manual-clock.js';
 const NETWORK = parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}');
 const SMALL = parseNetworkConfig('{"Network":"198.19.0.0/26","Backend":{"Type":"vxlan"}}'); // three /28s
 
-const vxlan = (publicIP: string, mac = '02:00:00:00:00:01') => ({
+/** Each node's VTEP MAC is its own (two leases with one MAC are refused): derived from its PublicIP. */
+const macOf = (publicIP: string) => `02:00:${publicIP.split('.').map((o) => Number(o).toString(16).padStart(2, '0')).join(':')}`;
+const vxlan = (publicIP: string, mac = macOf(publicIP)) => ({
   publicIP,
   publicIPv6: null,
   backend: { type: 'vxlan' as const, vtep: { vni: 1, mac }, vtepV6: null },
 });
-const value = (publicIP: string, mac = '02:00:00:00:00:99') => encodeLeaseAttrs(vxlan(publicIP, mac));
+const value = (publicIP: string, mac = macOf(publicIP)) => encodeLeaseAttrs(vxlan(publicIP, mac));
 
 /** A seeded source of numbers in [0, 1), so random choices repeat from run to run. */
 function seeded(seed: number): () => number {
@@ -154,6 +156,63 @@ describe('claiming', () => {
   });
 });
 
+describe('one PublicIP, one live node', () => {
+  const ID_A = 'a'.repeat(32);
+  const ID_B = 'b'.repeat(32);
+  const withId = (publicIP: string, nodeIdentity: string) => ({ ...vxlan(publicIP), nodeIdentity });
+
+  it('chooses only a lease with our identity or none; another identity on our PublicIP is a conflict, not a subnet to take', () => {
+    const rec = (subnet: string, nodeIdentity?: string) => ({
+      key: `/p/${subnet}`, subnet: Ip4Net.fromKey(subnet), attrs: { ...vxlan('198.18.0.5'), ...(nodeIdentity ? { nodeIdentity } : {}) }, leaseId: '1', modRevision: '2', createRevision: '2',
+    });
+    const req = { network: SMALL, publicIP: '198.18.0.5', nodeIdentity: ID_A, preferred: null, avoid: null, random: () => 0 };
+    const pick = (records: ReturnType<typeof rec>[], extra = {}) => chooseSubnet({ records, invalid: [], revision: '3' }, { ...req, ...extra });
+    expect(pick([rec('198.19.0.16-28', ID_A)])).toMatchObject({ kind: 'take-over', record: { key: '/p/198.19.0.16-28' } });
+    // Written by upstream, an older version, or an operator's reservation: ours at start, not after ours was taken.
+    expect(pick([rec('198.19.0.16-28')])).toMatchObject({ kind: 'take-over' });
+    expect(() => pick([rec('198.19.0.16-28')], { unmarkedIsOurs: false })).toThrow(PublicIpInUseError);
+    const err = (() => {
+      try {
+        pick([rec('198.19.0.16-28', ID_B)]);
+      } catch (e) {
+        return e as Error;
+      }
+      return null;
+    })();
+    expect(err).toBeInstanceOf(PublicIpInUseError);
+    expect(err!.message).toMatch(/public IP 198\.18\.0\.5 is in use by another node: it holds 198\.19\.0\.16\/28 .*node identity b{32}/);
+    // Ours among them: taken over; the other is a conflict for whoever holds it, not for us.
+    expect(pick([rec('198.19.0.16-28', ID_B), rec('198.19.0.32-28', ID_A)])).toMatchObject({ kind: 'take-over', record: { key: '/p/198.19.0.32-28' } });
+  });
+
+  it('a second node with our PublicIP takes no lease and writes nothing; the first keeps its subnet, also across a restart', async () => {
+    const { store, make } = setup();
+    const first = await make('198.18.0.5', { attrs: withId('198.18.0.5', ID_A) }).start(new Recorder().listener);
+    const revision = store.currentRevision;
+    const second = make('198.18.0.5', { attrs: withId('198.18.0.5', ID_B) });
+    await expect(second.start(new Recorder().listener)).rejects.toThrow(PublicIpInUseError);
+    expect(store.currentRevision).toBe(revision);
+    expect(store.get(first.subnet.toKey())?.value).toContain(`"NodeIdentity":"${ID_A}"`);
+    await managers[0]!.stop();
+    const again = await make('198.18.0.5', { attrs: withId('198.18.0.5', ID_A) }).start(new Recorder().listener);
+    expect(again.subnet.equals(first.subnet)).toBe(true);
+  });
+
+  it('an upstream node with our PublicIP taking our key while we run: we stand aside instead of taking it back, with bounded writes', async () => {
+    const { clock, store, make } = setup();
+    const { log, lines } = capturingLogger();
+    const lease = await make('198.18.0.5', { attrs: withId('198.18.0.5', ID_A), log }).start(new Recorder().listener);
+    // What upstream writes when it takes over "its" lease: our PublicIP, no identity.
+    store.put(lease.subnet.toKey(), value('198.18.0.5', '02:00:00:00:00:77'), store.grant(3600));
+    const revision = store.currentRevision;
+    await settle();
+    await clock.advance(120_000);
+    expect(store.currentRevision).toBe(revision);
+    expect(store.get(lease.subnet.toKey())?.value).not.toContain(ID_A);
+    expect(lines.some((l) => l['msg'] === 'cannot claim a subnet' && /public IP 198\.18\.0\.5 is in use by another node/.test(String(l['err'])))).toBe(true);
+  });
+});
+
 describe('renewal and loss', () => {
   it('renews before expiry, by the margin, for as long as it runs', async () => {
     const { clock, store, make } = setup();
@@ -228,6 +287,42 @@ describe('following changes', () => {
     store.putMany(items);
     await settle();
     expect(rec.remote.size).toBe(1000);
+  });
+
+  it('changes waiting for a busy backend are folded per key: a key rewritten 2,000 times is one entry, and a new lease behind it comes in the next batch', async () => {
+    const { store, make } = setup();
+    let release: () => void = () => undefined;
+    let busy: Promise<void> | null = null;
+    const batches: LeaseEvent[][] = [];
+    const m = make('198.18.0.1', { previousSubnet: Ip4Net.parse('198.19.9.0/24') });
+    await m.start({
+      onOwnLease: async () => undefined,
+      onLeaseEvents: async (events) => {
+        batches.push(events);
+        await busy;
+      },
+    });
+    store.put('198.19.1.0-24', value('198.18.0.11', '02:00:00:00:00:11'));
+    await settle();
+    // The backend is now slow: every change made meanwhile waits.
+    busy = new Promise((r) => (release = r));
+    store.put('198.19.2.0-24', value('198.18.0.12', '02:00:00:00:00:12'));
+    await settle();
+    const before = batches.length;
+    for (let i = 0; i < 2000; i++) {
+      store.put('198.19.1.0-24', value(`198.18.0.${20 + (i % 2)}`, '02:00:00:00:00:11'));
+      if (i % 50 === 0) await settle(1); // many watch responses, not one
+    }
+    store.put('198.19.3.0-24', value('198.18.0.13', '02:00:00:00:00:13'));
+    await settle();
+    expect(m.stats()['pendingChanges']).toBe(2);
+    busy = null;
+    release();
+    await settle();
+    const after = batches.slice(before);
+    expect(after).toHaveLength(1);
+    expect(after[0]!.map((e) => `${e.type} ${e.lease.subnet} ${e.lease.attrs.publicIP}`).sort()).toEqual(['added 198.19.1.0/24 198.18.0.21', 'added 198.19.3.0/24 198.18.0.13']);
+    expect(m.stats()['pendingChanges']).toBe(0);
   });
 
   it('after a compaction the watch resets: listed again, only the differences are emitted', async () => {

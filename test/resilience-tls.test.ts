@@ -2,12 +2,13 @@
 // with --etcd-cafile/--etcd-certfile/--etcd-keyfile, and says clearly what is wrong — in its log,
 // within seconds, without exiting or hanging silently — when its certificate or CA does not fit.
 // Needs `npm run build`.
-import { existsSync } from 'node:fs';
+import { copyFileSync, existsSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { spawnFlanneld, startTlsEtcd, type FlanneldProcess, type TlsEtcd } from './harness/etcd-cluster.js';
 import { run, sleep, waitFor } from './harness/netns.js';
-import { WARN, readLog, report, waitForLog } from './harness/resilience.js';
+import { WARN, logSize, readLog, report, waitForLog } from './harness/resilience.js';
 import { createTestPki, type TestPki } from './harness/tls.js';
 
 const PREFIX = '/coreos.com/network';
@@ -97,3 +98,26 @@ test('an unreadable certificate file stops the daemon at once, naming the flag',
   const fatal = readLog(node.logFile).find((l) => l.msg === 'cannot start');
   expect(fatal?.['err'], cluster.logTail(node)).toMatch(/--etcd-certfile: cannot read \/nonexistent\/client\.crt/);
 }, 30_000);
+
+test('certificates rotated on disk are read again on reconnect: a node whose certificate etcd refused takes the new one without a restart', async () => {
+  const node = cluster.nodes[3]!;
+  // The node's own copies, replaced in place the way rotation tools do (a new file renamed over the old).
+  const cert = join(pki.dir, 'node4-client.crt');
+  const key = join(pki.dir, 'node4-client.key');
+  copyFileSync(pki.otherClient.cert, cert);
+  copyFileSync(pki.otherClient.key, key);
+  const mark = logSize(node.logFile);
+  const d = start(node, { ca: pki.ca.cert, cert, key });
+  expect(await waitForLog(node.logFile, (l) => l.level >= WARN && /etcd/.test(l.msg), 20_000, mark), cluster.logTail(node)).not.toBeNull();
+  expect(hasEnv(node)).toBe(false);
+  const rotated = Date.now();
+  for (const [from, to] of [[pki.client.cert, cert], [pki.client.key, key]] as const) {
+    copyFileSync(from, `${to}.new`);
+    renameSync(`${to}.new`, to);
+  }
+  expect(await waitFor(() => hasEnv(node), 20_000), cluster.logTail(node)).toBe(true);
+  report('TLS etcd, client certificate rotated on disk', { envFileAfterMs: Date.now() - rotated });
+  expect(d.exited()).toBe(false);
+  expect(readLog(node.logFile, mark).some((l) => l.msg === 'etcd TLS files changed on disk; new connections use them')).toBe(true);
+  await d.stop();
+}, 60_000);

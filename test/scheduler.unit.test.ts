@@ -2,7 +2,8 @@
 // retrying or reconciling part of the daemon uses. Real timers with short intervals; bounds are lower
 // bounds only, so that a busy machine cannot fail them.
 import { describe, expect, it } from 'vitest';
-import { Backoff, isAbort, pause, retry } from '../src/common/retry.js';
+import { Backoff, Wakeup, isAbort, pause, pauseOn, retry } from '../src/common/retry.js';
+import { ManualClock } from './harness/manual-clock.js';
 import { Scheduler, every } from '../src/common/scheduler.js';
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
@@ -87,6 +88,34 @@ describe('retry', () => {
     expect(isAbort(err)).toBe(true);
     expect(calls).toBe(1);
     await expect(retry(async () => 'never', { signal: AbortSignal.abort() })).rejects.toSatisfy(isAbort);
+  });
+});
+
+describe('retry with a wake-up', () => {
+  it('a wake-up ends the wait after a failure at once; one during a failing attempt skips the wait', async () => {
+    const back = new Wakeup();
+    let calls = 0;
+    const started = Date.now();
+    const loop = retry(async () => {
+      calls++;
+      if (calls === 2) back.wake(); // "the store is back" while this attempt fails
+      if (calls < 3) throw new Error('down');
+      return calls;
+    }, { backoff: new Backoff(60_000, 60_000), wakeup: () => back.signal });
+    await until(() => calls === 1);
+    back.wake();
+    expect(await loop).toBe(3);
+    expect(Date.now() - started).toBeLessThan(30_000);
+  });
+
+  it('waits on the given clock', async () => {
+    const clock = new ManualClock();
+    let done = false;
+    void pauseOn(clock, 5_000).then(() => (done = true));
+    await clock.advance(4_999);
+    expect(done).toBe(false);
+    await clock.advance(1);
+    expect(done).toBe(true);
   });
 });
 

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { ipJson } from '../src/routes/ip.js';
 import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script, udpStatsFromMetrics } from './harness/udp-probes.js';
-import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { createCluster, nodeIdentityOf, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { addUnderlayHost, delNetns, run, waitFor } from './harness/netns.js';
 
 const HEALTH_PORT = 9876;
@@ -49,7 +49,8 @@ test('three nodes started at the same instant: distinct subnets, udp leases as u
   for (const env of envs) expect(env['FLANNEL_MTU']).toBe('1472');
   const leases = (await cluster.etcdctl(['get', '--prefix', '/coreos.com/network/subnets/', '--print-value-only'])).trim().split('\n');
   expect(leases.map((v) => JSON.parse(v) as unknown).sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)))).toEqual(
-    cluster.nodes.map((n) => ({ PublicIP: n.ip, PublicIPv6: null })),
+    // Upstream's value, plus the node's identity (a field upstream ignores).
+    cluster.nodes.map((n) => ({ PublicIP: n.ip, PublicIPv6: null, NodeIdentity: nodeIdentityOf(n) })),
   );
   for (const node of cluster.nodes) {
     const [link] = await ipJson<{ mtu: number; flags: string[] }>(['link', 'show', 'dev', 'flannel0'], { netns: node.ns });

@@ -5,7 +5,7 @@
 // Needs `npm run build` (bin/flanneld runs dist/).
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { Ip6Net, formatIp6 } from '../src/common/ip6.js';
-import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, unreachablePodPairs } from './harness/cluster.js';
+import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, nodeIdentityOf, unreachablePodPairs } from './harness/cluster.js';
 import { run, waitFor } from './harness/netns.js';
 
 const CONFIG = { Network: '198.19.0.0/16', EnableIPv6: true, IPv6Network: '2001:2:1::/48', Backend: { Type: 'vxlan' } };
@@ -51,7 +51,9 @@ test('device, addresses, per-peer entries and lease value are upstream\'s', asyn
   const mac6 = /link\/ether (\S+)/.exec(link)![1]!;
   expect(await out(n1, ['ip', '-6', 'addr', 'show', 'dev', 'flannel-v6.1', 'scope', 'global'])).toContain(`inet6 ${formatIp6(s1.v6.ip)}/128 `);
   const value = JSON.parse((await cluster.etcdctl(['get', `/coreos.com/network/subnets/${s1.v4.toKey()}&${s1.v6.toKey()}`, '--print-value-only'])).trim()) as Record<string, unknown>;
-  expect(Object.keys(value)).toEqual(['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData', 'BackendV6Data']);
+  // Upstream's fields in upstream's order, then the node's identity (a field upstream ignores).
+  expect(Object.keys(value)).toEqual(['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData', 'BackendV6Data', 'NodeIdentity']);
+  expect(value['NodeIdentity']).toBe(nodeIdentityOf(n1));
   expect(value['PublicIPv6']).toBe('2001:2::1');
   expect(value['BackendV6Data']).toEqual({ VNI: 1, VtepMAC: mac6 });
   // Node 1's entries for node 2: route via the subnet's network address onlink, neighbour, FDB to PublicIPv6.

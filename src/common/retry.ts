@@ -1,7 +1,9 @@
 // The one retry policy and the one retry loop. Every loop that tries again after a failure (etcd
 // reconnects, watch resumes, lease claims and renewals, the config wait, kernel retries) waits with a
 // Backoff — a delay that starts small, doubles up to a cap and is reset by success — spread by jitter
-// so that nodes failing together do not retry together, and stops through an AbortSignal.
+// so that nodes failing together do not retry together, and stops through an AbortSignal. A wait may
+// end early through a wake-up signal (a Wakeup: "the store answers again").
+import { type Clock, systemClock } from './clock.js';
 
 /** Retry policy for etcd work: 0.5 s doubling up to 30 s. */
 export const RETRY_MIN_MS = 500;
@@ -53,17 +55,40 @@ export function jitteredBackoff(minMs = RETRY_MIN_MS, maxMs = RETRY_MAX_MS): Bac
  * as "etcd answers again"). Never rejects; the caller checks its own signal afterwards.
  */
 export function pause(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
+  return pauseOn(systemClock, ms, ...signals);
+}
+
+/** pause() on `clock`'s timers (the lease manager's tests move a manual clock). */
+export function pauseOn(clock: Clock, ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
   const live = signals.filter((s): s is AbortSignal => s !== undefined);
   if (live.some((s) => s.aborted)) return Promise.resolve();
   return new Promise((resolve) => {
     const done = (): void => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       for (const s of live) s.removeEventListener('abort', done);
       resolve();
     };
-    const timer = setTimeout(done, ms);
+    const timer = clock.setTimeout(done, ms);
     for (const s of live) s.addEventListener('abort', done, { once: true });
   });
+}
+
+/**
+ * "Try again now", as a signal: wake() aborts the current signal and arms a fresh one, so that every
+ * wait on `signal` ends, and waits begun afterwards wait for the next wake-up.
+ */
+export class Wakeup {
+  private controller = new AbortController();
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  wake(): void {
+    const woken = this.controller;
+    this.controller = new AbortController();
+    woken.abort();
+  }
 }
 
 /** The error a stopped operation ends with: the signal's reason, or a plain AbortError. */
@@ -87,21 +112,30 @@ export interface RetryOptions {
   retryIf?: (err: unknown) => boolean;
   /** A cap on the next delay, read after each failure (e.g. half the time a lease has left). */
   maxDelayMs?: () => number;
-  /** How to wait; default pause(ms, signal). A store passes a pause that also ends when it answers again. */
+  /**
+   * Read before each attempt: the wait after that attempt fails ends early (or is skipped) once this
+   * signal is aborted, e.g. the store's "answers again" (a Wakeup's signal).
+   */
+  wakeup?: () => AbortSignal;
+  /** Whose timers the default wait uses; default the system clock. */
+  clock?: Clock;
+  /** How to wait instead of the default pause on `clock` that ends on the signal or the wake-up. */
   wait?: (ms: number, signal: AbortSignal | undefined) => Promise<void>;
 }
 
 /**
- * Calls `attempt` until it resolves, waiting a backoff delay after each failure. Resolves with the
- * attempt's result; rejects with the signal's reason once the signal is aborted (checked before each
- * attempt), or with an error `retryIf` refuses.
+ * Calls `attempt` until it resolves, waiting a backoff delay after each failure (less when the wake-up
+ * signal is aborted meanwhile). Resolves with the attempt's result; rejects with the signal's reason
+ * once the signal is aborted (checked before each attempt), or with an error `retryIf` refuses.
  */
 export async function retry<T>(attempt: (signal: AbortSignal | undefined) => Promise<T>, opts: RetryOptions = {}): Promise<T> {
   const { signal } = opts;
   const backoff = opts.backoff ?? jitteredBackoff();
-  const wait = opts.wait ?? ((ms: number, s: AbortSignal | undefined) => pause(ms, s));
+  const clock = opts.clock ?? systemClock;
   for (let failures = 1; ; failures++) {
     if (signal?.aborted) throw abortReason(signal);
+    // Taken before the attempt: a wake-up during a failing attempt means "try again now", not after the delay.
+    const wake = opts.wakeup?.();
     try {
       return await attempt(signal);
     } catch (err) {
@@ -110,7 +144,7 @@ export async function retry<T>(attempt: (signal: AbortSignal | undefined) => Pro
       let delay = backoff.next();
       if (opts.maxDelayMs) delay = Math.max(0, Math.min(delay, opts.maxDelayMs()));
       opts.onError?.(err, delay, failures);
-      await wait(delay, signal);
+      await (opts.wait ? opts.wait(delay, signal) : pauseOn(clock, delay, signal, wake));
     }
   }
 }

@@ -7,9 +7,10 @@ import { EtcdRegistry, type Stoppable, etcdErrorFields } from '../etcd/registry.
 import { type NetfilterRules, checkBrNetfilter, startNetfilterRules } from '../netfilter/index.js';
 import { ConfigError, type NetworkConfig, checkNetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
 import { previousIpv6Subnet, previousSubnet, writeSubnetEnvFile } from '../subnet/envfile.js';
-import type { Lease } from '../subnet/lease.js';
-import { Backoff, RETRY_MAX_MS } from '../common/retry.js';
-import { LeaseManager, NetworkFullError } from '../subnet/manager.js';
+import type { Lease, LeaseEvent } from '../subnet/lease.js';
+import { Wakeup, isAbort, pause, retry } from '../common/retry.js';
+import { LeaseManager, NetworkFullError, PublicIpInUseError } from '../subnet/manager.js';
+import { loadNodeIdentity, nodeIdentityPath } from '../subnet/node-identity.js';
 import type { DaemonOptions } from './flags.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
@@ -35,9 +36,10 @@ export class Daemon {
   private underlay: UnderlayAddress[] = [];
   private ready = false;
   private startup: Promise<void> | null = null;
-  private stopping = false;
+  /** Aborted by stop(): ends every retry and wait of the start-up. */
+  private readonly life = new AbortController();
   /** Wakes the config wait when the config key changes. */
-  private configChanged: (() => void) | null = null;
+  private readonly configChanged = new Wakeup();
   private lastProblem = '';
   private readonly status = new SystemdStatus();
   private readonly startedAt = Date.now();
@@ -46,6 +48,10 @@ export class Daemon {
     private readonly opts: DaemonOptions,
     private readonly log: Logger,
   ) {}
+
+  private get stopping(): boolean {
+    return this.life.signal.aborted;
+  }
 
   private get registry(): EtcdRegistry {
     if (!this.etcd) throw new Error('the daemon is not running');
@@ -97,6 +103,9 @@ export class Daemon {
     const backend = createBackend({ extIface, network, log: this.log.child({ backend: network.backend.type }) });
     this.backend = backend;
     const announcement = await backend.prepare();
+    const identityFile = nodeIdentityPath(this.opts.subnetFile);
+    const { identity, created } = loadNodeIdentity(identityFile);
+    this.log.info({ nodeIdentity: identity, file: identityFile, created }, 'node identity');
     const manager = new LeaseManager({
       store: this.registry,
       network,
@@ -104,6 +113,7 @@ export class Daemon {
         publicIP: extIface.publicIP,
         publicIPv6: network.ipv6 ? (extIface.publicIPv6 ?? null) : null,
         backend: announcement.backend,
+        nodeIdentity: identity,
       },
       ttlSeconds: this.opts.subnetLeaseTtlSeconds,
       renewMarginSeconds: this.opts.subnetLeaseRenewMarginMinutes * 60,
@@ -122,35 +132,53 @@ export class Daemon {
 
   private async startLeasing(manager: LeaseManager, extIface: ExternalInterface, network: NetworkConfig, mtu: number): Promise<void> {
     const backend = this.backend!;
-    const backoff = new Backoff();
-    while (!this.stopping) {
-      try {
-        await manager.start({
-          onOwnLease: async (lease, change) => {
-            const v6 = network.ipv6 && lease.ipv6Subnet ? { ipv6Network: network.ipv6.network, ipv6Subnet: lease.ipv6Subnet } : {};
-            // As upstream: the env file names the subnet only once its netfilter rules are in place, so that
-            // no pod starts (and opens connections that conntrack keeps unmasqueraded) before masquerade
-            // is. The rules (a few iptables or nft processes) go in while the backend addresses its device.
-            this.netfilterDone = this.netfilterDone
-              .then(() => this.applyNetfilterRules(lease, network))
-              .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the netfilter rules'));
-            await Promise.all([this.netfilterDone, backend.setOwnLease(lease)]);
-            writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq, ...v6 });
-            this.log.info(
-              { subnet: lease.subnet.toString(), ...(lease.ipv6Subnet ? { ipv6Subnet: lease.ipv6Subnet.toString() } : {}), publicIP: extIface.publicIP, change },
-              'subnet lease held; env file written',
-            );
-          },
-          onLeaseEvents: (events) => backend.handleLeaseEvents(events),
-        });
-        return;
-      } catch (err) {
-        const message = (err as Error).message;
-        if (err instanceof NetworkFullError) this.problem('error', message, {});
-        else this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
-        await manager.stop();
-        await this.registry.backoff(err instanceof NetworkFullError ? RETRY_MAX_MS : backoff.next());
-      }
+    const listener = {
+      onOwnLease: async (lease: Lease, change: 'claimed' | 'moved') => {
+        const v6 = network.ipv6 && lease.ipv6Subnet ? { ipv6Network: network.ipv6.network, ipv6Subnet: lease.ipv6Subnet } : {};
+        // As upstream: the env file names the subnet only once its netfilter rules are in place, so that
+        // no pod starts (and opens connections that conntrack keeps unmasqueraded) before masquerade
+        // is. The rules (a few iptables or nft processes) go in while the backend addresses its device.
+        this.netfilterDone = this.netfilterDone
+          .then(() => this.applyNetfilterRules(lease, network))
+          .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the netfilter rules'));
+        await Promise.all([this.netfilterDone, backend.setOwnLease(lease)]);
+        writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq, ...v6 });
+        this.log.info(
+          { subnet: lease.subnet.toString(), ...(lease.ipv6Subnet ? { ipv6Subnet: lease.ipv6Subnet.toString() } : {}), publicIP: extIface.publicIP, change },
+          'subnet lease held; env file written',
+        );
+      },
+      onLeaseEvents: (events: LeaseEvent[]) => backend.handleLeaseEvents(events),
+    };
+    try {
+      await retry(async () => {
+        try {
+          await manager.start(listener);
+        } catch (err) {
+          await manager.stop();
+          throw err;
+        }
+      }, {
+        signal: this.life.signal,
+        wakeup: () => this.registry.recovered,
+        onError: (err) => this.claimProblem(err),
+      });
+    } catch (err) {
+      if (!isAbort(err)) throw err;
+    }
+  }
+
+  /** Why no lease could be claimed, said once per kind of problem. */
+  private claimProblem(err: unknown): void {
+    if (err instanceof NetworkFullError) {
+      this.problem('error', err.message, {});
+    } else if (err instanceof PublicIpInUseError) {
+      const { holder } = err;
+      this.problem('error', 'our public IP is in use by another node; taking no lease while it holds one', {
+        publicIP: err.publicIP, heldSubnet: holder.subnet.toString(), holderIdentity: holder.attrs.nodeIdentity ?? null, err: err.message,
+      });
+    } else {
+      this.problem('warn', 'could not claim a subnet lease; retrying', etcdErrorFields(err), 'claim');
     }
   }
 
@@ -187,48 +215,49 @@ export class Daemon {
    * network contains our own underlay address or etcd's is invalid here.
    */
   private async waitForConfig(): Promise<NetworkConfig | null> {
-    const backoff = new Backoff();
-    while (!this.stopping) {
+    const signal = this.life.signal;
+    while (!signal.aborted) {
+      let text: string | null;
       try {
         // Read first: it fails within the call deadline when etcd is unreachable, where creating
         // the watch would wait longer. A change between the two is caught by the poll below.
-        const text = await this.registry.getConfig();
-        if (!this.configWatch) this.configWatch = await this.registry.watchConfig((t) => this.onConfigChange(t));
-        if (text === null) {
-          this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
-        } else {
+        text = await retry(async () => {
+          const read = await this.registry.getConfig();
+          this.configWatch ??= await this.registry.watchConfig((t) => this.onConfigChange(t));
+          return read;
+        }, {
+          signal,
+          wakeup: () => this.registry.recovered,
+          // Keyed without the error text: gRPC stamps each failure with the time.
+          onError: (err) => this.problem('warn', 'cannot read the network config from etcd; retrying', etcdErrorFields(err), 'read config'),
+        });
+      } catch (err) {
+        if (isAbort(err)) return null;
+        throw err;
+      }
+      if (text === null) {
+        this.problem('error', 'no network config in etcd; waiting for one', { key: `${this.opts.etcd.prefix}/config` });
+      } else {
+        try {
           const { config, unknownKeys } = checkNetworkConfig(text);
           checkUnderlayOutsideNetwork(config, this.underlay);
           if (unknownKeys.length > 0) this.log.warn({ unknownKeys }, 'the network config has keys upstream does not know; ignored (misspelt?)');
           return config;
-        }
-      } catch (err) {
-        if (err instanceof ConfigError) {
+        } catch (err) {
+          if (!(err instanceof ConfigError)) throw err;
           this.problem('error', 'invalid network config; waiting for a fixed one', { field: err.field, reason: err.reason });
-        } else {
-          // Keyed without the error text: gRPC stamps each failure with the time.
-          this.problem('warn', 'cannot read the network config from etcd; retrying', etcdErrorFields(err), 'read config');
-          await this.registry.backoff(backoff.next());
-          continue;
         }
       }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, CONFIG_POLL_MS);
-        this.configChanged = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.configChanged = null;
+      await pause(CONFIG_POLL_MS, signal, this.configChanged.signal);
     }
     return null;
   }
 
   /** While running, a config change is checked but never half-applied: a new network needs a restart. */
   private onConfigChange(text: string | null): void {
-    if (this.configChanged) return this.configChanged();
     const running = this.network;
-    if (!running) return;
+    if (!running) return this.configChanged.wake(); // still waiting for a valid config
+
     if (text === null) {
       this.log.error('the network config was deleted from etcd; keeping the running config');
       return;
@@ -250,10 +279,8 @@ export class Daemon {
   /** Stops cleanly. The lease stays in etcd (as upstream does) so a restart keeps its subnet. */
   async stop(): Promise<void> {
     if (this.stopping) return;
-    this.stopping = true;
+    this.life.abort();
     this.ready = false;
-    this.configChanged?.();
-    this.etcd?.interruptBackoffs();
     // A stop during start-up waits for the step in flight (each checks `stopping`), so that what it
     // was creating (a lease, netfilter rules) exists and is stopped like the rest.
     await this.startup?.catch(() => undefined);

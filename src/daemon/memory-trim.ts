@@ -3,6 +3,7 @@
 // TRIM_INTERVAL_MS, which catches what bursts of lease changes and garbage collections free later.
 // A trim of a daemon's small heaps takes well under a millisecond.
 import { loadBuiltAddon } from '../common/addon.js';
+import { every } from '../common/scheduler.js';
 
 const TRIM_INTERVAL_MS = 10_000;
 
@@ -23,11 +24,9 @@ export function trimMalloc(): boolean {
   return memoryAddon()?.trim() ?? false;
 }
 
-/** Trims now and then periodically; returns a function that stops the timer. */
-export function startMallocTrimming(intervalMs = TRIM_INTERVAL_MS): () => void {
-  if (!memoryAddon()) return () => undefined;
+/** Trims now and then every `intervalMs` until `signal` is aborted. */
+export function startMallocTrimming(signal: AbortSignal, intervalMs = TRIM_INTERVAL_MS): void {
+  if (!memoryAddon()) return;
   trimMalloc();
-  const timer = setInterval(trimMalloc, intervalMs);
-  timer.unref();
-  return () => clearInterval(timer);
+  every(intervalMs, trimMalloc, { signal });
 }

@@ -1,20 +1,21 @@
 // The etcd client's lifecycle, apart from what we store in etcd: one current client for calls,
 // replaced by a fresh one when etcd comes back after a failure; watches on clients of their own;
-// reachability tracked from every call and watch (an outage is logged once); backoffs that end
-// early when etcd is back or we are stopping. src/etcd/registry.ts builds flannel's keys on top.
+// reachability tracked from every call and watch (an outage is logged once), and the wake-up signal
+// that ends retry waits when etcd is back. src/etcd/registry.ts builds flannel's keys on top.
 import { Etcd3, type IOptions } from 'etcd3';
 import type { Logger } from '../common/log.js';
 import { etcdMetrics } from '../common/metrics.js';
 import { LeaseStoreUnavailableError, type Stoppable } from '../subnet/lease-store.js';
 import { speedUpInt64Strings } from './int64-strings.js';
-import { CALL_TIMEOUT_MS, type EtcdConnectionOptions, Reachability, buildClientOptions, isConnectivityError } from './connection.js';
+import { CALL_TIMEOUT_MS, ClientOptionsSource, type EtcdConnectionOptions, Reachability, etcdConnectionWarnings, isConnectivityError } from './connection.js';
 import type { ResumableWatch } from './resumable-watch.js';
 
 /** A probe needs no long deadline: a healthy etcd answers a read in milliseconds. */
 const PROBE_TIMEOUT_MS = 2_000;
 
 export class EtcdClient {
-  readonly options: IOptions;
+  /** Client options, TLS files read again when they change (see clientOptions()). */
+  private readonly optionsSource: ClientOptionsSource;
   /** Replaced when etcd comes back after a failure (see reconnected()). */
   private current: Etcd3;
   /** Replaced clients, closed once the calls still running on them are over. */
@@ -29,11 +30,17 @@ export class EtcdClient {
     /** A key read by the reachability probe. */
     private readonly probeKey: string,
   ) {
-    this.options = buildClientOptions(opts);
+    this.optionsSource = new ClientOptionsSource(opts, log);
+    for (const warning of etcdConnectionWarnings(opts)) log.warn(warning);
     speedUpInt64Strings();
-    this.current = new Etcd3(this.options);
+    this.current = new Etcd3(this.optionsSource.current());
     this.reach = new Reachability(log, opts.endpoints, () => this.probe(), () => this.reconnected());
     etcdMetrics.up.set(1);
+  }
+
+  /** Options for a fresh client: TLS files as they are on disk now (rotated certificates are used on reconnect). */
+  clientOptions(): IOptions {
+    return this.optionsSource.current();
   }
 
   /** The client for the next call. */
@@ -47,7 +54,7 @@ export class EtcdClient {
    * breaker left open by earlier failures.
    */
   private async probe(): Promise<void> {
-    const client = new Etcd3(this.options);
+    const client = new Etcd3(this.clientOptions());
     try {
       await client.get(this.probeKey).options({ deadline: Date.now() + PROBE_TIMEOUT_MS }).exec();
     } finally {
@@ -58,18 +65,17 @@ export class EtcdClient {
   /**
    * etcd answers again after a failure. Connections made while it did not may still sit in a TCP
    * connect into the black hole, and the client's circuit breaker may stay open for seconds: new
-   * calls go to a fresh client (calls in flight on the old one finish or time out first), and
-   * watches reconnect at once.
+   * calls go to a fresh client (calls in flight on the old one finish or time out first). Watches
+   * reconnect at once through `recovered`.
    */
   private reconnected(): void {
     const old = this.current;
-    this.current = new Etcd3(this.options);
+    this.current = new Etcd3(this.clientOptions());
     this.retired.add(old);
     setTimeout(() => {
       this.retired.delete(old);
       old.close();
     }, CALL_TIMEOUT_MS + 1000).unref();
-    for (const w of this.watches) w.retryNow();
   }
 
   /** Runs one etcd operation, recording whether etcd answered; connectivity failures become LeaseStoreUnavailableError. */
@@ -92,7 +98,7 @@ export class EtcdClient {
     this.reach.failed(op, err);
   }
 
-  /** Starts a watch and keeps it registered (for retryNow) until stopped. */
+  /** Starts a watch and keeps it registered (closed with the client) until stopped. */
   async startWatch(what: string, watch: ResumableWatch): Promise<Stoppable> {
     this.watches.add(watch);
     try {
@@ -121,14 +127,9 @@ export class EtcdClient {
     return this.reach.outages;
   }
 
-  /** Waits `ms` before a retry, or less if etcd comes back meanwhile or interruptBackoffs() is called. */
-  backoff(ms: number): Promise<void> {
-    return this.reach.pause(ms);
-  }
-
-  /** Ends every backoff now and makes later ones return at once, so retry loops see a stop promptly. */
-  interruptBackoffs(): void {
-    this.reach.interrupt();
+  /** Aborted when etcd answers again after a failure (then replaced): the wake-up of retry loops on etcd. */
+  get recovered(): AbortSignal {
+    return this.reach.recovered;
   }
 
   close(): void {

@@ -1,13 +1,13 @@
 // How we talk to etcd when the network misbehaves: client options with deadlines and keepalives,
 // which failures mean "etcd is out of reach", and the reachability tracker that logs an outage
 // once when it starts and once when it ends, however many retries happen in between.
-import { readFileSync } from 'node:fs';
-import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry } from 'cockatiel';
+import { readFileSync, statSync } from 'node:fs';
+import { ConsecutiveBreaker, circuitBreaker, handleWhen, retry as retryPolicy } from 'cockatiel';
 import { EtcdWatchStreamEnded, GRPCResourceExhastedError, type IOptions, castGrpcError, isRecoverableError } from 'etcd3';
 import type { Logger } from '../common/log.js';
 import { LeaseStoreUnavailableError } from '../subnet/lease-store.js';
 import { etcdMetrics } from '../common/metrics.js';
-import { Backoff } from '../common/retry.js';
+import { Wakeup, jitteredBackoff, retry } from '../common/retry.js';
 
 export interface EtcdConnectionOptions {
   endpoints: string[];
@@ -71,20 +71,6 @@ export function etcdErrorFields(err: unknown): { err: string; hint?: string } {
   return hint ? { err: message, hint } : { err: message };
 }
 
-type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>;
-
-/** Exponential backoff with jitter for etcd3's watch reconnects, capped at RECONNECT_MAX_MS. */
-class CappedBackoff implements WatchBackoff {
-  readonly duration: number;
-  constructor(private readonly attempt = 0) {
-    const base = Math.min(RECONNECT_MIN_MS * 2 ** attempt, RECONNECT_MAX_MS);
-    this.duration = Math.round(base * (0.75 + Math.random() * 0.5));
-  }
-  next(): CappedBackoff {
-    return new CappedBackoff(Math.min(this.attempt + 1, 16));
-  }
-}
-
 export function buildClientOptions(opts: EtcdConnectionOptions): IOptions {
   const hosts = opts.endpoints.map((e) => e.trim()).filter((e) => e !== '');
   if (hosts.length === 0) throw new Error('--etcd-endpoints: at least one endpoint is required');
@@ -105,11 +91,13 @@ export function buildClientOptions(opts: EtcdConnectionOptions): IOptions {
       // listings are paged, and a page too big for this is read again in smaller pages.
       'grpc.max_receive_message_length': opts.maxReceiveBytes ?? 64 * 1024 * 1024,
     },
+    // etcd3's own defaults, minus oversized responses (see isResponseTooLarge). These are etcd3's
+    // fail-over between endpoints within one call (its API takes cockatiel policies); our own retry
+    // loops (src/common/retry.ts) sit above them. Watches reconnect through ResumableWatch, each
+    // attempt on a client of its own, so etcd3's watch backoff never drives a reconnect.
     faultHandling: {
-      watchBackoff: new CappedBackoff(),
-      // etcd3's own defaults, minus oversized responses (see isResponseTooLarge).
       host: () => circuitBreaker(handleWhen(isTransportFailure), { halfOpenAfter: 5000, breaker: new ConsecutiveBreaker(3) }),
-      global: retry(handleWhen(isTransportFailure), { maxAttempts: 3 }),
+      global: retryPolicy(handleWhen(isTransportFailure), { maxAttempts: 3 }),
     },
   };
   const secure = hosts.some((h) => h.startsWith('https://'));
@@ -134,19 +122,84 @@ export function buildClientOptions(opts: EtcdConnectionOptions): IOptions {
 }
 
 /**
+ * What is wrong but not fatal in the connection flags, one line each: TLS client files that cannot be
+ * used (no https:// endpoint and no --etcd-cafile: the connection is plaintext) and a password that
+ * would cross the network in plaintext.
+ */
+export function etcdConnectionWarnings(opts: EtcdConnectionOptions): string[] {
+  const tls = Boolean(opts.caFile) || opts.endpoints.some((h) => h.trim().startsWith('https://'));
+  const out: string[] = [];
+  if (!tls && (opts.certFile || opts.keyFile)) {
+    out.push('--etcd-certfile and --etcd-keyfile are not used: no --etcd-endpoints is https:// and no --etcd-cafile is given, so the connection to etcd is plaintext');
+  }
+  if (!tls && opts.username && opts.password) {
+    out.push('--etcd-password is sent to etcd in plaintext: the endpoints are http://; use https:// endpoints (with --etcd-cafile) to protect it');
+  }
+  return out;
+}
+
+/**
+ * The client options for each new client, with the TLS files read again when one changed on disk
+ * (certificates rotated in place), so that a reconnect — a fresh client — presents the new ones. A file
+ * that cannot be read at that moment (a rotation half done) keeps the last good options, warned once.
+ */
+export class ClientOptionsSource {
+  private options: IOptions;
+  private stamp: string;
+  private failedStamp = '';
+
+  constructor(
+    private readonly opts: EtcdConnectionOptions,
+    private readonly log: Logger,
+  ) {
+    this.options = buildClientOptions(opts);
+    this.stamp = this.filesStamp();
+  }
+
+  /** Size, change time and inode of each TLS file: what a rotation changes. */
+  private filesStamp(): string {
+    return [this.opts.caFile, this.opts.certFile, this.opts.keyFile]
+      .map((f) => {
+        if (!f) return '-';
+        try {
+          const st = statSync(f);
+          return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+        } catch {
+          return 'missing';
+        }
+      })
+      .join('|');
+  }
+
+  current(): IOptions {
+    const stamp = this.filesStamp();
+    if (stamp === this.stamp || stamp === this.failedStamp) return this.options;
+    try {
+      this.options = buildClientOptions(this.opts);
+      this.stamp = stamp;
+      this.log.info('etcd TLS files changed on disk; new connections use them');
+    } catch (err) {
+      this.failedStamp = stamp;
+      this.log.warn({ err: (err as Error).message }, 'etcd TLS files changed on disk but cannot be read; keeping the previous ones');
+    }
+    return this.options;
+  }
+}
+
+/**
  * Whether etcd answers, as seen from every call and watch of one registry. A dropped connection
  * that comes back within OUTAGE_GRACE_MS (a member failover) is logged at info; a longer one is
  * an outage, logged once as a warning when it starts and once when it ends. While it lasts a probe
- * keeps trying (with backoff), so that the end is noticed promptly even when nothing else calls.
+ * keeps trying (retry(), with backoff), so that the end is noticed promptly even when nothing else
+ * calls; the end wakes every retry loop waiting on `recovered`.
  */
 export class Reachability {
   private down: { since: number; op: string; err: string; warned: boolean } | null = null;
-  private probeTimer: NodeJS.Timeout | null = null;
+  /** Aborted when the outage ends (or on close): stops its probe loop. */
+  private outage: AbortController | null = null;
   private graceTimer: NodeJS.Timeout | null = null;
-  private readonly probeBackoff = new Backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
-  private readonly waiters = new Set<() => void>();
+  private readonly back = new Wakeup();
   private closed = false;
-  private interrupted = false;
   outages = 0;
 
   constructor(
@@ -159,6 +212,11 @@ export class Reachability {
 
   get reachable(): boolean {
     return this.down === null;
+  }
+
+  /** Aborted when etcd answers again after a failure (then replaced): the wake-up of every retry loop on etcd. */
+  get recovered(): AbortSignal {
+    return this.back.signal;
   }
 
   failed(op: string, err: unknown): void {
@@ -174,8 +232,22 @@ export class Reachability {
     this.log.debug({ op, err: message }, 'lost the connection to etcd; reconnecting');
     this.graceTimer = setTimeout(() => this.warn(), OUTAGE_GRACE_MS);
     this.graceTimer.unref();
-    this.probeBackoff.reset();
-    this.scheduleProbe();
+    this.outage = new AbortController();
+    void this.probeUntilBack(this.outage.signal);
+  }
+
+  /** Probes with backoff until etcd answers (then ends the outage) or `signal` is aborted. */
+  private async probeUntilBack(signal: AbortSignal): Promise<void> {
+    try {
+      await retry(() => this.probe(), {
+        signal,
+        backoff: jitteredBackoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS),
+        onError: (err, retryInMs) => this.log.debug({ err: (err as Error).message, retryInMs }, 'etcd still unreachable; retrying'),
+      });
+    } catch {
+      return; // stopped: the outage ended through another call, or the registry closed
+    }
+    this.succeeded();
   }
 
   private warn(): void {
@@ -195,56 +267,22 @@ export class Reachability {
     const { since, warned, op } = this.down;
     this.down = null;
     etcdMetrics.up.set(1);
-    if (this.probeTimer) clearTimeout(this.probeTimer);
-    if (this.graceTimer) clearTimeout(this.graceTimer);
-    this.probeTimer = this.graceTimer = null;
+    this.endOutage();
     if (warned) this.log.info({ outageMs: Date.now() - since }, 'etcd is reachable again');
     else this.log.info({ op, downMs: Date.now() - since }, 'etcd connection dropped and re-established');
     this.onBack();
-    for (const wake of [...this.waiters]) wake();
+    this.back.wake();
   }
 
-  private scheduleProbe(): void {
-    if (this.probeTimer || this.closed) return;
-    const delay = this.probeBackoff.next();
-    this.probeTimer = setTimeout(() => {
-      this.probeTimer = null;
-      this.probe().then(
-        () => this.succeeded(),
-        (err: unknown) => {
-          if (!this.down || this.closed) return;
-          this.log.debug({ err: (err as Error).message, retryInMs: this.probeBackoff.peek() }, 'etcd still unreachable; retrying');
-          this.scheduleProbe();
-        },
-      );
-    }, delay);
-    this.probeTimer.unref();
-  }
-
-  /** Waits `ms`, or less if etcd comes back meanwhile or the owner is stopping. */
-  pause(ms: number): Promise<void> {
-    if (this.interrupted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.waiters.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.waiters.add(done);
-    });
-  }
-
-  /** Ends every pause now, and makes later ones return at once: the owner is stopping. */
-  interrupt(): void {
-    this.interrupted = true;
-    for (const wake of [...this.waiters]) wake();
+  private endOutage(): void {
+    this.outage?.abort();
+    this.outage = null;
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    this.graceTimer = null;
   }
 
   close(): void {
     this.closed = true;
-    if (this.probeTimer) clearTimeout(this.probeTimer);
-    if (this.graceTimer) clearTimeout(this.graceTimer);
-    this.interrupt();
+    this.endOutage();
   }
 }

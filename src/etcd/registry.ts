@@ -4,7 +4,7 @@
 // reservation). The client's lifecycle (reconnects, reachability, backoff) is src/etcd/client.ts.
 import type { Etcd3, IKeyValue, IRangeResponse, IWatchResponse } from 'etcd3';
 import type { Logger } from '../common/log.js';
-import { Backoff } from '../common/retry.js';
+import { isAbort, jitteredBackoff, retry } from '../common/retry.js';
 import type { Ip4Net } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
 import { type LeaseAttrs, encodeLeaseAttrs } from '../subnet/lease.js';
@@ -76,13 +76,9 @@ export class EtcdRegistry implements LeaseStore {
     return this.client.outages;
   }
 
-  backoff(ms: number): Promise<void> {
-    return this.client.backoff(ms);
-  }
-
-  /** Ends every backoff now and makes later ones return at once, so retry loops see a stop promptly. */
-  interruptBackoffs(): void {
-    this.client.interruptBackoffs();
+  /** Aborted when etcd answers again after a failure (then replaced): retry loops on etcd wake on it. */
+  get recovered(): AbortSignal {
+    return this.client.recovered;
   }
 
   /** The raw config text, or null when the key does not exist. */
@@ -99,10 +95,10 @@ export class EtcdRegistry implements LeaseStore {
    * cancels the watch (history compacted past it), the config is read again and watched afresh.
    */
   async watchConfig(onChange: (text: string | null) => void): Promise<Stoppable> {
-    let stopped = false;
+    const stopper = new AbortController();
     let current: Stoppable | null = null;
     const open = async (fromRevision: string | null): Promise<void> => {
-      const watch = new ResumableWatch(this.client.options, (c) => c.watch().key(this.configKey), fromRevision, {
+      const watch = new ResumableWatch(this.client, (c) => c.watch().key(this.configKey), fromRevision, {
         onData: (res) => {
           for (const ev of res.events) onChange(ev.type === 'Delete' ? null : ev.kv.value.toString());
         },
@@ -115,28 +111,29 @@ export class EtcdRegistry implements LeaseStore {
         onConnect: () => this.client.succeeded(),
       });
       current = await this.client.startWatch('config', watch);
-      if (stopped) await current.stop();
+      if (stopper.signal.aborted) await current.stop();
     };
     const reopen = async (): Promise<void> => {
-      const backoff = new Backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
-      while (!stopped) {
-        try {
+      try {
+        await retry(async (signal) => {
           const res = await this.client.call('get config', (etcd) => etcd.get(this.configKey).exec());
-          if (stopped) return;
+          if (signal?.aborted) return;
           onChange(res.kvs[0] ? res.kvs[0].value.toString() : null);
           await open((BigInt(res.header.revision) + 1n).toString());
-          return;
-        } catch (err) {
-          const delay = backoff.next();
-          this.log.debug({ err: (err as Error).message, retryInMs: delay }, 'cannot re-create the config watch; retrying');
-          await this.backoff(delay);
-        }
+        }, {
+          signal: stopper.signal,
+          backoff: jitteredBackoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS),
+          wakeup: () => this.recovered,
+          onError: (err, retryInMs) => this.log.debug({ err: (err as Error).message, retryInMs }, 'cannot re-create the config watch; retrying'),
+        });
+      } catch (err) {
+        if (!isAbort(err)) throw err;
       }
     };
     await open(null);
     return {
       stop: async () => {
-        stopped = true;
+        stopper.abort();
         await current?.stop();
       },
     };
@@ -334,7 +331,7 @@ export class EtcdRegistry implements LeaseStore {
    * can no longer serve that revision (compaction), onReset tells the caller to re-list.
    */
   async watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable> {
-    const watch = new ResumableWatch(this.client.options, (c) => c.watch().prefix(this.subnetsPrefix), fromRevision, {
+    const watch = new ResumableWatch(this.client, (c) => c.watch().prefix(this.subnetsPrefix), fromRevision, {
       onData: (res) => this.deliverLeaseChanges(res, handlers),
       onCancelled: (err) => handlers.onReset(err.message),
       onDisconnect: (err) => {

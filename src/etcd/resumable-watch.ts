@@ -3,11 +3,12 @@
 // after a network black hole may sit in a TCP connect for a minute after the path is back; its
 // retry timers multiply when attempts fail fast (an open circuit breaker), growing to hundreds of
 // attempts a second in a long outage; and it may resume from a revision past events it never
-// delivered. So each attempt here runs on a fresh client of its own, one timer drives the retries,
-// and the resume point is the revision after the last event actually delivered.
+// delivered. So each attempt here runs on a fresh client of its own, retry() drives the attempts
+// (jittered backoff, and at once when etcd answers again), and the resume point is the revision
+// after the last event actually delivered.
 import { Etcd3, type IOptions, type IWatchResponse, type WatchBuilder, type Watcher } from 'etcd3';
-import { Backoff } from '../common/retry.js';
-import { EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS } from './connection.js';
+import { abortReason, isAbort, jitteredBackoff, retry } from '../common/retry.js';
+import { EtcdTimeoutError, RECONNECT_MAX_MS, RECONNECT_MIN_MS, isResponseTooLarge } from './connection.js';
 
 /** start() waits at most this long for etcd to confirm the watch. */
 const WATCH_START_TIMEOUT_MS = 15_000;
@@ -15,6 +16,14 @@ const WATCH_START_TIMEOUT_MS = 15_000;
 const ATTEMPT_TIMEOUT_MS = 5_000;
 /** How long cancelling a watch may take before we stop waiting for etcd to confirm it. */
 const CANCEL_TIMEOUT_MS = 2_000;
+
+/** Where a watch gets its clients and its wake-up: the registry's EtcdClient. */
+export interface WatchSource {
+  /** Options for a fresh client (TLS files as they are on disk now). */
+  clientOptions(): IOptions;
+  /** Aborted when etcd answers again after a failure (then replaced): waiting and stalled attempts go at once. */
+  readonly recovered: AbortSignal;
+}
 
 export interface WatchEvents {
   onData(res: IWatchResponse): void;
@@ -24,20 +33,42 @@ export interface WatchEvents {
   onConnect(): void;
 }
 
-type State = 'idle' | 'connecting' | 'connected' | 'waiting' | 'cancelled' | 'stopped';
+/** etcd cancelled the watch (its revision was compacted): trying again cannot help. */
+class WatchCancelled extends Error {
+  constructor(readonly reason: Error) {
+    super(reason.message);
+  }
+}
+
+/**
+ * The changes since the watch's revision do not fit one response (the gRPC receive limit: a backlog of
+ * huge values written while we were cut off). Resuming from that revision would fail the same way for
+ * ever; the owner reads the current state instead, as after a compaction.
+ */
+class CatchUpTooLarge extends WatchCancelled {}
+
+/** etcd answers again while this attempt is still connecting (perhaps into a black hole): a fresh one, at once. */
+class Superseded extends Error {}
+
+interface Attempt {
+  client: Etcd3;
+  watcher: Watcher;
+  connected: boolean;
+}
 
 export class ResumableWatch {
-  private client: Etcd3 | null = null;
-  private watcher: Watcher | null = null;
   /** The revision to resume from: the one after the last event (or progress notice) delivered. */
   private next: string | undefined;
-  private state: State = 'idle';
-  private readonly backoff = new Backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
-  private retryTimer: NodeJS.Timeout | null = null;
-  private attemptTimer: NodeJS.Timeout | null = null;
+  private readonly stopper = new AbortController();
+  private readonly backoff = jitteredBackoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
+  /** The connection attempt in use, connected or not. */
+  private current: Attempt | null = null;
+  private running: Promise<void> | null = null;
+  private onFirstConnect: (() => void) | null = null;
+  private onStartFailed: ((err: Error) => void) | null = null;
 
   constructor(
-    private readonly options: IOptions,
+    private readonly source: WatchSource,
     private readonly build: (client: Etcd3) => WatchBuilder,
     fromRevision: string | null,
     private readonly events: WatchEvents,
@@ -53,7 +84,7 @@ export class ResumableWatch {
       this.onFirstConnect = resolve;
       this.onStartFailed = reject;
     });
-    this.connect();
+    this.running = this.run();
     try {
       await settled;
     } catch (err) {
@@ -65,97 +96,93 @@ export class ResumableWatch {
     }
   }
 
-  private onFirstConnect: (() => void) | null = null;
-  private onStartFailed: ((err: Error) => void) | null = null;
-
-  private connect(): void {
-    this.state = 'connecting';
-    this.client = new Etcd3(this.options);
-    const builder = this.build(this.client);
-    if (this.next !== undefined) builder.startRevision(this.next);
-    const watcher = builder.watcher();
-    this.watcher = watcher;
-    // etcd3 moves its resume point to (header revision + 1) on every reply, including the
-    // "created" reply (the store's current revision, not the last event delivered). Our handlers
-    // run after etcd3's and put it back.
-    watcher.on('data', (res: IWatchResponse) => {
-      const last = res.events[res.events.length - 1];
-      this.next = (BigInt(last ? last.kv.mod_revision : res.header.revision) + 1n).toString();
-      watcher.request.start_revision = this.next;
-      this.events.onData(res);
-    });
-    watcher.on('connected', (res: IWatchResponse) => {
-      // A watch started at "now" resumes after the revision etcd started it at.
-      this.next ??= (BigInt(res.header.revision) + 1n).toString();
-      watcher.request.start_revision = this.next;
-      this.clearAttemptTimer();
-      this.state = 'connected';
-      this.backoff.reset();
-      this.events.onConnect();
-      this.onFirstConnect?.();
-    });
-    watcher.on('disconnected', (err: Error) => this.lost(err));
-    const cancelled = (err: Error) => {
-      if (this.state === 'cancelled' || this.state === 'stopped') return;
-      this.state = 'cancelled';
-      this.clearAttemptTimer();
+  /** Connection attempts until stopped or cancelled by etcd. */
+  private async run(): Promise<void> {
+    try {
+      await retry((signal) => this.attempt(signal!), {
+        signal: this.stopper.signal,
+        backoff: this.backoff,
+        wakeup: () => this.source.recovered,
+        retryIf: (err) => !(err instanceof WatchCancelled),
+        onError: (err) => {
+          if (!(err instanceof Superseded)) this.events.onDisconnect(err as Error);
+        },
+      });
+    } catch (err) {
+      if (isAbort(err) || this.stopper.signal.aborted) return;
+      const reason = err instanceof WatchCancelled ? err.reason : (err as Error);
       // While start() waits, it reports the failure to its caller instead.
-      if (this.onStartFailed) this.onStartFailed(err);
-      else this.events.onCancelled(err);
-    };
-    watcher.on('error', cancelled);
-    watcher.on('end', () => cancelled(new Error('watch ended')));
-    this.attemptTimer = setTimeout(() => this.lost(new EtcdTimeoutError('connecting a watch', ATTEMPT_TIMEOUT_MS)), ATTEMPT_TIMEOUT_MS);
-  }
-
-  /** The connection broke, or an attempt got nowhere: drop this client, try a fresh one later. */
-  private lost(err: Error): void {
-    if (this.state !== 'connecting' && this.state !== 'connected') return;
-    this.clearAttemptTimer();
-    this.discardClient();
-    this.state = 'waiting';
-    this.events.onDisconnect(err);
-    const delay = Math.round(this.backoff.next() * (0.75 + Math.random() * 0.5));
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = null;
-      if (this.state === 'waiting') this.connect();
-    }, delay);
+      if (this.onStartFailed) this.onStartFailed(reason);
+      else this.events.onCancelled(reason);
+    }
   }
 
   /**
-   * etcd answers again: a watch waiting to retry does so at once, and one whose attempt is still
-   * connecting starts afresh (that attempt's TCP connect may have gone into the black hole).
+   * One connection on a client of its own. Never resolves: it ends when the connection is lost or
+   * gets nowhere within ATTEMPT_TIMEOUT_MS (retried), when etcd answers again while it is still
+   * connecting (retried at once), when etcd cancels the watch or its catch-up cannot be received (not
+   * retried: the owner lists again), or when the watch is stopped.
    */
-  retryNow(): void {
-    if (this.state !== 'waiting' && this.state !== 'connecting') return;
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.retryTimer = null;
-    this.clearAttemptTimer();
-    this.discardClient();
-    this.connect();
-  }
-
-  private clearAttemptTimer(): void {
-    if (this.attemptTimer) clearTimeout(this.attemptTimer);
-    this.attemptTimer = null;
-  }
-
-  /** Takes the current watcher and client out of use; the watcher's late events are ignored. */
-  private detach(): { watcher: Watcher | null; client: Etcd3 | null } {
-    const { watcher, client } = this;
-    this.watcher = null;
-    this.client = null;
-    watcher?.removeAllListeners();
-    watcher?.on('error', () => undefined);
-    return { watcher, client };
-  }
-
-  /** Forgets the current watcher and closes its client (which takes its connections along). */
-  private discardClient(): void {
-    const { watcher, client } = this.detach();
-    // Off the client's list first, or its manager would keep re-establishing a stream for it.
-    void watcher?.cancel().catch(() => undefined);
-    client?.close();
+  private attempt(signal: AbortSignal): Promise<never> {
+    const wake = this.source.recovered;
+    return new Promise<never>((_resolve, reject) => {
+      const client = new Etcd3(this.source.clientOptions());
+      const builder = this.build(client);
+      if (this.next !== undefined) builder.startRevision(this.next);
+      const watcher = builder.watcher();
+      const attempt: Attempt = { client, watcher, connected: false };
+      this.current = attempt;
+      const settle = (err: unknown): void => {
+        clearTimeout(timer);
+        wake.removeEventListener('abort', onWake);
+        signal.removeEventListener('abort', onStop);
+        reject(err);
+      };
+      // Takes this attempt out of use and ends it; stop() disposes of a stopped one itself.
+      const end = (err: Error, cancelledByEtcd = false): void => {
+        if (this.current !== attempt) return;
+        this.current = null;
+        detach(watcher);
+        // A watch etcd cancelled must not be cancelled again (see stop()); any other is taken off its
+        // client's list first, or the client would keep re-establishing a stream for it.
+        if (!cancelledByEtcd) void watcher.cancel().catch(() => undefined);
+        client.close();
+        settle(err);
+      };
+      const onWake = (): void => {
+        if (!attempt.connected) end(new Superseded('etcd answers again; connecting afresh'));
+      };
+      const onStop = (): void => settle(abortReason(signal));
+      // etcd3 moves its resume point to (header revision + 1) on every reply, including the
+      // "created" reply (the store's current revision, not the last event delivered). Our handlers
+      // run after etcd3's and put it back.
+      watcher.on('data', (res: IWatchResponse) => {
+        const last = res.events[res.events.length - 1];
+        this.next = (BigInt(last ? last.kv.mod_revision : res.header.revision) + 1n).toString();
+        watcher.request.start_revision = this.next;
+        this.events.onData(res);
+      });
+      watcher.on('connected', (res: IWatchResponse) => {
+        // A watch started at "now" resumes after the revision etcd started it at.
+        this.next ??= (BigInt(res.header.revision) + 1n).toString();
+        watcher.request.start_revision = this.next;
+        attempt.connected = true;
+        clearTimeout(timer);
+        this.backoff.reset();
+        this.events.onConnect();
+        this.onFirstConnect?.();
+      });
+      watcher.on('disconnected', (err: Error) => {
+        if (!isResponseTooLarge(err)) return end(err);
+        const from = this.next ?? 'now';
+        end(new CatchUpTooLarge(new Error(`the changes since revision ${from} are larger than one etcd response may be (${err.message}): reading the current state instead`)));
+      });
+      watcher.on('error', (err: Error) => end(new WatchCancelled(err), true));
+      watcher.on('end', () => end(new WatchCancelled(new Error('watch ended')), true));
+      const timer = setTimeout(() => end(new EtcdTimeoutError('connecting a watch', ATTEMPT_TIMEOUT_MS)), ATTEMPT_TIMEOUT_MS);
+      wake.addEventListener('abort', onWake, { once: true });
+      signal.addEventListener('abort', onStop, { once: true });
+    });
   }
 
   /**
@@ -164,25 +191,30 @@ export class ResumableWatch {
    * bounded in any case, since callers run it inside the lease manager's queue.
    */
   async stop(): Promise<void> {
-    if (this.state === 'stopped') return;
-    const wasConnected = this.state === 'connected';
-    this.state = 'stopped';
-    this.clearAttemptTimer();
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.retryTimer = null;
-    const { watcher, client } = this.detach();
-    if (watcher) {
-      if (wasConnected) {
+    if (this.stopper.signal.aborted) return;
+    const attempt = this.current;
+    this.current = null;
+    this.stopper.abort();
+    if (attempt) {
+      detach(attempt.watcher);
+      if (attempt.connected) {
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([
-          watcher.cancel().catch(() => undefined),
+          attempt.watcher.cancel().catch(() => undefined),
           new Promise<void>((resolve) => {
             timer = setTimeout(resolve, CANCEL_TIMEOUT_MS);
           }),
         ]);
         clearTimeout(timer);
       }
+      attempt.client.close();
     }
-    client?.close();
+    await this.running;
   }
+}
+
+/** The watcher's late events are ignored from now on. */
+function detach(watcher: Watcher): void {
+  watcher.removeAllListeners();
+  watcher.on('error', () => undefined);
 }

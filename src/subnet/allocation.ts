@@ -29,10 +29,41 @@ export class Ipv6NetworkFullError extends NetworkFullError {
   }
 }
 
+/**
+ * Another node holds a lease with our PublicIP (two nodes given one --public-ip, a copied config): we
+ * take no lease while it lives, rather than take its subnet or share it.
+ */
+export class PublicIpInUseError extends Error {
+  constructor(
+    readonly publicIP: string,
+    readonly holder: LeaseRecord,
+    nodeIdentity: string,
+  ) {
+    const theirs = holder.attrs.nodeIdentity ?? 'none (upstream flanneld or an older version)';
+    super(
+      `public IP ${publicIP} is in use by another node: it holds ${holder.subnet} (key ${holder.key}, node identity ${theirs}; ` +
+        `ours is ${nodeIdentity}). This node takes no lease while that one lives: give it its own --public-ip, ` +
+        `or, if that node is gone, delete its lease (flannelctl lease delete ${holder.subnet})`,
+    );
+    this.name = 'PublicIpInUseError';
+  }
+}
+
 export interface AllocationRequest {
   network: NetworkConfig;
   /** Ours: a lease already carrying it is ours from before a restart (or a reservation for us). */
   publicIP: string;
+  /**
+   * Ours too: of the leases carrying our PublicIP, only one with this identity is ours. Without it
+   * (tests of the choice alone), any lease carrying our PublicIP is.
+   */
+  nodeIdentity?: string | null;
+  /**
+   * Whether a lease with our PublicIP and no identity (written by upstream flanneld, an older version,
+   * or an operator's reservation) is ours: at start, yes — a node swapped in place keeps its subnet;
+   * after our lease was taken while we ran, no — whoever wrote it is another node.
+   */
+  unmarkedIsOurs?: boolean;
   /** Tried before a random subnet when free: the env file's subnet, or the one we just lost. */
   preferred: Ip4Net | null;
   /** The same for the IPv6 subnet (dual stack). */
@@ -55,8 +86,9 @@ export function isCandidate(subnet: Ip4Net, c: NetworkConfig): boolean {
 }
 
 /**
- * A lease that already carries our PublicIP, else `preferred` if it is free, else a random free
- * subnet. Throws NetworkFullError when nothing is free.
+ * A lease that already carries our PublicIP (and, when we have one, our identity or none), else
+ * `preferred` if it is free, else a random free subnet. Throws PublicIpInUseError when another node's
+ * lease carries our PublicIP, NetworkFullError when nothing is free.
  */
 export function chooseSubnet(listing: LeaseListing, req: AllocationRequest): Allocation {
   const { records, invalid } = listing;
@@ -64,8 +96,16 @@ export function chooseSubnet(listing: LeaseListing, req: AllocationRequest): All
   const ipv6 = req.network.ipv6 ?? null;
   // In dual stack only a key with both subnets is ours to reuse; in IPv4 only, only a key without one.
   const familiesFit = (r: LeaseRecord) => (ipv6 ? !!r.ipv6Subnet && isIpv6Candidate(r.ipv6Subnet, ipv6) : !r.ipv6Subnet);
-  const mine = records.find((r) => r.attrs.publicIP === req.publicIP && isCandidate(r.subnet, req.network) && familiesFit(r) && !avoided(r.subnet));
+  const identity = req.nodeIdentity ?? null;
+  const ours = (r: LeaseRecord): boolean => {
+    if (r.attrs.publicIP !== req.publicIP) return false;
+    if (identity === null || r.attrs.nodeIdentity === identity) return true;
+    return !r.attrs.nodeIdentity && (req.unmarkedIsOurs ?? true);
+  };
+  const mine = records.find((r) => ours(r) && isCandidate(r.subnet, req.network) && familiesFit(r) && !avoided(r.subnet));
   if (mine) return { kind: 'take-over', record: mine };
+  const other = records.find((r) => r.attrs.publicIP === req.publicIP && !ours(r));
+  if (other) throw new PublicIpInUseError(req.publicIP, other, identity ?? '');
 
   const occupancy = new Occupancy(listing, req.network);
   const isFree = (sn: Ip4Net) => occupancy.isFree(sn) && !avoided(sn);

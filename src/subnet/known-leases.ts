@@ -1,19 +1,24 @@
 // The remote leases this node knows, and the differences (added/removed events) that listings and
 // watched changes make to them. Every lease is checked here before a backend can see it: one that
 // names our own addresses, lies outside the network or has the wrong size is refused, alone, with
-// a reason that is logged once per change of its key and counted by reason.
+// a reason: counted by reason once per change of its key, logged once per key and reason.
 //
 // Two keys may claim the same addresses (e.g. `a-24` and `a-24&b-64`, or two dual-stack keys sharing
-// an IPv6 subnet): the older key — lower createRevision, then the lower key name — is used and the
-// other refused, the same on every node whatever order the keys arrived in. Since every usable key
-// has the network's subnet lengths, keys overlap only by naming the same subnet, which two maps find.
+// an IPv6 subnet) or the same VTEP MAC (a cloned VM, a hostile writer): the older key — lower
+// createRevision, then the lower key name — is used and the other refused, the same on every node
+// whatever order the keys arrived in and whenever a node restarted, so that no backend ever sees two
+// peers with one subnet or one MAC. A lease carrying our own VTEP MAC or our own PublicIP is refused
+// too. Since every usable key has the network's subnet lengths, keys overlap only by naming the same
+// subnet: an index from each claimed subnet and MAC to the keys claiming it finds them. A change is decided with the keys it can affect
+// only — those linked to it through shared claims — so a batch costs its own size however many keys
+// there are, and a key that flaps under contest costs its claim group, not a pass over every key.
 import type { Logger } from '../common/log.js';
 import { leaseMetrics } from '../common/metrics.js';
 import { printable } from '../common/printable.js';
 import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
-import { type Lease, type LeaseEvent, sameLeaseAttrs } from './lease.js';
+import { type Lease, type LeaseAttrs, type LeaseEvent, sameLeaseAttrs } from './lease.js';
 import { checkLeaseSubnet } from './lease-validation.js';
 import { type InvalidLeaseKey, type LeaseChange, type LeaseListing, type LeaseRecord, sameSubnets } from './lease-store.js';
 
@@ -27,12 +32,19 @@ interface Refusal {
   reason: string;
 }
 
-interface OwnSubnets {
+interface OwnLease {
   subnet: Ip4Net;
   ipv6Subnet: Ip6Net | null;
+  /** What we publish: our VTEP MACs and our PublicIP are nobody else's. */
+  attrs: LeaseAttrs | null;
 }
 
-type Refused = InvalidLeaseKey & { fresh: boolean };
+/** Claim ids: a subnet is its key form (`a.b.c.d-len`, `6/<ipv6>-len`), a VTEP MAC `mac/…` or `mac6/…`. */
+const MAC_CLAIM = 'mac/';
+const MAC6_CLAIM = 'mac6/';
+
+/** A refused key, `fresh` when this version of it was not counted before, `tell` when its reason is news. */
+type Refused = InvalidLeaseKey & { fresh: boolean; tell: boolean };
 
 /** Revisions are decimal strings without leading zeros: the shorter is the smaller, then compare the text. */
 function compareRevisions(a: string, b: string): number {
@@ -45,19 +57,28 @@ function olderFirst(a: LeaseRecord, b: LeaseRecord): number {
 }
 
 export class KnownLeases {
-  /** Every well-formed remote key, by whole key: refused or used, decided on each recompute. */
+  /** Every well-formed remote key, by whole key: used or refused. */
   private readonly records = new Map<string, LeaseRecord>();
   /** Keys whose name or value cannot be used, by whole key. */
   private readonly invalid = new Map<string, InvalidLeaseKey>();
+  /**
+   * Claimed subnets and VTEP MACs (see MAC_CLAIM) → the keys claiming them that pass their own checks: the
+   * key itself while it is the only one (as nearly always), a set once several are.
+   */
+  private readonly claims = new Map<string, string | Set<string>>();
+  /** The keys in `claims` → what each claims. */
+  private readonly claimed = new Map<string, readonly string[]>();
   /** The leases handed to the backend, by IPv4 subnet. */
   private readonly leases = new Map<string, Lease>();
   /** Which IPv4 subnet's lease each key holds. */
   private readonly heldBy = new Map<string, string>();
-  /** Refused keys → the revision at which they were last reported, so each version is reported once. */
-  private readonly refused = new Map<string, string>();
-  private own: OwnSubnets | null = null;
+  /** Refused keys → the version last counted (modRevision/reason) and the reason last logged. */
+  private readonly refused = new Map<string, { version: string; code: string }>();
+  private own: OwnLease | null = null;
   /** Refusals counted since start, by reason (also exported as flannel_leases_invalid_total). */
   readonly refusedByReason = new Map<string, number>();
+  /** Keys decided since start: what listings and changes cost (a change costs its claim group). */
+  decisions = 0;
 
   constructor(
     private readonly network: NetworkConfig,
@@ -73,9 +94,17 @@ export class KnownLeases {
     return [...this.leases.values()];
   }
 
-  /** Our own subnets: never a remote lease, and nothing overlapping them may be routed away. */
-  setOwn(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null): void {
-    this.own = { subnet, ipv6Subnet };
+  /**
+   * Our own subnets (never a remote lease, and nothing overlapping them may be routed away) and what we
+   * publish (`attrs`: no remote lease may carry our VTEP MACs or our PublicIP). A change re-checks every
+   * key's claims; redecide() then says what it changed for the backend.
+   */
+  setOwn(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null, attrs: LeaseAttrs | null = null): void {
+    if (this.own && sameSubnets(this.own, { subnet, ipv6Subnet }) && this.own.attrs === attrs) return;
+    this.own = { subnet, ipv6Subnet, attrs };
+    this.claims.clear();
+    this.claimed.clear();
+    for (const r of this.records.values()) this.index(r);
   }
 
   /** Why a well-formed remote lease cannot be used on its own merits, or null. */
@@ -85,6 +114,17 @@ export class KnownLeases {
     // Checked first: a key such as <our net>-23 or -25 claims our pods' addresses, and its warning says so.
     if (own && r.subnet.overlaps(own.subnet)) return { code: 'overlap', reason: `overlaps our own subnet ${own.subnet}` };
     if (own?.ipv6Subnet && v6?.overlaps(own.ipv6Subnet)) return { code: 'overlap', reason: `overlaps our own IPv6 subnet ${own.ipv6Subnet}` };
+    const mine = own?.attrs?.backend;
+    const theirs = r.attrs.backend;
+    if (mine?.type === 'vxlan' && theirs.type === 'vxlan') {
+      if (theirs.vtep.mac === mine.vtep.mac) return { code: 'duplicate_vtep_mac', reason: `carries this node's own VTEP MAC ${mine.vtep.mac}` };
+      if (mine.vtepV6 && theirs.vtepV6?.mac === mine.vtepV6.mac) {
+        return { code: 'duplicate_vtep_mac', reason: `carries this node's own IPv6 VTEP MAC ${mine.vtepV6.mac}` };
+      }
+    }
+    if (own?.attrs && r.attrs.publicIP === own.attrs.publicIP) {
+      return { code: 'duplicate_public_ip', reason: `carries this node's own PublicIP ${own.attrs.publicIP}: another node is configured with it` };
+    }
     const problem = checkLeaseSubnet(r.subnet, this.network);
     if (problem) return { code: problem.reason, reason: problem.detail };
     const ipv6 = this.network.ipv6;
@@ -97,34 +137,46 @@ export class KnownLeases {
     return null;
   }
 
+  private isOwnKey(r: LeaseRecord): boolean {
+    return this.own !== null && sameSubnets(r, this.own);
+  }
+
   /** Rebuilds the known set from a full listing and returns the differences as events. */
   replaceAll(listing: LeaseListing): LeaseEvent[] {
+    const keys = new Set([...this.records.keys(), ...this.invalid.keys(), ...this.heldBy.keys()]);
     this.records.clear();
     this.invalid.clear();
     this.claims.clear();
-    for (const bad of listing.invalid) this.invalid.set(bad.key, bad);
+    this.claimed.clear();
+    for (const bad of listing.invalid) {
+      if (this.countedOnly(bad)) continue;
+      this.invalid.set(bad.key, bad);
+      keys.add(bad.key);
+    }
     for (const r of listing.records) {
       this.records.set(r.key, r);
       this.index(r);
+      keys.add(r.key);
     }
-    const { events, refused } = this.recompute();
+    const { events, refused } = this.decide(keys);
     this.warnListing(refused);
     return events;
   }
 
   /**
    * Applies watched changes to keys other than our own and returns the events they make. A put that
-   * is refused removes what the key held before, as a deletion does. Costs the size of the batch:
-   * only when a change touches a subnet that two keys claim are all keys decided again, so that the
-   * older-key rule holds whatever the order of arrival.
+   * is refused removes what the key held before, as a deletion does. Costs the size of the batch and
+   * of the claim groups it touches, whatever the number of keys: the keys decided again are the
+   * changed ones and those linked to them by a claimed subnet, oldest first, so that the older-key
+   * rule holds whatever the order of arrival.
    */
   apply(changes: readonly LeaseChange[]): LeaseEvent[] {
-    const touched = new Set<string>();
-    let contested = false;
+    const keys = new Set<string>();
+    const subnets: string[] = [];
     for (const change of changes) {
+      if (change.type === 'invalid' && this.countedOnly(change)) continue;
       const key = change.type === 'put' ? change.record.key : change.key;
-      const old = this.records.get(key);
-      if (old) contested = this.unindex(old) || contested;
+      subnets.push(...this.unindex(key));
       if (change.type === 'delete') {
         this.records.delete(key);
         this.invalid.delete(key);
@@ -135,80 +187,153 @@ export class KnownLeases {
       } else {
         this.invalid.delete(key);
         this.records.set(key, change.record);
-        contested = this.index(change.record) || contested;
+        subnets.push(...this.index(change.record));
       }
-      touched.add(key);
+      keys.add(key);
     }
-    const { events, refused } = contested ? this.recompute() : this.decide(touched);
-    for (const bad of refused) if (bad.fresh) this.refuseOne(bad);
-    leaseMetrics.remote.set(this.leases.size);
+    const { events, refused } = this.decide(this.linked(keys, subnets));
+    for (const bad of refused) if (bad.tell) this.refuseOne(bad);
     return events;
   }
 
-  /** Subnets → the keys claiming them (well-formed keys, used or refused), to find contested subnets. */
-  private readonly claims = new Map<string, Set<string>>();
+  /** A key refused at parse time for its length: counted each time it is seen, never kept (see MAX_KEY_NAME_CHARS). */
+  private countedOnly(bad: InvalidLeaseKey): boolean {
+    if (bad.code !== 'key_too_long') return false;
+    this.refusedByReason.set(bad.code, (this.refusedByReason.get(bad.code) ?? 0) + 1);
+    leaseMetrics.invalid.inc({ reason: bad.code });
+    return true;
+  }
 
+  /** What a key claims: its IPv4 subnet, its IPv6 one in a dual-stack network, and its VTEP MACs. */
   private claimKeys(r: LeaseRecord): string[] {
     const v6 = this.network.ipv6 ? (r.ipv6Subnet ?? null) : null;
-    return v6 ? [r.subnet.toKey(), `6/${v6.toKey()}`] : [r.subnet.toKey()];
-  }
-
-  /** Adds a record's claims; true when one of its subnets is now claimed by another key too. */
-  private index(r: LeaseRecord): boolean {
-    let contested = false;
-    for (const c of this.claimKeys(r)) {
-      const set = this.claims.get(c) ?? new Set<string>();
-      set.add(r.key);
-      this.claims.set(c, set);
-      if (set.size > 1) contested = true;
+    const out = [r.subnet.toKey()];
+    if (v6) out.push(`6/${v6.toKey()}`);
+    const { backend } = r.attrs;
+    if (backend.type === 'vxlan') {
+      out.push(MAC_CLAIM + backend.vtep.mac);
+      if (backend.vtepV6) out.push(MAC6_CLAIM + backend.vtepV6.mac);
     }
-    return contested;
+    return out;
   }
 
-  /** Removes a record's claims; true when another key claimed one of its subnets too. */
-  private unindex(r: LeaseRecord): boolean {
-    let contested = false;
-    for (const c of this.claimKeys(r)) {
-      const set = this.claims.get(c);
-      if (!set) continue;
-      if (set.size > 1) contested = true;
-      set.delete(r.key);
-      if (set.size === 0) this.claims.delete(c);
+  /** Records a key's claims, if it passes its own checks (a refused key takes nothing); returns them. */
+  private index(r: LeaseRecord): readonly string[] {
+    if (this.isOwnKey(r) || this.refusal(r)) return [];
+    const subnets = this.claimKeys(r);
+    this.claimed.set(r.key, subnets);
+    for (const c of subnets) {
+      const held = this.claims.get(c);
+      if (held === undefined) this.claims.set(c, r.key);
+      else if (typeof held === 'string') this.claims.set(c, new Set([held, r.key]));
+      else held.add(r.key);
     }
-    return contested;
+    return subnets;
   }
 
-  /** The keys of one batch decided on their own merits (no subnet they name is contested). */
-  private decide(keys: ReadonlySet<string>): { events: LeaseEvent[]; refused: Refused[] } {
-    const events: LeaseEvent[] = [];
+  /** Removes a key's claims; returns the subnets it claimed (their other claimants are to be decided again). */
+  private unindex(key: string): readonly string[] {
+    const subnets = this.claimed.get(key);
+    if (!subnets) return [];
+    this.claimed.delete(key);
+    for (const c of subnets) {
+      const held = this.claims.get(c);
+      if (held === key) this.claims.delete(c);
+      else if (typeof held === 'object') {
+        held.delete(key);
+        if (held.size === 1) this.claims.set(c, held.values().next().value!);
+      }
+    }
+    return subnets;
+  }
+
+  /** `keys`, plus every key linked to them or to `subnets` through claimed subnets (transitively). */
+  private linked(keys: Set<string>, subnets: readonly string[]): Set<string> {
+    const todo = [...subnets];
+    for (const key of keys) todo.push(...(this.claimed.get(key) ?? []));
+    const seen = new Set<string>();
+    for (let c = todo.pop(); c !== undefined; c = todo.pop()) {
+      if (seen.has(c)) continue;
+      seen.add(c);
+      const held = this.claims.get(c);
+      for (const key of held === undefined ? [] : typeof held === 'string' ? [held] : held) {
+        if (keys.has(key)) continue;
+        keys.add(key);
+        todo.push(...this.claimed.get(key)!);
+      }
+    }
+    return keys;
+  }
+
+  /**
+   * Decides `keys` (which must hold every key sharing a claimed subnet with one of them), updates the
+   * lease map, and returns the events and every refused key among them.
+   */
+  private decide(keys: Iterable<string>): { events: LeaseEvent[]; refused: Refused[] } {
     const refused: Refused[] = [];
+    const refuse = (bad: InvalidLeaseKey): void => {
+      refused.push({ ...bad, ...this.noteRefused(bad) });
+    };
+    // What these keys held goes first: they are decided afresh, as a group.
+    const before = new Map<string, Lease>();
+    const contested: LeaseRecord[] = [];
+    const winners: LeaseRecord[] = [];
     for (const key of keys) {
-      const r = this.records.get(key);
-      const bad = this.invalid.get(key);
-      const why = r && !bad ? this.refusal(r) : null;
-      const usable = r !== undefined && !bad && !why && !(this.own && sameSubnets(r, this.own));
-      // What the key held before goes, unless it holds the same subnet still (its value may have changed).
+      this.decisions++;
       const held = this.heldBy.get(key);
-      if (held !== undefined && (!usable || r.subnet.toKey() !== held)) {
-        const lease = this.leases.get(held);
+      if (held !== undefined) {
+        before.set(held, this.leases.get(held)!);
         this.leases.delete(held);
         this.heldBy.delete(key);
-        if (lease) events.push({ type: 'removed', lease });
       }
-      const refusal = bad ?? (r && why ? this.refusedRecord(r, why) : null);
-      if (refusal) {
-        refused.push({ ...refusal, fresh: this.noteRefused(refusal) });
+      const bad = this.invalid.get(key);
+      if (bad) {
+        refuse(bad);
         continue;
       }
-      this.refused.delete(key);
-      if (!usable) continue; // deleted, or our own key
-      const lease = this.leaseOf(r);
-      const subnetKey = r.subnet.toKey();
-      const prev = this.leases.get(subnetKey);
-      this.leases.set(subnetKey, lease);
-      this.heldBy.set(key, subnetKey);
-      if (!prev || !sameLeaseAttrs(prev.attrs, lease.attrs) || !sameSubnets(prev, lease)) events.push({ type: 'added', lease });
+      const r = this.records.get(key);
+      const claims = this.claimed.get(key);
+      if (claims) {
+        // Passed its own checks when indexed: contested only where another key claims the same.
+        if (claims.every((c) => typeof this.claims.get(c) === 'string')) winners.push(r!);
+        else contested.push(r!);
+        continue;
+      }
+      const why = r && !this.isOwnKey(r) ? this.refusal(r) : null;
+      if (why) refuse(this.refusedRecord(r!, why));
+      else this.refused.delete(key); // deleted, or our own key
     }
+    // Where keys claim the same subnet or MAC, the oldest of them keeps it; one that lost a claim claims nothing.
+    contested.sort(olderFirst);
+    const takenBy = new Map<string, LeaseRecord>();
+    for (const r of contested) {
+      const claims = this.claimed.get(r.key)!;
+      const lost = claims.find((c) => takenBy.has(c));
+      if (lost !== undefined) {
+        const older = takenBy.get(lost)!.key;
+        const mac = lost.startsWith(MAC_CLAIM) ? lost.slice(MAC_CLAIM.length) : lost.startsWith(MAC6_CLAIM) ? lost.slice(MAC6_CLAIM.length) : null;
+        refuse(this.refusedRecord(r, mac === null
+          ? { code: 'overlap_older_lease', reason: `claims addresses of the older key ${older}` }
+          : { code: 'duplicate_vtep_mac', reason: `VTEP MAC ${mac} belongs to the older key ${older}` }));
+        continue;
+      }
+      for (const c of claims) takenBy.set(c, r);
+      winners.push(r);
+    }
+    const events: LeaseEvent[] = [];
+    const added: LeaseEvent[] = [];
+    for (const r of winners) {
+      this.refused.delete(r.key);
+      const subnetKey = r.subnet.toKey();
+      const lease = this.leaseOf(r);
+      this.leases.set(subnetKey, lease);
+      this.heldBy.set(r.key, subnetKey);
+      const prev = before.get(subnetKey);
+      if (!prev || !sameLeaseAttrs(prev.attrs, lease.attrs) || !sameSubnets(prev, lease)) added.push({ type: 'added', lease });
+    }
+    for (const [subnetKey, lease] of before) if (!this.leases.has(subnetKey)) events.push({ type: 'removed', lease });
+    events.push(...added);
+    leaseMetrics.remote.set(this.leases.size);
     return { events, refused };
   }
 
@@ -219,78 +344,34 @@ export class KnownLeases {
 
   /**
    * After setOwn moved us to a subnet still known as a peer's: re-decides every key (the own-subnet rule
-   * now refuses that peer) and returns the events. The argument is kept for callers; setOwn decides.
+   * now refuses that peer) and returns the events.
    */
-  forget(_subnet: Ip4Net): LeaseEvent[] {
-    const { events, refused } = this.recompute();
-    for (const bad of refused) if (bad.fresh) this.refuseOne(bad);
+  redecide(): LeaseEvent[] {
+    const { events, refused } = this.decide(new Set([...this.records.keys(), ...this.invalid.keys(), ...this.heldBy.keys()]));
+    for (const bad of refused) if (bad.tell) this.refuseOne(bad);
     return events;
-  }
-
-  /**
-   * Decides which keys are used (linear in keys, plus one sort), updates the lease map, and returns
-   * the events and every refused key (`fresh` when this version of it was not reported before).
-   */
-  private recompute(): { events: LeaseEvent[]; refused: Refused[] } {
-    const refused: Refused[] = [];
-    const refuse = (bad: InvalidLeaseKey) => refused.push({ ...bad, fresh: this.noteRefused(bad) });
-    for (const bad of this.invalid.values()) refuse(bad);
-
-    const usable: LeaseRecord[] = [];
-    for (const r of this.records.values()) {
-      if (this.own && sameSubnets(r, this.own)) continue; // our own key
-      const why = this.refusal(r);
-      if (why) refuse(this.refusedRecord(r, why));
-      else usable.push(r);
-    }
-    // Order matters only where two keys claim the same subnet; in the usual network none do.
-    if ([...this.claims.values()].some((keys) => keys.size > 1)) usable.sort(olderFirst);
-    const by4 = new Map<string, LeaseRecord>();
-    const by6 = new Map<string, LeaseRecord>();
-    const next = new Map<string, Lease>();
-    for (const r of usable) {
-      const v6 = this.network.ipv6 ? (r.ipv6Subnet ?? null) : null;
-      const older = by4.get(r.subnet.toKey()) ?? (v6 ? by6.get(v6.toKey()) : undefined);
-      if (older) {
-        refuse(this.refusedRecord(r, { code: 'overlap_older_lease', reason: `claims addresses of the older key ${older.key}` }));
-        continue;
-      }
-      by4.set(r.subnet.toKey(), r);
-      if (v6) by6.set(v6.toKey(), r);
-      next.set(r.subnet.toKey(), this.leaseOf(r));
-    }
-    const stillRefused = new Set(refused.map((r) => r.key));
-    for (const key of [...this.refused.keys()]) if (!stillRefused.has(key)) this.refused.delete(key);
-
-    const events: LeaseEvent[] = [];
-    for (const [key, lease] of this.leases) if (!next.has(key)) events.push({ type: 'removed', lease });
-    for (const [key, lease] of next) {
-      const prev = this.leases.get(key);
-      if (!prev || !sameLeaseAttrs(prev.attrs, lease.attrs) || !sameSubnets(prev, lease)) events.push({ type: 'added', lease });
-    }
-    this.leases.clear();
-    this.heldBy.clear();
-    for (const [key, lease] of next) this.leases.set(key, lease);
-    for (const r of by4.values()) this.heldBy.set(r.key, r.subnet.toKey());
-    leaseMetrics.remote.set(this.leases.size);
-    return { events, refused };
   }
 
   private refusedRecord(r: LeaseRecord, why: Refusal): InvalidLeaseKey {
     return { key: r.key, code: why.code, reason: why.reason, subnet: r.subnet, ipv6Subnet: r.ipv6Subnet ?? null, modRevision: r.modRevision };
   }
 
-  /** Records a refused key version; true when this version is new (so it is counted and reported). */
-  private noteRefused(bad: InvalidLeaseKey): boolean {
+  /**
+   * Records a refused key version. `fresh` when this version was not counted before (it is counted now);
+   * `tell` when the key was not refused for this reason before, so that a key rewritten again and again
+   * (a flapping or hostile writer) is counted per change but logged once per reason.
+   */
+  private noteRefused(bad: InvalidLeaseKey): { fresh: boolean; tell: boolean } {
     const version = `${bad.modRevision}/${bad.code}`;
-    if (this.refused.get(bad.key) === version) return false;
-    this.refused.set(bad.key, version);
+    const last = this.refused.get(bad.key);
+    if (last?.version === version) return { fresh: false, tell: false };
+    this.refused.set(bad.key, { version, code: bad.code });
     this.refusedByReason.set(bad.code, (this.refusedByReason.get(bad.code) ?? 0) + 1);
     leaseMetrics.invalid.inc({ reason: bad.code });
-    return true;
+    return { fresh: true, tell: last?.code !== bad.code };
   }
 
-  /** A watched key that changed into something refused (already noted as fresh): one line for it. */
+  /** A watched key that changed into something refused for a reason not logged for it yet: one line for it. */
   private refuseOne(bad: InvalidLeaseKey): void {
     const fields = {
       key: printable(bad.key, KEY_CHARS),
@@ -302,6 +383,8 @@ export class KnownLeases {
     const msg =
       bad.code === 'overlap' ? 'skipping a lease that overlaps our own subnet'
       : bad.code === 'overlap_older_lease' ? 'skipping a lease that claims the addresses of an older lease'
+      : bad.code === 'duplicate_vtep_mac' ? 'skipping a lease whose VTEP MAC belongs to another node'
+      : bad.code === 'duplicate_public_ip' ? 'skipping a lease that carries our own public IP: another node is configured with it'
       : 'skipping a malformed or invalid lease';
     this.log.warn(fields, msg);
   }

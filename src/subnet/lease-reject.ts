@@ -14,7 +14,12 @@ export const LEASE_REJECT_REASONS = [
   'control_chars', // a control, format or separator character in the key or anywhere in the value
   'wrong_prefix_len', // the key's prefix length differs from the network's SubnetLen
   'outside_network', // the key's subnet does not lie inside Network
-  'overlap', // the subnet overlaps another lease's (the older key wins)
+  'overlap', // the subnet overlaps our own subnet
+  'overlap_older_lease', // the key claims a subnet an older key holds (the older key wins)
+  'duplicate_vtep_mac', // (vxlan) the VTEP MAC is ours, or an older lease's (the older lease keeps it)
+  'duplicate_public_ip', // another lease carries our own PublicIP (another node configured with our address)
+  'bad_node_identity', // NodeIdentity present but not 32 lower-case hex digits
+  'key_too_long', // the key name is longer than any subnet key (counted, never kept)
 ] as const;
 
 export type LeaseRejectReason = (typeof LEASE_REJECT_REASONS)[number];

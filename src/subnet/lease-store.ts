@@ -147,12 +147,30 @@ export interface LeaseStore {
   deleteLease(subnet: Ip4Net, ipv6Subnet?: Ip6Net | null): Promise<boolean>;
   /** Follows changes from `fromRevision` (inclusive), resuming by itself after lost connections. */
   watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable>;
-  /** Waits before a retry: `ms`, or less when the store answers again meanwhile or is closing. */
-  backoff(ms: number): Promise<void>;
+  /**
+   * Aborted when the store answers again after failing (then replaced by a fresh signal): retry loops
+   * take it as their wake-up, so a wait after a failure ends as soon as the store is back.
+   */
+  readonly recovered: AbortSignal;
 }
+
+/**
+ * The longest key name (the part after subnets/) read as a possible subnet key. The longest upstream
+ * writes, `255.255.255.255-32&ffff:…:ffff-128`, has 62 characters; a longer one is refused at once and
+ * only counted: not parsed, and never kept whole in memory (anyone who can write the prefix can write
+ * names of any length).
+ */
+export const MAX_KEY_NAME_CHARS = 128;
 
 /** The subnets a key under subnets/ names (`name` is the part after the prefix), or why it names none. */
 export function parseLeaseKey(key: string, name: string, modRevision: string): LeaseSubnets | InvalidLeaseKey {
+  if (name.length > MAX_KEY_NAME_CHARS) {
+    const kept = key.slice(0, key.length - name.length + 32);
+    return {
+      key: `${kept}…`, code: 'key_too_long', reason: `the key name has ${name.length} characters; no subnet key has more than ${MAX_KEY_NAME_CHARS}`,
+      subnet: null, modRevision,
+    };
+  }
   try {
     return parseLeaseKeyName(name);
   } catch (err) {

@@ -45,7 +45,16 @@ export interface LeaseAttrs {
   publicIP: string;
   publicIPv6: string | null;
   backend: LeaseBackend;
+  /**
+   * The node that wrote the lease (src/subnet/node-identity.ts), as `NodeIdentity`: which lease is its
+   * own when two nodes have one PublicIP. Absent or null in leases of upstream flanneld, of older
+   * versions, and of reservations; upstream's decoders ignore the field.
+   */
+  nodeIdentity?: string | null;
 }
+
+/** A node identity as written in leases: 128 bits, lower-case hex. */
+export const NODE_IDENTITY = /^[0-9a-f]{32}$/;
 
 export interface Lease {
   subnet: Ip4Net;
@@ -83,6 +92,7 @@ export function encodeLeaseAttrs(attrs: LeaseAttrs): string {
       if (backend.peerV6) wire['BackendV6Data'] = wireguardWire(backend.peerV6);
     }
   }
+  if (attrs.nodeIdentity) wire['NodeIdentity'] = attrs.nodeIdentity;
   return JSON.stringify(wire);
 }
 
@@ -94,9 +104,10 @@ function sameWireguardPeer(a: WireguardPeerData | null, b: WireguardPeerData | n
   return a === b || (a !== null && b !== null && a.publicKey === b.publicKey && a.port === b.port);
 }
 
-/** Two leases publish the same: addresses and backend data. */
+/** Two leases publish the same: addresses, backend data and the node identity. */
 export function sameLeaseAttrs(a: LeaseAttrs, b: LeaseAttrs): boolean {
   if (a.publicIP !== b.publicIP || a.publicIPv6 !== b.publicIPv6 || a.backend.type !== b.backend.type) return false;
+  if ((a.nodeIdentity ?? null) !== (b.nodeIdentity ?? null)) return false;
   if (a.backend.type === 'vxlan' && b.backend.type === 'vxlan') {
     return sameVtep(a.backend.vtep, b.backend.vtep) && sameVtep(a.backend.vtepV6, b.backend.vtepV6);
   }
@@ -106,7 +117,7 @@ export function sameLeaseAttrs(a: LeaseAttrs, b: LeaseAttrs): boolean {
   return true;
 }
 
-const TOP_FIELDS = ['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData', 'BackendV6Data'] as const;
+const TOP_FIELDS = ['PublicIP', 'PublicIPv6', 'BackendType', 'BackendData', 'BackendV6Data', 'NodeIdentity'] as const;
 const VXLAN_FIELDS = ['VNI', 'VtepMAC'] as const;
 const WIREGUARD_FIELDS = ['PublicKey', 'Port'] as const;
 
@@ -221,6 +232,13 @@ export function decodeLeaseAttrs(value: string): LeaseAttrs {
       throw new LeaseRejected('bad_backend_data', `lease ${field} is not a JSON object`);
     }
   }
+  let nodeIdentity: string | null = null;
+  if (f.NodeIdentity !== undefined && f.NodeIdentity !== null) {
+    if (typeof f.NodeIdentity !== 'string' || !NODE_IDENTITY.test(f.NodeIdentity)) {
+      throw new LeaseRejected('bad_node_identity', `lease NodeIdentity ${printable(JSON.stringify(f.NodeIdentity), 48)} is not 32 lower-case hex digits`);
+    }
+    nodeIdentity = f.NodeIdentity;
+  }
   let backend: LeaseBackend;
   if (backendType === 'vxlan') {
     // Dual-stack vxlan: the IPv6 device's VNI and MAC, checked as BackendData is.
@@ -233,5 +251,5 @@ export function decodeLeaseAttrs(value: string): LeaseAttrs {
   } else {
     backend = { type: backendType };
   }
-  return { publicIP: f.PublicIP, publicIPv6, backend };
+  return { publicIP: f.PublicIP, publicIPv6, backend, ...(nodeIdentity ? { nodeIdentity } : {}) };
 }

@@ -5,6 +5,7 @@
 // call fails and watches pause. Keys and values are stored as text and read through the same parser
 // as etcd's, so malformed values behave alike. Used by the fast unit tests of the lease manager.
 import { type Clock, type TimerHandle, systemClock } from '../common/clock.js';
+import { Wakeup } from '../common/retry.js';
 import type { Ip4Net } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
 import { type LeaseAttrs, encodeLeaseAttrs } from './lease.js';
@@ -43,7 +44,7 @@ export class MemoryLeaseStore implements LeaseStore {
   private readonly leases = new Map<string, ExpiringLease>();
   private readonly history: HistoryEvent[] = [];
   private readonly watchers = new Set<Watcher>();
-  private readonly backoffWaiters = new Set<() => void>();
+  private readonly back = new Wakeup();
   private revision = 1;
   private compacted = 0;
   private nextLeaseId = 1;
@@ -118,16 +119,9 @@ export class MemoryLeaseStore implements LeaseStore {
     };
   }
 
-  backoff(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        this.clock.clearTimeout(timer);
-        this.backoffWaiters.delete(done);
-        resolve();
-      };
-      const timer = this.clock.setTimeout(done, ms);
-      this.backoffWaiters.add(done);
-    });
+  /** Aborted when the store becomes available again (setAvailable(true)). */
+  get recovered(): AbortSignal {
+    return this.back.signal;
   }
 
   // --- what other writers (other nodes, an operator) do ---
@@ -183,7 +177,7 @@ export class MemoryLeaseStore implements LeaseStore {
       }
       if (available) this.deliverSoon(w);
     }
-    if (available) for (const wake of [...this.backoffWaiters]) wake();
+    if (available) this.back.wake();
   }
 
   get currentRevision(): number {

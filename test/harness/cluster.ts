@@ -11,7 +11,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ipBatch } from '../../src/routes/ip.js';
 import { parseEnvText } from '../../src/subnet/envfile.js';
 import { spawnFlanneldIn } from './flanneld.js';
@@ -437,4 +437,9 @@ export async function unreachablePodPairs(
 export async function dualSubnetsOf(node: ClusterNode): Promise<{ v4: Ip4Net; v6: Ip6Net }> {
   const env = await node.env();
   return { v4: Ip4Net.parse(env['FLANNEL_SUBNET']!, true), v6: Ip6Net.parse(env['FLANNEL_IPV6_SUBNET']!, true) };
+}
+
+/** The identity a node's daemon keeps beside its env file and writes into its lease (NodeIdentity). */
+export function nodeIdentityOf(node: ClusterNode): string {
+  return readFileSync(join(dirname(node.subnetFile), 'node-identity'), 'utf8').trim();
 }

@@ -8,8 +8,8 @@ import { listNeighbours } from '../../src/routes/neigh.js';
 import { listRoutes } from '../../src/routes/route.js';
 import { LEVEL_VALUES } from '../../src/common/log.js';
 import { Ip4Net } from '../../src/common/ip4.js';
-import type { ClusterNode } from './cluster.js';
-import { sleep } from './netns.js';
+import type { Cluster, ClusterNode } from './cluster.js';
+import { run, sleep } from './netns.js';
 
 export interface PingResult {
   /** Highest sequence number seen + 1 (replies only tell us what was answered). */
@@ -218,4 +218,25 @@ export function freeSubnets(values: Map<string, string>, count: number): string[
   }
   if (out.length < count) throw new Error(`only ${out.length} free subnets, ${count} wanted`);
   return out;
+}
+
+/** The subnet a node's env file names (FLANNEL_SUBNET is the bridge address: host bits cleared here). */
+export async function subnetOf(node: ClusterNode): Promise<Ip4Net> {
+  return Ip4Net.parse((await node.env())['FLANNEL_SUBNET']!, true);
+}
+
+/** A node's vxlan tables against every well-formed vxlan lease in etcd but its own: '' when they match. */
+export async function kernelVsEtcd(cluster: Cluster, node: ClusterNode, prefix = '/coreos.com/network'): Promise<string> {
+  const values = parseEtcdctlJson(await cluster.etcdctl(['get', '--prefix', `${prefix}/subnets/`, '-w', 'json']));
+  const want = expectedVxlanTables(vxlanLeasesFrom(values, (await subnetOf(node)).toString()));
+  return diffTables(await vxlanTables(node), want).join('; ');
+}
+
+/** Cuts a node off from etcd (tcp/2379 dropped both ways in its namespace), or heals the cut. */
+export async function cutFromEtcd(node: ClusterNode, cut: boolean): Promise<void> {
+  const op = cut ? '-A' : '-D';
+  await Promise.all([
+    run(['iptables', op, 'OUTPUT', '-p', 'tcp', '--dport', '2379', '-j', 'DROP'], { netns: node.ns }),
+    run(['iptables', op, 'INPUT', '-p', 'tcp', '--sport', '2379', '-j', 'DROP'], { netns: node.ns }),
+  ]);
 }
