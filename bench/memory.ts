@@ -170,7 +170,7 @@ async function runOnce(o: RunOptions): Promise<RunResult> {
   const { cluster, node, variant } = o;
   const root = repoRoot();
   await run(['ip', '-n', node.ns, 'link', 'del', DEVICE], { allowFail: true }); // a clean kernel each run
-  const daemonArgs = [`--etcd-endpoints=${cluster.etcdEndpoint}`, '--iface=eth0', `--subnet-file=${node.subnetFile}`, '--log-level=info'];
+  const daemonArgs = [`--etcd-endpoints=${cluster.etcdEndpoint}`, '--iface=eth0', `--subnet-file=${node.subnetFile}`, `--cni-socket=${node.cniSocket}`, '--log-level=info'];
   const argv = variant.launcher === 'bin'
     ? [join(root, 'bin', 'flanneld'), ...daemonArgs]
     : [process.execPath, ...(variant.nodeFlags ?? []), join(root, 'dist', 'flanneld.mjs'), ...daemonArgs];
