@@ -2,9 +2,10 @@
 // (bridge + host-local over this node's subnet by default), saves it under dataDir/<containerID>, and
 // runs the delegate; DEL and CHECK run the delegate again with the saved conf, so they keep working
 // after the subnet env file has changed or gone.
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../common/atomic-file.js';
+import { writeFileAtomicAsync } from '../common/atomic-file.js';
 import { CNI_ERR, CniError } from './errors.js';
 import { buildDelegateConf, findPlugin, invokeDelegate, type CniCommand } from './delegate.js';
 import { isObject, parseFlannelNetConf, type FlannelNetConf, type JsonObject } from './netconf.js';
@@ -59,11 +60,12 @@ function scratchPath(dataDir: string, containerId: string): string {
   return join(dataDir, containerId);
 }
 
-function saveScratch(dataDir: string, containerId: string, conf: string): void {
+async function saveScratch(dataDir: string, containerId: string, conf: string): Promise<void> {
   try {
-    // 0700 as upstream's plugin makes it: the confs are root's business.
-    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-    writeFileAtomic(scratchPath(dataDir, containerId), conf, 0o600);
+    // 0700 as upstream's plugin makes it: the confs are root's business. Written without blocking
+    // the event loop: flanneld serves concurrent requests with this code.
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    await writeFileAtomicAsync(scratchPath(dataDir, containerId), conf, 0o600);
   } catch (err) {
     throw new CniError(CNI_ERR.ioFailure, `cannot save the delegate config in ${dataDir}: ${(err as Error).message}`);
   }
@@ -91,7 +93,7 @@ async function cmdAdd(conf: FlannelNetConf, env: Env): Promise<string> {
   const plugin = findPlugin(delegate['type'] as string, env['CNI_PATH']!);
   const text = JSON.stringify(delegate);
   // Saved before the delegate runs, so that the runtime's DEL after a failed ADD can clean up.
-  saveScratch(conf.dataDir, env['CNI_CONTAINERID']!, text);
+  await saveScratch(conf.dataDir, env['CNI_CONTAINERID']!, text);
   const { stdout } = await invokeDelegate(plugin, 'ADD', text, env);
   try {
     JSON.parse(stdout);

@@ -171,14 +171,25 @@ export async function startCniServer(opts: CniServerOptions): Promise<CniServer>
     // Another mount namespace (flanneld in a container): serve only if every path the request
     // touches is the same file for both, or absent for both.
     if (paths.otherIpam !== null) return `flanneld runs in another mount namespace, and IPAM type ${JSON.stringify(paths.otherIpam)} keeps state it cannot check`;
-    const asked = [...paths.read, ...paths.written.flatMap((p) => pathsToFirstExisting(p, (q) => identity(q) !== ''))];
+    // A directory the plugin creates may be missing on one side only while a concurrent request
+    // creates it: what must be the same is the deepest one both see.
+    const chains = paths.written.map((p) => pathsToFirstExisting(p, (q) => identity(q) !== ''));
+    const asked = [...paths.read, ...chains.flat()];
     if (asked.length === 0) return null;
     sock.write(encodeFrame(FRAME.paths, encodeStrings(asked)));
     const answer = await reader.next(IDENTITIES_MAX_BYTES, readTimeoutMs);
     if (answer.type !== FRAME.identities) throw new ProtocolError(`expected the identities of the paths (I), got 0x${answer.type.toString(16)}`);
     const theirs = decodeIdentities(answer.payload, asked.length);
-    const differs = asked.find((p, k) => identity(p) !== theirs[k]);
-    if (differs !== undefined) return `flanneld runs in another mount namespace and does not see ${differs} as the runtime does (mount it from the host)`;
+    const unlike = (path: string): string => `flanneld runs in another mount namespace and does not see ${path} as the runtime does (mount it from the host)`;
+    const differs = paths.read.find((p, k) => identity(p) !== theirs[k]);
+    if (differs !== undefined) return unlike(differs);
+    let at = paths.read.length;
+    for (const chain of chains) {
+      const ids = chain.map((p, k) => ({ path: p, ours: identity(p), theirs: theirs[at + k]! }));
+      at += chain.length;
+      const common = ids.find((x) => x.ours !== '' && x.theirs !== '');
+      if (!common || common.ours !== common.theirs) return unlike(common?.path ?? chain[chain.length - 1]!);
+    }
     return null;
   };
 

@@ -55,6 +55,8 @@ export interface CniCall {
   nodeNs?: string;
   env?: Record<string, string>;
   cniPath?: string;
+  /** Arguments of the executable (when it is a wrapper, e.g. unshare, running the plugin). */
+  args?: string[];
 }
 
 export interface CniReply {
@@ -71,7 +73,7 @@ export async function callCni(plugin: CniPlugin, call: CniCall): Promise<CniRepl
   if (call.netns) env['CNI_NETNS'] = `/var/run/netns/${call.netns}`;
   if (call.command !== 'VERSION') env['CNI_IFNAME'] = call.ifname ?? 'eth0';
   const input = typeof call.conf === 'string' ? call.conf : JSON.stringify(call.conf);
-  const res = await run([plugin.path], { netns: call.nodeNs, input, env, allowFail: true, timeoutMs: 60_000 });
+  const res = await run([plugin.path, ...(call.args ?? [])], { netns: call.nodeNs, input, env, allowFail: true, timeoutMs: 60_000 });
   let json: Record<string, unknown> | null = null;
   try {
     json = res.stdout.trim() ? (JSON.parse(res.stdout) as Record<string, unknown>) : null;
