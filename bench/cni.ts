@@ -134,7 +134,11 @@ async function main(): Promise<void> {
       ...(baseline ? [variant('baseline', `baseline: \`${baseline}\``, baseline, absent, false)] : []),
     ];
     const plan: DriverPlan = { variants, pods, rounds: ROUNDS, warmup: WARMUP, burstSizes: BURST_SIZES, bursts: BURSTS, daemonPid: node.pid!, cnitool };
+    const rss = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${node.pid!}/status`, 'utf8'))![1]) / 1024;
+    const rssBefore = rss();
     const results = await runDriver(node.ns, plan);
+    const rssAfter = rss();
+    const rssLine = `flanneld's RSS: ${rssBefore.toFixed(1)} MiB before the first CNI request, ${rssAfter.toFixed(1)} MiB after serving them all.`;
 
     const burstOf = (r: DriverResult, size: number, key: 'addWallMs' | 'addCpuMs' | 'delWallMs') => median(r.bursts.filter((b) => b.size === size).map((b) => b[key]));
     const big = Math.max(...BURST_SIZES);
@@ -146,7 +150,7 @@ async function main(): Promise<void> {
       `| | ADD median / p90 | DEL median / p90 | CPU per ADD | ${big} ADDs at once: wall | ${big} ADDs at once: CPU | ${big} DELs at once: wall |`,
       '|---|---|---|---|---|---|---|',
     ];
-    console.log(['', ...header, ...rows].join('\n'));
+    console.log(['', ...header, ...rows, '', rssLine].join('\n'));
     if (!WRITE) return;
 
     const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim();
@@ -183,6 +187,8 @@ async function main(): Promise<void> {
       '',
       ...header,
       ...rows,
+      '',
+      rssLine,
       '',
       '![wall time against pods at once](img/cni-burst.svg)',
       '![CPU against pods at once](img/cni-burst-cpu.svg)',
