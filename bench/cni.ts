@@ -1,6 +1,6 @@
 // Pod network setup: the time and CPU a CNI ADD and DEL take, per plugin, in one run on one node.
-// A one-node host-gw cluster (a real etcd and bin/flanneld in a namespace, started with
-// --iptables-forward-rules=false so that its periodic iptables checks do not count as CNI work);
+// A one-node host-gw cluster (a real etcd and bin/flanneld in a namespace, at the default log level,
+// started with --iptables-forward-rules=false so that its periodic iptables checks do not count as CNI work);
 // every variant uses the same conflist shape as kube-flannel's (flannel delegating to bridge and
 // host-local, then portmap) and the node's subnet env file:
 //   floor            bridge + host-local (the conf flannel would hand them) and portmap, no flannel
@@ -88,7 +88,7 @@ async function main(): Promise<void> {
   let cluster: Cluster | null = null;
   const pods = Array.from({ length: Math.max(...BURST_SIZES, 1) }, (_, k) => `cnib-${id}-p${k}`);
   try {
-    cluster = await createCluster({ nodes: 1, config: { Network: '198.19.0.0/16', Backend: { Type: 'host-gw' } }, podsPerNode: 0, daemonArgs: ['--iptables-forward-rules=false'] });
+    cluster = await createCluster({ nodes: 1, config: { Network: '198.19.0.0/16', Backend: { Type: 'host-gw' } }, podsPerNode: 0, daemonArgs: ['--iptables-forward-rules=false', '--log-level=info'] });
     const node = cluster.nodes[0]!;
     for (const p of pods) await addNetns(p);
 

@@ -2,8 +2,8 @@
 // (bridge + host-local over this node's subnet by default), saves it under dataDir/<containerID>, and
 // runs the delegate; DEL and CHECK run the delegate again with the saved conf, so they keep working
 // after the subnet env file has changed or gone.
-import { readFileSync, rmSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomicAsync } from '../common/atomic-file.js';
 import { CNI_ERR, CniError } from './errors.js';
@@ -81,8 +81,8 @@ function loadScratch(dataDir: string, containerId: string): string | null {
   }
 }
 
-function removeScratch(dataDir: string, containerId: string): void {
-  rmSync(scratchPath(dataDir, containerId), { force: true });
+async function removeScratch(dataDir: string, containerId: string): Promise<void> {
+  await rm(scratchPath(dataDir, containerId), { force: true });
 }
 
 // --- commands ---
@@ -116,11 +116,11 @@ async function cmdDel(conf: FlannelNetConf, env: Env, warn: (m: string) => void)
   }
   if (!isObject(parsed) || typeof parsed['type'] !== 'string') {
     warn(`flannel: saved delegate config for ${containerId} is unreadable; removing it (the interface stays until the netns goes)`);
-    removeScratch(conf.dataDir, containerId);
+    await removeScratch(conf.dataDir, containerId);
     return;
   }
   await invokeDelegate(findPlugin(parsed['type'], env['CNI_PATH']!), 'DEL', saved, env);
-  removeScratch(conf.dataDir, containerId);
+  await removeScratch(conf.dataDir, containerId);
 }
 
 async function cmdCheck(conf: FlannelNetConf, env: Env): Promise<void> {
