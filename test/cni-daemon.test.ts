@@ -16,7 +16,7 @@ import {
 import { silentLogger } from '../src/common/log.js';
 import { startCniServer } from '../src/daemon/cni-server.js';
 import { type CniCall, type CniPlugin, callCni, cniBuilt, cniPlugin, daemonOnlyClient } from './harness/cni.js';
-import { createCluster, killPid, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { alive, createCluster, killPid, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
 const built = cniBuilt('daemon') && existsSync(repoPath('bin', 'flanneld'));
@@ -48,15 +48,6 @@ function cniError(frame: Frame | null): { exitCode: number; code: number; msg: s
   const json = JSON.parse(result.stdout) as { code: number; msg: string; cniVersion: string };
   expect(typeof json.cniVersion).toBe('string');
   return { exitCode: result.exitCode, code: json.code, msg: json.msg };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe.skipIf(!built)('flanneld serving the CNI plugin', () => {

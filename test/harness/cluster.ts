@@ -112,7 +112,8 @@ function fileVersion(path: string): string | null {
   }
 }
 
-function alive(pid: number): boolean {
+/** True while a process with this PID exists. */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
