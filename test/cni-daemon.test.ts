@@ -177,6 +177,12 @@ describe.skipIf(!built)('flanneld serving the CNI plugin', () => {
     } finally {
       for (const s of held) s.destroy();
     }
+    // A conf larger than flanneld takes never reaches it: the client runs the standalone plugin.
+    const huge = conf({ padding: 'x'.repeat(REQUEST_MAX_BYTES) });
+    const tooLarge = await call(served, { command: 'CHECK', conf: huge, containerId: `huge-${id}`, netns: pods[0]! });
+    expect(tooLarge.json!['msg']).toMatch(/the request \(\d+ bytes\) is larger than flanneld takes/);
+    const hugeStandalone = await call(standalone, { command: 'CHECK', conf: huge, containerId: `huge-${id}`, netns: pods[0]! });
+    expect(hugeStandalone.json, hugeStandalone.stdout.slice(0, 300)).toMatchObject({ code: 3 });
     // The daemon is still there, and serves.
     expect(alive(node.pid!)).toBe(true);
     const ok = await waitFor(async () => (await call(served, { command: 'VERSION', conf: { cniVersion: '0.4.0' } })).code === 0, 10_000);
