@@ -54,6 +54,8 @@ const fmt = (ms: number): string => (Number.isNaN(ms) ? '–' : ms >= 1000 ? `${
 
 interface Variant extends DriverVariant {
   label: string;
+  /** The plots' legend. */
+  legend: string;
 }
 
 async function runDriver(nodeNs: string, plan: DriverPlan): Promise<DriverResult[]> {
@@ -106,7 +108,7 @@ async function main(): Promise<void> {
       ipam: { dataDir: join(dir, name, 'ipam') },
     });
     const portmap = { type: 'portmap', capabilities: { portMappings: true } };
-    const variant = (name: string, label: string, plugin: string | null, env: Record<string, string>, servedByDaemon: boolean): Variant => {
+    const variant = (name: string, label: string, legend: string, plugin: string | null, env: Record<string, string>, servedByDaemon: boolean): Variant => {
       const bin = join(dir, name, 'bin');
       const confDir = join(dir, name, 'conf');
       mkdirSync(bin, { recursive: true });
@@ -122,16 +124,16 @@ async function main(): Promise<void> {
         plugins = [delegate, portmap];
       }
       writeFileSync(join(confDir, 'cbr0.conflist'), JSON.stringify({ name: 'cbr0', cniVersion: '1.0.0', plugins }, null, 2));
-      return { name, label, confDir, cniPath: `${bin}:${CNI_BIN}`, env, servedByDaemon };
+      return { name, label, legend, confDir, cniPath: `${bin}:${CNI_BIN}`, env, servedByDaemon };
     };
     const absent = { FLANNEL_CNI_SOCKET: join(dir, 'no-flanneld-here.sock') };
     const variants: Variant[] = [
-      variant('floor', '`bridge` + `host-local` alone (the floor)', null, {}, false),
-      ...(upstream ? [variant('upstream', "upstream's plugin (flannel-io/cni-plugin v1.1.0, Go)", upstream, {}, false)] : []),
-      variant('daemon', 'ours, served by flanneld (compiled client)', daemonOnly, { FLANNEL_CNI_SOCKET: node.cniSocket }, true),
-      variant('script', 'ours, served by flanneld, through `bin/flannel`', join(root, 'bin', 'flannel'), { FLANNEL_CNI_SOCKET: node.cniSocket }, true),
-      variant('standalone', 'ours, standalone (client without flanneld → Node)', client, absent, false),
-      ...(baseline ? [variant('baseline', `baseline: \`${baseline}\``, baseline, absent, false)] : []),
+      variant('floor', '`bridge` + `host-local` alone (the floor)', 'floor: bridge alone', null, {}, false),
+      ...(upstream ? [variant('upstream', "upstream's plugin (flannel-io/cni-plugin v1.1.0, Go)", "upstream's Go plugin", upstream, {}, false)] : []),
+      variant('daemon', 'ours, served by flanneld (compiled client)', 'ours, served by flanneld', daemonOnly, { FLANNEL_CNI_SOCKET: node.cniSocket }, true),
+      variant('script', 'ours, served by flanneld, through `bin/flannel`', 'ours, via bin/flannel', join(root, 'bin', 'flannel'), { FLANNEL_CNI_SOCKET: node.cniSocket }, true),
+      variant('standalone', 'ours, standalone (client without flanneld → Node)', 'ours, standalone', client, absent, false),
+      ...(baseline ? [variant('baseline', `baseline: \`${baseline}\``, 'baseline', baseline, absent, false)] : []),
     ];
     const plan: DriverPlan = { variants, pods, rounds: ROUNDS, warmup: WARMUP, burstSizes: BURST_SIZES, bursts: BURSTS, daemonPid: node.pid!, cnitool };
     const rss = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${node.pid!}/status`, 'utf8'))![1]) / 1024;
@@ -156,24 +158,23 @@ async function main(): Promise<void> {
     const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim();
     const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root }).toString().trim() !== '';
     const date = new Date().toISOString().slice(0, 10);
-    const series = (key: 'addWallMs' | 'addCpuMs', dashed: boolean) => variants.map((v, k) => ({
-      name: `${v.name}${dashed ? ' (CPU)' : ''}`,
-      points: BURST_SIZES.map((size) => ({ x: size, y: Math.round(burstOf(results[k]!, size, key)) })),
-      dashed,
-    }));
     const palette = ['#7f7f7f', '#d62728', '#1f77b4', '#17becf', '#ff7f0e', '#8c564b'];
-    const colored = (s: ReturnType<typeof series>) => s.map((x, k) => ({ ...x, color: palette[k % palette.length]! }));
+    const series = (key: 'addWallMs' | 'addCpuMs') => variants.map((v, k) => ({
+      name: v.legend,
+      points: BURST_SIZES.map((size) => ({ x: size, y: Math.round(burstOf(results[k]!, size, key)) })),
+      color: palette[k % palette.length]!,
+    }));
     const svg = lineChart({
       title: `Pods set up at once on one node: wall time (${date}, ${commit})`,
       xLabel: 'concurrent CNI ADDs (log scale)',
       yLabel: 'ms until the last ADD returned',
-      series: colored(series('addWallMs', false)),
+      series: series('addWallMs'),
     });
     const svgCpu = lineChart({
       title: `Pods set up at once on one node: CPU of the process tree (${date}, ${commit})`,
       xLabel: 'concurrent CNI ADDs (log scale)',
       yLabel: 'CPU ms (children, and flanneld where it serves)',
-      series: colored(series('addCpuMs', false)),
+      series: series('addCpuMs'),
     });
     mkdirSync(join(root, 'docs', 'img'), { recursive: true });
     writeFileSync(join(root, 'docs', 'img', 'cni-burst.svg'), svg);
