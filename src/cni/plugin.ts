@@ -2,8 +2,8 @@
 // (bridge + host-local over this node's subnet by default), saves it under dataDir/<containerID>, and
 // runs the delegate; DEL and CHECK run the delegate again with the saved conf, so they keep working
 // after the subnet env file has changed or gone.
-import { readFileSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomicAsync } from '../common/atomic-file.js';
 import { CNI_ERR, CniError } from './errors.js';
@@ -62,9 +62,9 @@ function scratchPath(dataDir: string, containerId: string): string {
 
 async function saveScratch(dataDir: string, containerId: string, conf: string): Promise<void> {
   try {
-    // 0700 as upstream's plugin makes it: the confs are root's business. Written without blocking
+    // 0700 as upstream's plugin makes it: the confs are root's business. Synced without blocking
     // the event loop: flanneld serves concurrent requests with this code.
-    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     await writeFileAtomicAsync(scratchPath(dataDir, containerId), conf, 0o600);
   } catch (err) {
     throw new CniError(CNI_ERR.ioFailure, `cannot save the delegate config in ${dataDir}: ${(err as Error).message}`);
