@@ -9,7 +9,8 @@
 //   ours, daemon     the compiled client (build/Release/flannel_cni), served by the node's flanneld
 //   ours, bin/flannel  the same through bin/flannel (the script hands over to the client)
 //   ours, standalone the compiled client with no flanneld socket: it runs the standalone plugin
-//   baseline         any plugin executable named by $FLANNEL_BENCH_BASELINE (e.g. an older tree's bin/flannel)
+//   baseline         any plugin executable named by $FLANNEL_BENCH_BASELINE (e.g. an older tree's bin/flannel),
+//                    described in the table by $FLANNEL_BENCH_BASELINE_LABEL
 // The runtime's side runs inside the node's namespace (bench/cni-driver.ts): `cnitool` if on PATH
 // (or $CNITOOL), else the conflist's plugins executed directly as libcni does.
 // Latency: --rounds ADD+DEL pairs per variant (after --warmup), the variants taking turns; median and
@@ -133,7 +134,7 @@ async function main(): Promise<void> {
       variant('daemon', 'ours, served by flanneld (compiled client)', 'ours, served by flanneld', daemonOnly, { FLANNEL_CNI_SOCKET: node.cniSocket }, true),
       variant('script', 'ours, served by flanneld, through `bin/flannel`', 'ours, via bin/flannel', join(root, 'bin', 'flannel'), { FLANNEL_CNI_SOCKET: node.cniSocket }, true),
       variant('standalone', 'ours, standalone (client without flanneld → Node)', 'ours, standalone', client, absent, false),
-      ...(baseline ? [variant('baseline', `baseline: \`${baseline}\``, 'baseline', baseline, absent, false)] : []),
+      ...(baseline ? [variant('baseline', `baseline: ${process.env['FLANNEL_BENCH_BASELINE_LABEL'] || `\`${baseline}\``}`, 'baseline', baseline, absent, false)] : []),
     ];
     const plan: DriverPlan = { variants, pods, rounds: ROUNDS, warmup: WARMUP, burstSizes: BURST_SIZES, bursts: BURSTS, daemonPid: node.pid!, cnitool };
     const rss = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${node.pid!}/status`, 'utf8'))![1]) / 1024;

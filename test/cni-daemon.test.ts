@@ -5,7 +5,7 @@
 // and requests from another mount or network namespace. Which path served a call is never guessed:
 // the daemon path is a copy of the client with no standalone plugin beside it (test/harness/cni.ts).
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -205,7 +205,7 @@ describe.skipIf(!built)('flanneld serving the CNI plugin', () => {
     // Without a standalone plugin to fall back to, the error names both failures.
     const neither = await call(served, { command: 'CHECK', conf: conf(), containerId: ctr('a'), netns: pods[0]! });
     expect(neither.json).toMatchObject({ code: 999 });
-    expect(neither.json!['msg']).toMatch(/flanneld could not serve the request \(no socket at .*\), and the standalone plugin .* could not be started/);
+    expect(neither.json!['msg']).toMatch(/flanneld could not serve the request \(no socket at .*\), and the standalone plugin could not be started: .*\/bin\/flannel: No such file or directory/);
     expect((await call(standalone, { command: 'DEL', conf: conf(), containerId: ctr('a'), netns: pods[0]! })).code).toBe(0);
     expect(existsSync(join(dir, 'flannel', ctr('a')))).toBe(false);
     // A pod added while flanneld is down is deleted by flanneld once it is back.
@@ -364,6 +364,16 @@ describe.skipIf(!built)('the CNI socket', () => {
     } finally {
       other.close();
     }
+  });
+
+  it('a client copied out of its tree says so when flanneld cannot serve', async () => {
+    const copy = join(dir, 'flannel');
+    copyFileSync(repoPath('build', 'Release', 'flannel_cni'), copy);
+    chmodSync(copy, 0o755);
+    const res = await callCni({ path: copy, env: { FLANNEL_CNI_SOCKET: join(dir, 'absent.sock') } }, { command: 'VERSION', conf: {} });
+    expect(res.code).toBe(1);
+    expect(res.json).toMatchObject({ code: 999 });
+    expect(res.json!['msg']).toMatch(/no socket at .*absent\.sock.*the standalone plugin could not be started: .*flannel: the client is not in a tree's build\/Release \(link it there, do not copy it\)/);
   });
 
   it('a daemon whose socket directory is unsafe logs it, runs without serving, and its client runs standalone', async () => {

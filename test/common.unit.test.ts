@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, sy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { writeFileAtomic, writeFileAtomicAsync } from '../src/common/atomic-file.js';
+import { writeFileAtomic } from '../src/common/atomic-file.js';
 import { CoalescedPass } from '../src/common/coalesced-pass.js';
 import { Backoff } from '../src/common/retry.js';
 import { SerialQueue } from '../src/common/serial-queue.js';
@@ -82,16 +82,15 @@ describe('writeFileAtomic', () => {
     expect(readFileSync(victim, 'utf8')).toBe('keep');
     expect(readFileSync(linked, 'utf8')).toBe('A=3\n');
   });
-  it('writeFileAtomicAsync: the same, the sync on a libuv thread; a failed rename leaves no temporary file', async () => {
-    const path = join(dir, 'async', 'conf');
-    await writeFileAtomicAsync(path, '{"a":1}', 0o600);
-    await Promise.all([writeFileAtomicAsync(path, '{"a":2}', 0o600), writeFileAtomicAsync(join(dir, 'async', 'other'), 'x')]);
+  it('without the sync: the same replacement, the same mode; a failed rename leaves no temporary file', () => {
+    const path = join(dir, 'nosync', 'conf');
+    writeFileAtomic(path, '{"a":1}', 0o600, { sync: false });
+    writeFileAtomic(path, '{"a":2}', 0o600, { sync: false });
     expect(readFileSync(path, 'utf8')).toBe('{"a":2}');
     expect(statSync(path).mode & 0o777).toBe(0o600);
-    expect(readdirSync(join(dir, 'async')).sort()).toEqual(['conf', 'other']);
     // Renaming a file over a directory fails: the error comes back, the temporary file goes.
-    mkdirSync(join(dir, 'async', 'taken'));
-    await expect(writeFileAtomicAsync(join(dir, 'async', 'taken'), 'x')).rejects.toThrow(/EISDIR|directory/);
-    expect(readdirSync(join(dir, 'async')).sort()).toEqual(['conf', 'other', 'taken']);
+    mkdirSync(join(dir, 'nosync', 'taken'));
+    expect(() => writeFileAtomic(join(dir, 'nosync', 'taken'), 'x', 0o644, { sync: false })).toThrow(/EISDIR|directory/);
+    expect(readdirSync(join(dir, 'nosync')).sort()).toEqual(['conf', 'taken']);
   });
 });

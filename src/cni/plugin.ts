@@ -5,7 +5,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomicAsync } from '../common/atomic-file.js';
+import { writeFileAtomic } from '../common/atomic-file.js';
 import { CNI_ERR, CniError } from './errors.js';
 import { buildDelegateConf, findPlugin, invokeDelegate, type CniCommand } from './delegate.js';
 import { isObject, parseFlannelNetConf, type FlannelNetConf, type JsonObject } from './netconf.js';
@@ -60,12 +60,14 @@ function scratchPath(dataDir: string, containerId: string): string {
   return join(dataDir, containerId);
 }
 
-async function saveScratch(dataDir: string, containerId: string, conf: string): Promise<void> {
+function saveScratch(dataDir: string, containerId: string, conf: string): void {
   try {
-    // 0700 as upstream's plugin makes it: the confs are root's business. Synced without blocking
-    // the event loop: flanneld serves concurrent requests with this code.
+    // 0700 as upstream's plugin makes it: the confs are root's business. Not synced, as neither
+    // upstream's plugin nor host-local (whose address files the conf goes with) sync theirs: under
+    // disk load the sync lengthened every pod's ADD (docs/benchmarks.md) for a file that a crash
+    // would leave no more incomplete than host-local's.
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-    await writeFileAtomicAsync(scratchPath(dataDir, containerId), conf, 0o600);
+    writeFileAtomic(scratchPath(dataDir, containerId), conf, 0o600, { sync: false });
   } catch (err) {
     throw new CniError(CNI_ERR.ioFailure, `cannot save the delegate config in ${dataDir}: ${(err as Error).message}`);
   }
@@ -93,7 +95,7 @@ async function cmdAdd(conf: FlannelNetConf, env: Env): Promise<string> {
   const plugin = findPlugin(delegate['type'] as string, env['CNI_PATH']!);
   const text = JSON.stringify(delegate);
   // Saved before the delegate runs, so that the runtime's DEL after a failed ADD can clean up.
-  await saveScratch(conf.dataDir, env['CNI_CONTAINERID']!, text);
+  saveScratch(conf.dataDir, env['CNI_CONTAINERID']!, text);
   const { stdout } = await invokeDelegate(plugin, 'ADD', text, env);
   try {
     JSON.parse(stdout);

@@ -1,32 +1,35 @@
 // The one atomic file writer: a reader (Docker, the CNI plugin, a shell) sees the old file or the new
-// one, never half of either, and a crash leaves no truncated file behind.
-import { closeSync, fsync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, constants } from 'node:fs';
+// one, never half of either, and (synced, as by default) a crash leaves no truncated file behind.
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync, constants } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 
-/**
- * The temporary file beside `path`, holding `content`: created with O_EXCL under an unguessable name,
- * so a file or link planted there by someone else is never followed or overwritten.
- */
-function writeTemporary(path: string, content: string, mode: number): { fd: number; tmp: string } {
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
-  try {
-    writeSync(fd, content);
-  } catch (err) {
-    closeSync(fd);
-    unlinkSync(tmp);
-    throw err;
-  }
-  return { fd, tmp };
+export interface AtomicWriteOptions {
+  /**
+   * Sync the data before the rename (default), so that a crash leaves the old file or the whole new
+   * one. Without it a crash soon after the write may leave an empty file where the new one was to be:
+   * for state whose writer's neighbours do not sync theirs either, where the sync is only latency.
+   */
+  sync?: boolean;
 }
 
-/** Closes the synced temporary file and renames it over `path`; removes it if anything failed. */
-function replaceWith(path: string, fd: number, tmp: string, synced: unknown): void {
+/**
+ * Writes `content` to `path` (its directory created) through a temporary file in the same directory,
+ * renamed over `path` once written. The temporary file is created with O_EXCL under an unguessable
+ * name, so a file or link planted there by someone else is never followed or overwritten.
+ */
+export function writeFileAtomic(path: string, content: string, mode = 0o644, opts: AtomicWriteOptions = {}): void {
+  const dir = dirname(path);
+  mkdirSync(dir, { recursive: true });
+  const tmp = join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
   try {
-    closeSync(fd);
-    if (synced !== null && synced !== undefined) throw synced;
+    try {
+      writeSync(fd, content);
+      if (opts.sync ?? true) fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, path);
   } catch (err) {
     try {
@@ -36,31 +39,4 @@ function replaceWith(path: string, fd: number, tmp: string, synced: unknown): vo
     }
     throw err;
   }
-}
-
-/**
- * Writes `content` to `path` (its directory created) through a temporary file in the same directory,
- * synced before the rename.
- */
-export function writeFileAtomic(path: string, content: string, mode = 0o644): void {
-  const { fd, tmp } = writeTemporary(path, content, mode);
-  let synced: unknown = null;
-  try {
-    fsyncSync(fd);
-  } catch (err) {
-    synced = err;
-  }
-  replaceWith(path, fd, tmp, synced);
-}
-
-/**
- * writeFileAtomic with the sync on one of libuv's threads, for a process whose event loop must not
- * wait for the disk: flanneld serving CNI requests, where a sync under load takes tens of
- * milliseconds and concurrent requests would queue behind each one. The other steps are quick system
- * calls, made at once.
- */
-export async function writeFileAtomicAsync(path: string, content: string, mode = 0o644): Promise<void> {
-  const { fd, tmp } = writeTemporary(path, content, mode);
-  const synced = await new Promise<unknown>((resolve) => fsync(fd, (err) => resolve(err)));
-  replaceWith(path, fd, tmp, synced);
 }
