@@ -40,6 +40,13 @@
       "cflags": ["-Wall", "-Wextra", "-Wno-missing-field-initializers"],
       "cflags_cc": ["-O2", "-std=c++17", "-pthread"],
       "ldflags": ["-pthread"]
+    },
+    {
+      "target_name": "flannel_cni",
+      "type": "executable",
+      "sources": ["src/native/cni_client.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+      "ldflags": ["-static", "-s"]
     }
   ]
 }

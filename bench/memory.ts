@@ -30,10 +30,13 @@ export interface Variant {
   launcher: 'bin' | 'node';
   nodeFlags?: string[];
   env?: Record<string, string>;
+  /** Daemon flags after the bench's own. */
+  daemonArgs?: string[];
 }
 
 export const VARIANTS: Variant[] = [
   { name: 'bin', launcher: 'bin' },
+  { name: 'bin-nocni', launcher: 'bin', daemonArgs: ['--cni-socket='] },
   { name: 'plain', launcher: 'node' },
   { name: 'semi1', launcher: 'node', nodeFlags: ['--max-semi-space-size=1'] },
   { name: 'pool1', launcher: 'node', nodeFlags: ['--v8-pool-size=1'] },
@@ -170,7 +173,7 @@ async function runOnce(o: RunOptions): Promise<RunResult> {
   const { cluster, node, variant } = o;
   const root = repoRoot();
   await run(['ip', '-n', node.ns, 'link', 'del', DEVICE], { allowFail: true }); // a clean kernel each run
-  const daemonArgs = [`--etcd-endpoints=${cluster.etcdEndpoint}`, '--iface=eth0', `--subnet-file=${node.subnetFile}`, '--log-level=info'];
+  const daemonArgs = [`--etcd-endpoints=${cluster.etcdEndpoint}`, '--iface=eth0', `--subnet-file=${node.subnetFile}`, `--cni-socket=${node.cniSocket}`, '--log-level=info', ...(variant.daemonArgs ?? [])];
   const argv = variant.launcher === 'bin'
     ? [join(root, 'bin', 'flanneld'), ...daemonArgs]
     : [process.execPath, ...(variant.nodeFlags ?? []), join(root, 'dist', 'flanneld.mjs'), ...daemonArgs];

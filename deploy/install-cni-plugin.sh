@@ -11,13 +11,20 @@
 #       it (default /opt/cni), for the link. The new copy replaces the old one whole.
 set -eu
 
-# The executable the runtime runs, and every file it needs, relative to the installed tree. The
-# launcher runs dist/cni/main.js with the node next to the tree; of node_modules the plugin needs
-# ipaddr.js alone (IPv6 maths, no dependencies); package.json makes dist/ ES modules.
-PLUGIN_EXEC=bin/flannel
-PLUGIN_FILES="bin/flannel dist node_modules/ipaddr.js package.json"
-
 tree=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+
+# The executable the runtime runs, and every file it needs, relative to the installed tree. Where the
+# client is compiled (build/Release/flannel_cni), it is the plugin: flanneld serves the request, and when
+# it cannot the client runs bin/flannel --standalone, found through the client's own path — so the plugin
+# is a link to the client, never a copy (docs/cni.md). bin/flannel runs dist/flannel-cni.mjs (the plugin
+# bundled into one file, ipaddr.js included) with the node next to the tree; package.json makes dist/
+# ES modules.
+PLUGIN_EXEC=bin/flannel
+PLUGIN_FILES="bin/flannel dist/flannel-cni.mjs package.json"
+if [ -x "$tree/build/Release/flannel_cni" ]; then
+  PLUGIN_EXEC=build/Release/flannel_cni
+  PLUGIN_FILES="$PLUGIN_FILES $PLUGIN_EXEC"
+fi
 
 case ${1:-} in
   --exec)

@@ -1,12 +1,13 @@
 #!/bin/sh
 # Installs a built flanneld-ts tree (npm ci && npm run build first) on this machine:
-#   /usr/local/lib/flanneld-ts/           dist/, bin/, build/Release/*.node, node_modules/ (production), docs, deploy
+#   /usr/local/lib/flanneld-ts/           dist/, bin/, build/Release/ (addons, CNI client), node_modules/ (production), docs, deploy
 #   /usr/local/bin/flanneld, flannelctl   symlinks into it
 #   /usr/libexec/flannel/mk-docker-opts.sh  upstream's script name, for units that call it
 #   /etc/systemd/system/flanneld.service  and /etc/default/flanneld (only if absent)
 # Options:
 #   --docker      also install the docker.service drop-in (Docker on the flannel subnet)
-#   --cni         also install the CNI plugin as /opt/cni/bin/flannel
+#   --cni         also install the CNI plugin as /opt/cni/bin/flannel (a link to the compiled client,
+#                 or to bin/flannel where it was not compiled)
 #   --no-systemd  no unit files, no systemctl (container images)
 #   --uninstall   stop and disable flanneld, remove everything above except /etc/default/flanneld
 #                 and /etc/flannel; leases and kernel state stay. Add --purge to remove those two
@@ -112,6 +113,10 @@ if [ -f "$src/package-lock.json" ]; then act cp "$src/package-lock.json" "$root/
 if ls "$src"/build/Release/*.node >/dev/null 2>&1; then
   act mkdir -p "$root/build/Release"
   act cp "$src"/build/Release/*.node "$root/build/Release/"
+fi
+if [ -x "$src/build/Release/flannel_cni" ]; then
+  act mkdir -p "$root/build/Release"
+  act cp "$src/build/Release/flannel_cni" "$root/build/Release/flannel_cni"
 fi
 if [ -d "$src/node_modules" ]; then
   act cp -R "$src/node_modules" "$root/node_modules"

@@ -1,30 +1,24 @@
-// The flannel CNI plugin in dual stack: on a two-node host-gw cluster with EnableIPv6, bin/flannel
+// The flannel CNI plugin in dual stack: on a two-node host-gw cluster with EnableIPv6, the plugin
 // (run as a runtime runs it, delegating to Debian's bridge and host-local) gives each pod one address
 // of each family from its node's subnets and a default route of each family; pods on the two nodes
-// reach each other over IPv4 and IPv6; CHECK passes and DEL releases both addresses.
+// reach each other over IPv4 and IPv6; CHECK passes and DEL releases both addresses. On both paths
+// (test/harness/cni.ts): served by the node's flanneld, and standalone.
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCluster, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { CNI_PATHS, type CniPath, callCni, cniBuilt, cniPlugin } from './harness/cni.js';
+import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
-const PLUGIN = repoPath('bin', 'flannel');
-const built = existsSync(repoPath('dist', 'cni', 'main.js')) && existsSync(repoPath('bin', 'flanneld'));
+const built = cniBuilt('daemon') && cniBuilt('standalone');
 
-async function cni(command: 'ADD' | 'DEL' | 'CHECK', conf: Record<string, unknown>, containerId: string, podNs: string, nodeNs: string) {
-  const env = { CNI_COMMAND: command, CNI_PATH: '/usr/lib/cni', CNI_CONTAINERID: containerId, CNI_NETNS: `/var/run/netns/${podNs}`, CNI_IFNAME: 'eth0' };
-  const res = await run([PLUGIN], { netns: nodeNs, input: JSON.stringify(conf), env, allowFail: true, timeoutMs: 30_000 });
-  let json: Record<string, unknown> | null = null;
-  try {
-    json = res.stdout.trim() ? (JSON.parse(res.stdout) as Record<string, unknown>) : null;
-  } catch {
-    json = null;
-  }
-  return { code: res.code, json, out: res.stdout + res.stderr };
+async function cni(cniPath: CniPath, dir: string, command: 'ADD' | 'DEL' | 'CHECK', conf: Record<string, unknown>, containerId: string, podNs: string, node: ClusterNode) {
+  const res = await callCni(cniPlugin(cniPath, node.cniSocket, dir), { command, conf, containerId, netns: podNs, nodeNs: node.ns });
+  return { code: res.code, json: res.json, out: res.stdout + res.stderr };
 }
 
-describe.skipIf(!built)('flannel CNI plugin, dual stack (host-gw cluster)', () => {
+describe.skipIf(!built).each(CNI_PATHS)('flannel CNI plugin (%s path), dual stack (host-gw cluster)', (cniPath) => {
   let cluster: Cluster | null = null;
   const id = runId();
   const podNs = [`cni6-${id}-p1`, `cni6-${id}-p2`];
@@ -61,7 +55,7 @@ describe.skipIf(!built)('flannel CNI plugin, dual stack (host-gw cluster)', () =
     const c = cluster!;
     for (const [k, node] of c.nodes.entries()) {
       const env = await node.env();
-      const add = await cni('ADD', conf(node), `ctr-${id}-${k}`, podNs[k]!, node.ns);
+      const add = await cni(cniPath, dir, 'ADD', conf(node), `ctr-${id}-${k}`, podNs[k]!, node);
       expect(add.code, add.out + c.logTail(node)).toBe(0);
       const ips = ((add.json?.['ips'] ?? []) as { address: string; gateway?: string }[]);
       const v4 = ips.find((i) => !i.address.includes(':'));
@@ -73,7 +67,7 @@ describe.skipIf(!built)('flannel CNI plugin, dual stack (host-gw cluster)', () =
       const default6 = (await run(['ip', '-6', 'route', 'show', 'default'], { netns: podNs[k]! })).stdout;
       expect(default4).toContain(`default via ${env['FLANNEL_SUBNET']!.split('/')[0]} dev eth0`);
       expect(default6).toContain(`default via ${env['FLANNEL_IPV6_SUBNET']!.split('/')[0]} dev eth0`);
-      const check = await cni('CHECK', { ...conf(node), prevResult: add.json }, `ctr-${id}-${k}`, podNs[k]!, node.ns);
+      const check = await cni(cniPath, dir, 'CHECK', { ...conf(node), prevResult: add.json }, `ctr-${id}-${k}`, podNs[k]!, node);
       expect(check.code, check.out).toBe(0);
     }
   });
@@ -93,7 +87,7 @@ describe.skipIf(!built)('flannel CNI plugin, dual stack (host-gw cluster)', () =
       const store = join(dir, `n${node.index}`, 'ipam', `fl6-${id}`);
       expect(existsSync(join(store, addrs[k]!.v4))).toBe(true);
       expect(existsSync(join(store, addrs[k]!.v6))).toBe(true);
-      const del = await cni('DEL', conf(node), `ctr-${id}-${k}`, podNs[k]!, node.ns);
+      const del = await cni(cniPath, dir, 'DEL', conf(node), `ctr-${id}-${k}`, podNs[k]!, node);
       expect(del.code, del.out).toBe(0);
       expect(existsSync(join(store, addrs[k]!.v4))).toBe(false);
       expect(existsSync(join(store, addrs[k]!.v6))).toBe(false);

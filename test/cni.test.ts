@@ -1,52 +1,19 @@
-// The flannel CNI plugin, executed exactly as a container runtime executes it: bin/flannel with CNI_*
-// variables and the network config on stdin, inside the node's network namespace, delegating to
+// The flannel CNI plugin, executed exactly as a container runtime executes it: an executable with
+// CNI_* variables and the network config on stdin, inside the node's network namespace, delegating to
 // Debian's containernetworking-plugins (bridge, host-local) in /usr/lib/cni. First against a subnet
 // env file written by the test, then on a two-node vxlan cluster of real daemons with --ip-masq.
+// Every test runs on both paths (test/harness/cni.ts): served by the node's flanneld through the
+// compiled client, and standalone (the client falling back to Node), with the same assertions.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCluster, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { CNI_PATHS, type CniCall, type CniPlugin, type CniReply, callCni, cniBuilt, cniPlugin } from './harness/cni.js';
+import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
 import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
 
-const PLUGIN = repoPath('bin', 'flannel');
-const CNI_PATH = '/usr/lib/cni';
-const built = existsSync(repoPath('dist', 'cni', 'main.js'));
-
-interface CniCall {
-  command: 'ADD' | 'DEL' | 'CHECK' | 'VERSION';
-  conf: Record<string, unknown> | string;
-  containerId?: string;
-  netns?: string; // the pod's namespace name
-  ifname?: string;
-  /** The node namespace the plugin runs in (where the runtime would run it). */
-  nodeNs?: string;
-  env?: Record<string, string>;
-}
-
-interface CniReply {
-  code: number;
-  json: Record<string, unknown> | null;
-  stdout: string;
-  stderr: string;
-}
-
-async function cni(call: CniCall): Promise<CniReply> {
-  const env: Record<string, string> = { CNI_COMMAND: call.command, CNI_PATH, ...(call.env ?? {}) };
-  if (call.containerId) env['CNI_CONTAINERID'] = call.containerId;
-  if (call.netns) env['CNI_NETNS'] = `/var/run/netns/${call.netns}`;
-  if (call.command !== 'VERSION') env['CNI_IFNAME'] = call.ifname ?? 'eth0';
-  const input = typeof call.conf === 'string' ? call.conf : JSON.stringify(call.conf);
-  const res = await run([PLUGIN], { netns: call.nodeNs, input, env, allowFail: true, timeoutMs: 30_000 });
-  let json: Record<string, unknown> | null = null;
-  try {
-    json = res.stdout.trim() ? (JSON.parse(res.stdout) as Record<string, unknown>) : null;
-  } catch {
-    json = null;
-  }
-  return { code: res.code, json, stdout: res.stdout, stderr: res.stderr };
-}
+const built = cniBuilt('daemon') && cniBuilt('standalone');
 
 function envFile(subnet: string, mtu: number, ipMasq: boolean): string {
   return `FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET=${subnet}\nFLANNEL_MTU=${mtu}\nFLANNEL_IPMASQ=${ipMasq}\n`;
@@ -71,9 +38,14 @@ function ipsOf(result: Record<string, unknown> | null): string[] {
   return ips.map((i) => i.address);
 }
 
-describe.skipIf(!built)('flannel CNI plugin (standalone, env file written by the test)', () => {
+describe.skipIf(!built).each(CNI_PATHS)('flannel CNI plugin (%s path, env file written by the test)', (cniPath) => {
   const id = runId();
-  const node = `cni-node-${id}`;
+  // The daemon path needs a flanneld in the node: a one-node host-gw cluster (its own lease and env
+  // file are not what the plugin reads here: the conf names the test's). Standalone: a bare namespace.
+  let cluster: Cluster | null = null;
+  let node = `cni-node-${id}`;
+  let plugin: CniPlugin;
+  const cni = (call: CniCall): Promise<CniReply> => callCni(plugin, call);
   const pods = [`cni-pod-${id}-a`, `cni-pod-${id}-b`, `cni-pod-${id}-c`];
   // Made in beforeAll, not here: describe bodies also run when the tests are filtered out.
   const dir = join(tmpdir(), `cni-${id}`);
@@ -92,19 +64,27 @@ describe.skipIf(!built)('flannel CNI plugin (standalone, env file written by the
 
   beforeAll(async () => {
     mkdirSync(dir);
-    await addNetns(node);
+    if (cniPath === 'daemon') {
+      cluster = await createCluster({ nodes: 1, config: { Network: '198.19.0.0/16', Backend: { Type: 'host-gw' } }, podsPerNode: 0 });
+      node = cluster.nodes[0]!.ns;
+      plugin = cniPlugin(cniPath, cluster.nodes[0]!.cniSocket, dir);
+    } else {
+      await addNetns(node);
+      plugin = cniPlugin(cniPath, '', dir);
+    }
     for (const p of pods) await addNetns(p);
     writeFileSync(subnetFile, envFile('198.19.33.1/24', 1450, false));
-  });
+  }, 60_000);
   afterAll(async () => {
     for (const p of pods) await delNetns(p);
-    await delNetns(node);
+    if (cluster) await cluster.destroy();
+    else await delNetns(node);
     rmSync(dir, { recursive: true, force: true });
   });
 
   it('answers VERSION with the versions it supports', async () => {
     for (const v of ['1.0.0', '0.4.0']) {
-      const r = await cni({ command: 'VERSION', conf: { cniVersion: v } });
+      const r = await cni({ command: 'VERSION', conf: { cniVersion: v }, nodeNs: node });
       expect(r.code).toBe(0);
       expect(r.json).toEqual({ cniVersion: v, supportedVersions: ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0'] });
     }
@@ -113,7 +93,7 @@ describe.skipIf(!built)('flannel CNI plugin (standalone, env file written by the
   it('reports bad invocations as CNI errors on stdout with a non-zero exit', async () => {
     const add = { command: 'ADD' as const, containerId: `bad-${id}`, netns: pods[0]!, nodeNs: node };
     const cases: { call: CniCall; code: number; msg: RegExp }[] = [
-      { call: { command: 'ADD', conf: conf() }, code: 4, msg: /CNI_CONTAINERID,CNI_NETNS/ },
+      { call: { command: 'ADD', conf: conf(), nodeNs: node }, code: 4, msg: /CNI_CONTAINERID,CNI_NETNS/ },
       { call: { ...add, conf: '{"cniVersion": "1.0.0", "name": ' }, code: 6, msg: /failed to load netconf/ },
       { call: { ...add, conf: { cniVersion: '1.0.0', type: 'flannel' } }, code: 7, msg: /"name"/ },
       { call: { ...add, conf: conf({ cniVersion: '9.9.9' }) }, code: 1, msg: /incompatible CNI versions/ },
@@ -222,7 +202,7 @@ describe.skipIf(!built)('flannel CNI plugin (standalone, env file written by the
   });
 });
 
-describe.skipIf(!built || !existsSync(repoPath('bin', 'flanneld')))('flannel CNI plugin on a two-node vxlan cluster with --ip-masq', () => {
+describe.skipIf(!built).each(CNI_PATHS)('flannel CNI plugin (%s path) on a two-node vxlan cluster with --ip-masq', (cniPath) => {
   let cluster: Cluster | null = null;
   const id = runId();
   const podNs = [`cnic-${id}-p1`, `cnic-${id}-p2`];
@@ -240,6 +220,8 @@ describe.skipIf(!built || !existsSync(repoPath('bin', 'flanneld')))('flannel CNI
     delegate: { hairpinMode: true, isDefaultGateway: true },
   });
   const podIps: string[] = [];
+  /** The plugin as the runtime of `node` runs it. */
+  const cni = (node: ClusterNode, call: CniCall): Promise<CniReply> => callCni(cniPlugin(cniPath, node.cniSocket, dir), { ...call, nodeNs: node.ns });
 
   /** A TCP listener in `ns` that replies with the source address it sees. */
   async function listen(ns: string): Promise<void> {
@@ -275,14 +257,14 @@ describe.skipIf(!built || !existsSync(repoPath('bin', 'flanneld')))('flannel CNI
     for (const [k, node] of c.nodes.entries()) {
       const env = await node.env();
       expect(env['FLANNEL_IPMASQ']).toBe('true');
-      const add = await cni({ command: 'ADD', conf: conf(node), containerId: `ctr-${id}-${k}`, netns: podNs[k]!, nodeNs: node.ns });
+      const add = await cni(node, { command: 'ADD', conf: conf(node), containerId: `ctr-${id}-${k}`, netns: podNs[k]! });
       expect(add.code, add.stdout + add.stderr + c.logTail(node)).toBe(0);
       const [address] = ipsOf(add.json);
       const subnet = env['FLANNEL_SUBNET']!; // e.g. 198.19.46.1/24: the pod gets .2
       expect(address).toBe(subnet.replace(/\.1\//, '.2/'));
       expect(await linkMtu(podNs[k]!, 'eth0')).toBe(Number(env['FLANNEL_MTU']));
       podIps.push(address!.split('/')[0]!);
-      const check = await cni({ command: 'CHECK', conf: { ...conf(node), prevResult: add.json }, containerId: `ctr-${id}-${k}`, netns: podNs[k]!, nodeNs: node.ns });
+      const check = await cni(node, { command: 'CHECK', conf: { ...conf(node), prevResult: add.json }, containerId: `ctr-${id}-${k}`, netns: podNs[k]! });
       expect(check.code, check.stdout).toBe(0);
     }
     const reachable = await waitFor(async () => (await run(['ping', '-c', '1', '-W', '1', podIps[1]!], { netns: podNs[0]!, allowFail: true })).code === 0, 10_000, 200);
@@ -316,7 +298,7 @@ describe.skipIf(!built || !existsSync(repoPath('bin', 'flanneld')))('flannel CNI
     for (const [k, node] of c.nodes.entries()) {
       const store = join(dir, `n${node.index}`, 'ipam', `flc-${id}`);
       expect(existsSync(join(store, podIps[k]!))).toBe(true);
-      const del = await cni({ command: 'DEL', conf: conf(node), containerId: `ctr-${id}-${k}`, netns: podNs[k]!, nodeNs: node.ns });
+      const del = await cni(node, { command: 'DEL', conf: conf(node), containerId: `ctr-${id}-${k}`, netns: podNs[k]! });
       expect(del.code, del.stdout + del.stderr).toBe(0);
       expect(existsSync(join(store, podIps[k]!))).toBe(false);
       expect(await podAddress(podNs[k]!)).toBeNull();

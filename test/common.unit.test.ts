@@ -1,6 +1,6 @@
 // The shared helpers every module leans on: the serial queue, the backoff, the coalesced pass and the
 // atomic file writer.
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -81,5 +81,16 @@ describe('writeFileAtomic', () => {
     writeFileAtomic(linked, 'A=3\n');
     expect(readFileSync(victim, 'utf8')).toBe('keep');
     expect(readFileSync(linked, 'utf8')).toBe('A=3\n');
+  });
+  it('without the sync: the same replacement, the same mode; a failed rename leaves no temporary file', () => {
+    const path = join(dir, 'nosync', 'conf');
+    writeFileAtomic(path, '{"a":1}', 0o600, { sync: false });
+    writeFileAtomic(path, '{"a":2}', 0o600, { sync: false });
+    expect(readFileSync(path, 'utf8')).toBe('{"a":2}');
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    // Renaming a file over a directory fails: the error comes back, the temporary file goes.
+    mkdirSync(join(dir, 'nosync', 'taken'));
+    expect(() => writeFileAtomic(join(dir, 'nosync', 'taken'), 'x', 0o644, { sync: false })).toThrow(/EISDIR|directory/);
+    expect(readdirSync(join(dir, 'nosync')).sort()).toEqual(['conf', 'taken']);
   });
 });

@@ -20,9 +20,13 @@ async function etcdctl(...args: string[]): Promise<string> {
   return (await run(['etcdctl', '--endpoints', etcd.endpoint, ...args], { netns: ns, env: { ETCDCTL_API: '3' } })).stdout;
 }
 
+let daemonsStarted = 0;
+
 function startDaemon(args: string[] = [], env: Record<string, string> = {}): ChildProcess {
   const fd = openSync(logFile, 'a');
-  const child = spawn('ip', ['netns', 'exec', ns, join(repo, 'bin/flanneld'), `--etcd-endpoints=${etcd.endpoint}`, ...args], {
+  // Each daemon its own CNI socket, never the host's /run/flannel/cni.sock.
+  const cniSocket = `--cni-socket=${join(dir, `cni-${++daemonsStarted}.sock`)}`;
+  const child = spawn('ip', ['netns', 'exec', ns, join(repo, 'bin/flanneld'), `--etcd-endpoints=${etcd.endpoint}`, cniSocket, ...args], {
     stdio: ['ignore', fd, fd],
     env: { ...process.env, ...env },
   });

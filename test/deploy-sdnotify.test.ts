@@ -197,7 +197,7 @@ describe('systemd STATUS', () => {
       collectors.push(c.child);
       await c.up;
       daemon = spawn('ip', ['netns', 'exec', ns, repoPath('bin/flanneld'), `--etcd-endpoints=${etcd.endpoint}`, '--iface=eth0',
-        `--subnet-file=${join(dir, 'subnet.env')}`, '--iptables-forward-rules=false'], { stdio: 'ignore', env: { ...process.env, NOTIFY_SOCKET: socketPath } });
+        `--subnet-file=${join(dir, 'subnet.env')}`, `--cni-socket=${join(dir, 'cni.sock')}`, '--iptables-forward-rules=false'], { stdio: 'ignore', env: { ...process.env, NOTIFY_SOCKET: socketPath } });
       const statuses = () => c.messages().map((m) => m.data);
       expect(await waitFor(() => statuses().some((d) => d.startsWith('STATUS=no network config in etcd; waiting for one')), 20_000)).toBe(true);
       await run(['etcdctl', '--endpoints', etcd.endpoint, 'put', '/coreos.com/network/config', '{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'], {

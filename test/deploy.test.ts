@@ -391,7 +391,9 @@ describe('install.sh', () => {
     const lib = join(dest, 'usr/local/lib/flanneld-ts');
     expect(readlinkSync(join(dest, 'usr/local/bin/flanneld'))).toBe('/usr/local/lib/flanneld-ts/bin/flanneld');
     expect(readlinkSync(join(dest, 'usr/local/bin/flannelctl'))).toBe('/usr/local/lib/flanneld-ts/bin/flannelctl');
-    expect(readlinkSync(join(dest, 'opt/cni/bin/flannel'))).toBe('/usr/local/lib/flanneld-ts/bin/flannel');
+    // The runtime runs the compiled CNI client where there is one (it comes back to bin/flannel when flanneld cannot serve).
+    const client = existsSync(repoPath('build/Release/flannel_cni'));
+    expect(readlinkSync(join(dest, 'opt/cni/bin/flannel'))).toBe(`/usr/local/lib/flanneld-ts/${client ? 'build/Release/flannel_cni' : 'bin/flannel'}`);
     expect(readFileSync(join(dest, 'etc/systemd/system/flanneld.service'), 'utf8')).toBe(readFileSync(repoPath('deploy/systemd/flanneld.service'), 'utf8'));
     expect(existsSync(join(dest, 'etc/default/flanneld'))).toBe(true);
     expect(existsSync(join(dest, 'etc/systemd/system/docker.service.d/flannel.conf'))).toBe(true);
@@ -407,6 +409,13 @@ describe('install.sh', () => {
     expect(daemon.status, daemon.stderr).toBe(0);
     const plugin = spawnSync(join(lib, 'bin/flannel'), [], { input: '{"cniVersion":"0.4.0"}', env: { CNI_COMMAND: 'VERSION', PATH: process.env['PATH'] ?? '' }, encoding: 'utf8' });
     expect(JSON.parse(plugin.stdout)).toMatchObject({ cniVersion: '0.4.0' });
+    if (client) {
+      // No flanneld serves this socket: the client runs the standalone plugin of its own tree.
+      const env = { CNI_COMMAND: 'VERSION', PATH: process.env['PATH'] ?? '', FLANNEL_CNI_SOCKET: join(dir, 'absent.sock') };
+      const viaClient = spawnSync(join(lib, 'build/Release/flannel_cni'), [], { input: '{"cniVersion":"0.3.1"}', env, encoding: 'utf8' });
+      expect(viaClient.status, viaClient.stdout + viaClient.stderr).toBe(0);
+      expect(JSON.parse(viaClient.stdout)).toMatchObject({ cniVersion: '0.3.1' });
+    }
     // An existing /etc/default/flanneld is kept.
     writeFileSync(join(dest, 'etc/default/flanneld'), 'FLANNELD_ETCD_ENDPOINTS=http://198.18.0.254:2379\n');
     expect(spawnSync(repoPath('deploy', 'install.sh'), [], { env: { ...process.env, DESTDIR: dest } }).status).toBe(0);

@@ -232,7 +232,7 @@ describe('flannelctl status', () => {
       // A node that is not running: reserved for 198.18.0.2, which nothing in the namespace answers for.
       expect((await inNs(['lease', 'reserve', '198.19.200.0/24', '198.18.0.2'])).code).toBe(0);
       daemon = spawn('ip', ['netns', 'exec', ns, repoPath('bin/flanneld'), `--etcd-endpoints=${nsEtcd.endpoint}`, '--iface=eth0',
-        `--subnet-file=${join(dir, 'subnet.env')}`, '--iptables-forward-rules=false', '--healthz-ip=198.18.0.1', '--healthz-port=18473'], { stdio: 'ignore' });
+        `--subnet-file=${join(dir, 'subnet.env')}`, `--cni-socket=${join(dir, 'cni.sock')}`, '--iptables-forward-rules=false', '--healthz-ip=198.18.0.1', '--healthz-port=18473'], { stdio: 'ignore' });
       expect(await waitFor(() => existsSync(join(dir, 'subnet.env')), 30_000)).toBe(true);
       const subnet = /FLANNEL_SUBNET=(198\.19\.\d+)\.1\/24/.exec(readFileSync(join(dir, 'subnet.env'), 'utf8'))![1]! + '.0/24';
 

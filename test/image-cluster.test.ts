@@ -118,7 +118,7 @@ async function addPod(n: NodeRun, round: number): Promise<string> {
     dataDir: join(root, 'var/lib/cni/flannel'),
     ipam: { dataDir: join(root, 'var/lib/cni/networks') },
   };
-  // /opt/cni/bin/flannel points at /opt/cni/flanneld-ts/bin/flannel on the host: here, under the node's directory.
+  // /opt/cni/bin/flannel points at the client under /opt/cni/flanneld-ts on the host: here, under the node's directory.
   const link = readlinkSync(join(root, 'opt/cni/bin/flannel'));
   expect(link.startsWith('/opt/cni/')).toBe(true);
   const plugin = join(root, link);
@@ -207,7 +207,10 @@ describe('the image on three nodes, as kube-flannel.yml runs it', () => {
     expect((await etcd.etcdctl(['get', '/coreos.com/network/config', '--print-value-only'])).trim()).toBe(netConf('vxlan').trim());
     for (const n of nodes) {
       const root = n.ctx.hostRoot;
-      expect(readlinkSync(join(root, 'opt/cni/bin/flannel'))).toBe('/opt/cni/flanneld-ts/bin/flannel');
+      // The plugin is the compiled client (flanneld serves the calls it can; the client runs the standalone
+      // plugin beside it otherwise), linked, as install-cni-plugin.sh installs it.
+      expect(readlinkSync(join(root, 'opt/cni/bin/flannel'))).toBe('/opt/cni/flanneld-ts/build/Release/flannel_cni');
+      expect(existsSync(join(root, 'opt/cni/flanneld-ts/bin/flannel'))).toBe(true);
       expect(existsSync(join(root, 'opt/cni/flanneld-ts/node'))).toBe(true);
       expect(readFileSync(join(root, 'etc/cni/net.d/10-flannel.conflist'), 'utf8')).toBe(configMapData(objects, 'kube-flannel-cfg')['cni-conf.json']);
     }

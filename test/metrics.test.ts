@@ -51,7 +51,7 @@ beforeAll(async () => {
   await run(['etcdctl', '--endpoints', etcd.endpoint, 'put', '/coreos.com/network/config', '{"network":"198.19.0.0/16","backend":{"type":"udp"},"SubnetLenn":26}'], {
     netns: ns, env: { ETCDCTL_API: '3' },
   });
-  start([join(repo, 'bin/flanneld'), `--etcd-endpoints=${etcd.endpoint}`, '--iface=eth0', `--subnet-file=${join(dir, 'subnet.env')}`,
+  start([join(repo, 'bin/flanneld'), `--etcd-endpoints=${etcd.endpoint}`, '--iface=eth0', `--subnet-file=${join(dir, 'subnet.env')}`, `--cni-socket=${join(dir, 'cni.sock')}`,
     `--healthz-port=${PORT}`, '--iptables-forward-rules=false'], logFile);
   const ready = await waitFor(async () => (await curl(`http://127.0.0.1:${PORT}/readyz`)).stdout === 'ready\n', 30_000, 100);
   if (!ready) throw new Error(`daemon not ready:\n${existsSync(logFile) ? readFileSync(logFile, 'utf8').slice(-3000) : ''}`);

@@ -49,7 +49,7 @@ describe('npm package', () => {
   it('packs what runs and nothing else', async () => {
     const files = (await run(['tar', '-tzf', tarball])).stdout.trim().split('\n').map((f) => f.replace(/^package\//, ''));
     for (const needed of ['bin/flanneld', 'bin/flannelctl', 'bin/flannel', 'dist/flanneld.mjs', 'dist/ctl/main.js', 'dist/cni/main.js',
-      'binding.gyp', 'src/native/addon.cc', 'src/native/sdnotify.cc', 'src/native/memory.cc', 'deploy/mk-docker-opts.sh', 'deploy/systemd/flanneld.service', 'package.json', 'README.md']) {
+      'dist/flannel-cni.mjs', 'binding.gyp', 'src/native/cni_client.c', 'src/native/addon.cc', 'src/native/sdnotify.cc', 'src/native/memory.cc', 'deploy/mk-docker-opts.sh', 'deploy/systemd/flanneld.service', 'package.json', 'README.md']) {
       expect(files, needed).toContain(needed);
     }
     for (const f of files) {
@@ -71,6 +71,12 @@ describe('npm package', () => {
     const cni = await run(['env', `PATH=${process.env['PATH'] ?? ''}`, 'CNI_COMMAND=VERSION', join(prefix, 'bin/flannel')], { input: '{"cniVersion":"1.0.0"}', allowFail: true });
     expect(cni.code, cni.stdout + cni.stderr).toBe(0);
     expect(JSON.parse(cni.stdout)).toMatchObject({ cniVersion: '1.0.0' });
+    // The CNI plugin's client is compiled at install, where the plugin finds it; with no flanneld
+    // serving, it runs the installed standalone plugin.
+    const client = join(lib, 'build/Release/flannel_cni');
+    const viaClient = await run(['env', `PATH=${process.env['PATH'] ?? ''}`, 'CNI_COMMAND=VERSION', `FLANNEL_CNI_SOCKET=${join(prefix, 'absent.sock')}`, client], { input: '{"cniVersion":"0.4.0"}', allowFail: true });
+    expect(viaClient.code, viaClient.stdout + viaClient.stderr).toBe(0);
+    expect(JSON.parse(viaClient.stdout)).toMatchObject({ cniVersion: '0.4.0' });
     // The installed addon loads: the udp backend's data path is there.
     const addon = await run([process.execPath, '-e', `const m = require(${JSON.stringify(join(lib, 'build/Release/flannel_native.node'))}); console.log(typeof m)`]);
     expect(addon.stdout.trim()).toBe('object');

@@ -64,6 +64,24 @@ export function findPlugin(type: string, cniPath: string): string {
   throw new CniError(CNI_ERR.invalidNetworkConfig, `failed to find plugin "${type}" in path [${dirs.join(' ')}]`);
 }
 
+/** Where bin/flannel also looks for programs: runtimes may run plugins with a minimal PATH. */
+const STANDARD_PATH = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+
+/**
+ * The environment the plugin runs with when it serves a caller's request (flanneld's socket): the
+ * caller's CNI_* variables, which are the protocol, and its PATH, where delegates find the programs
+ * they run (bridge runs iptables), with the standard directories appended as bin/flannel appends
+ * them. Nothing else of either process: not the caller's other variables (a runtime's proxies or
+ * locale are no part of the protocol), and not the daemon's (its etcd credentials).
+ */
+export function delegateEnvironment(callerEnv: Readonly<Record<string, string>>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(callerEnv)) if (name.startsWith('CNI_')) env[name] = value;
+  const path = (callerEnv['PATH'] ?? '').split(':').filter((d) => d !== '');
+  env['PATH'] = [...path, ...STANDARD_PATH.filter((d) => !path.includes(d))].join(':');
+  return env;
+}
+
 export type CniCommand = 'ADD' | 'DEL' | 'CHECK';
 
 export interface DelegateOutcome {

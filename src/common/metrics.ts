@@ -46,3 +46,12 @@ export const kernelMetrics = {
   changes: new Counter({ name: 'flannel_kernel_changes_total', help: 'Kernel entries added, replaced or removed.', labelNames: ['kind'] as const, registers }),
   repairs: new Counter({ name: 'flannel_kernel_repairs_total', help: 'Kernel entries restored by a resync (changed or removed by someone else).', registers }),
 };
+
+export const cniMetrics = {
+  requests: new Counter({
+    name: 'flannel_cni_requests_total',
+    help: 'CNI requests received on the daemon socket, by command and outcome: ok (exit 0), error (a CNI error result), unavailable (handed back to the standalone plugin), refused (malformed, oversized or incomplete).',
+    labelNames: ['command', 'outcome'] as const,
+    registers,
+  }),
+};

@@ -12,6 +12,7 @@ import { Wakeup, isAbort, pause, retry } from '../common/retry.js';
 import { LeaseManager, NetworkFullError, PublicIpInUseError } from '../subnet/manager.js';
 import { loadNodeIdentity, nodeIdentityPath } from '../subnet/node-identity.js';
 import type { DaemonOptions } from './flags.js';
+import { type CniServer, startCniServer } from './cni-server.js';
 import { startHealthServer } from './health.js';
 import { findExternalInterface } from './iface.js';
 import { type UnderlayAddress, checkUnderlayOutsideNetwork, underlayAddresses } from './underlay-overlap.js';
@@ -24,6 +25,7 @@ export class Daemon {
   /** Made in run(), so that a bad TLS file is reported like any other start-up failure. */
   private etcd: EtcdRegistry | null = null;
   private health: Server | null = null;
+  private cni: CniServer | null = null;
   private configWatch: Stoppable | null = null;
   private backend: Backend | null = null;
   private manager: LeaseManager | null = null;
@@ -84,6 +86,7 @@ export class Daemon {
       });
     }
     this.underlay = await underlayAddresses(extIface, this.opts.etcd.endpoints);
+    await this.startCni();
     const network = await this.waitForConfig();
     if (network === null || this.stopping) return;
     this.network = network;
@@ -128,6 +131,23 @@ export class Daemon {
     this.ready = true;
     this.log.info({ subnetFile: this.opts.subnetFile, startupMs: Date.now() - this.startedAt }, 'ready');
     await notifySystemd(`READY=1\nSTATUS=ready; subnet ${this.manager?.ownLease?.subnet.toString() ?? '?'}, ${network.backend.type} backend`);
+  }
+
+  /**
+   * Serves the CNI plugin from the start: the plugin needs only the env file (a previous run's, while
+   * this one waits for etcd). A socket that cannot be served is logged, and the daemon runs without
+   * it: the plugin's client then runs the standalone plugin, as when flanneld is not running.
+   */
+  private async startCni(): Promise<void> {
+    if (this.opts.cniSocket === '') return;
+    const log = this.log.child({ component: 'cni' });
+    try {
+      const server = await startCniServer({ path: this.opts.cniSocket, log });
+      if (this.stopping) await server.close();
+      else this.cni = server;
+    } catch (err) {
+      log.error({ socket: this.opts.cniSocket, err: (err as Error).message }, 'cannot serve the CNI plugin; the plugin runs standalone');
+    }
   }
 
   private async startLeasing(manager: LeaseManager, extIface: ExternalInterface, network: NetworkConfig, mtu: number): Promise<void> {
@@ -281,6 +301,8 @@ export class Daemon {
     if (this.stopping) return;
     this.life.abort();
     this.ready = false;
+    // New CNI requests go to the standalone plugin from now on; those in progress finish meanwhile.
+    const cniClosed = this.cni?.close();
     // A stop during start-up waits for the step in flight (each checks `stopping`), so that what it
     // was creating (a lease, netfilter rules) exists and is stopped like the rest.
     await this.startup?.catch(() => undefined);
@@ -290,6 +312,7 @@ export class Daemon {
     await this.netfilter?.stop({ removeRules: this.opts.iptablesCleanup });
     await this.backend?.close();
     await new Promise<void>((r) => (this.health ? this.health.close(() => r()) : r()));
+    await cniClosed;
     this.etcd?.close();
   }
 }

@@ -11,6 +11,7 @@ import { VERSION } from '../common/version.js';
 import type { EtcdConnectionOptions } from '../etcd/connection.js';
 import { ETCD_FLAGS, etcdOptionsFrom } from '../etcd/flags.js';
 import { DEFAULT_SUBNET_FILE } from '../subnet/envfile.js';
+import { DEFAULT_CNI_SOCKET } from '../cni/protocol.js';
 
 export interface DaemonOptions {
   etcd: EtcdConnectionOptions;
@@ -33,6 +34,8 @@ export interface DaemonOptions {
   iptablesCleanup: boolean;
   healthzIP: string;
   healthzPort: number;
+  /** Unix socket on which the CNI plugin is served; '' serves none. */
+  cniSocket: string;
   logLevel: LogLevel;
   logFormat: LogFormat;
   /** Things to log once the logger exists (ignored variables), each a full sentence. */
@@ -102,6 +105,7 @@ const DAEMON_FLAGS: Readonly<Record<string, FlagSpec>> = {
   // Upstream binds 0.0.0.0; give --healthz-ip=0.0.0.0 for a Prometheus server elsewhere.
   'healthz-ip': { type: 'string', default: '127.0.0.1', describe: 'address of the health and metrics endpoint' },
   'healthz-port': { type: 'number', default: 0, describe: 'port of /healthz, /readyz and /metrics (0 disables)' },
+  'cni-socket': { type: 'string', default: DEFAULT_CNI_SOCKET, describe: 'Unix socket on which the flannel CNI plugin is served (root only; empty: none)' },
   'log-level': { type: 'string', choices: LOG_LEVELS, describe: 'trace, debug, info (default), warn, error, fatal, silent' },
   'log-format': { type: 'string', choices: LOG_FORMATS, default: 'json', describe: 'json lines, or text like upstream flanneld' },
   v: { type: 'number', describe: "upstream's klog verbosity: 0 info, 1-5 debug, 6+ trace (--log-level wins)" },
@@ -136,6 +140,10 @@ function checkValues(v: Record<string, unknown>): void {
   if (!(ttl >= 10)) throw new FlagError('--subnet-lease-ttl must be at least 10 seconds');
   if (margin * 60 >= ttl) throw new FlagError('--subnet-lease-renew-margin must be shorter than the lease TTL');
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new FlagError('--healthz-port must be 0-65535');
+  const cniSocket = str(v, 'cni-socket')!;
+  if (cniSocket !== '' && (!cniSocket.startsWith('/') || Buffer.byteLength(cniSocket) > 107)) {
+    throw new FlagError('--cni-socket must be an absolute path of at most 107 bytes (a Unix socket address), or empty for none');
+  }
   if (verbosity !== undefined && !(Number.isInteger(verbosity) && verbosity >= 0)) throw new FlagError('-v must be a verbosity level: 0, 1, 2, ...');
   for (const re of list(v, 'iface-regex')) {
     try {
@@ -207,6 +215,7 @@ export function parseDaemonFlags(argv: readonly string[], env: Readonly<Record<s
     iptablesCleanup: bool(v, 'iptables-cleanup'),
     healthzIP: str(v, 'healthz-ip')!,
     healthzPort: num(v, 'healthz-port'),
+    cniSocket: str(v, 'cni-socket')!,
     logLevel: (str(v, 'log-level') as LogLevel | undefined) ?? levelForVerbosity((v['v'] as number | undefined) ?? 0),
     logFormat: str(v, 'log-format') as LogFormat,
     warnings,

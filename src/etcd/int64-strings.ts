@@ -38,7 +38,7 @@ export function installFastDecimal(Long: LongClass): (this: LongClass['prototype
 /**
  * The Long class etcd3's decoder uses. @grpc/proto-loader (which etcd3 loads its protos with) and
  * protobufjs both take `long` with require(); proto-loader re-exports the class it got. Imported
- * statically, so that in the bundled daemon (scripts/bundle-daemon.mjs) it is the bundled copy.
+ * statically, so that in the bundled daemon (scripts/bundle.mjs) it is the bundled copy.
  */
 export function decoderLongClass(): LongClass {
   return Long;

@@ -339,15 +339,16 @@ export class LeaseManager {
     if (sameSubnets(own, old)) {
       this.log.info({ subnet: own.subnet.toString() }, 're-claimed our subnet');
     } else {
-      this.log.error(
-        { oldSubnet: old.subnet.toString(), newSubnet: own.subnet.toString() },
-        'OUR SUBNET NOW BELONGS TO ANOTHER NODE: moved to a new subnet and rewrote the env file; pods on this node keep old addresses and must be restarted',
-      );
       // Our new subnet may still be known as a peer whose lease ran out unseen: remove it from the
       // backend first, or the backend would route our own subnet into the overlay.
       const stale = this.known.redecide();
       if (stale.length > 0) await this.listener!.onLeaseEvents(stale);
       await this.listener!.onOwnLease(this.toLease(own), 'moved');
+      // Said once the env file names the new subnet, so that what the line says is already true.
+      this.log.error(
+        { oldSubnet: old.subnet.toString(), newSubnet: own.subnet.toString() },
+        'OUR SUBNET NOW BELONGS TO ANOTHER NODE: moved to a new subnet and rewrote the env file; pods on this node keep old addresses and must be restarted',
+      );
     }
     // The listing the claim was made from brings the old subnet's new holder (and anything missed)
     // into the known set; the watch delivers whatever changed after it.

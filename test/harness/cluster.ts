@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { ipBatch } from '../../src/routes/ip.js';
 import { parseEnvText } from '../../src/subnet/envfile.js';
-import { spawnFlanneldIn } from './flanneld.js';
+import { cniSocketPath, spawnFlanneldIn } from './flanneld.js';
 import { Ip4Net, formatIp4 } from '../../src/common/ip4.js';
 import { Ip6Net, formatIp6 } from '../../src/common/ip6.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
@@ -64,6 +64,8 @@ export interface ClusterNode {
   segment: 1 | 2;
   subnetFile: string;
   logFile: string;
+  /** Where the node's daemon serves the CNI plugin. */
+  cniSocket: string;
   /** Daemon PID while running. */
   pid: number | null;
   pods: Pod[];
@@ -110,7 +112,8 @@ function fileVersion(path: string): string | null {
   }
 }
 
-function alive(pid: number): boolean {
+/** True while a process with this PID exists. */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -192,6 +195,7 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
       segment,
       subnetFile,
       logFile: join(dir, 'flanneld.log'),
+      cniSocket: cniSocketPath(join(dir, 'flanneld.log')),
       pid: null,
       pods: [],
       env: async () => parseEnvText(readFileSync(subnetFile, 'utf8')),

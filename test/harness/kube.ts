@@ -29,7 +29,7 @@ export interface ContainerSpec {
     allowPrivilegeEscalation?: boolean;
     capabilities?: { add?: string[]; drop?: string[] };
   };
-  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean; mountPropagation?: string }[];
   livenessProbe?: { httpGet: { path: string; port: number; host?: string } };
   readinessProbe?: { httpGet: { path: string; port: number; host?: string } };
   [field: string]: unknown;
@@ -164,7 +164,10 @@ export function podmanRunArgs(pod: PodSpec, c: ContainerSpec, ctx: NodeContext &
     if (!v) throw new Error(`container ${c.name}: volume ${m.name} is not declared`);
     const src = volumeSource(v, ctx);
     const target = m.mountPath.replace(/\/+$/, '');
-    args.push('--volume', `${src.path}:${target}${m.readOnly || src.readOnly ? ':ro' : ''}`);
+    // HostToContainer: mounts made on the host later (the runtime's network namespaces) show inside.
+    const options = [...(m.readOnly || src.readOnly ? ['ro'] : []), ...(m.mountPropagation === 'HostToContainer' ? ['rslave'] : [])];
+    if (m.mountPropagation !== undefined && m.mountPropagation !== 'HostToContainer') throw new Error(`container ${c.name}: mountPropagation ${m.mountPropagation} not understood`);
+    args.push('--volume', `${src.path}:${target}${options.length ? `:${options.join(',')}` : ''}`);
   }
   if (c.command) args.push('--entrypoint', JSON.stringify(c.command));
   args.push(ctx.image, ...(c.args ?? []));

@@ -1,7 +1,9 @@
 // Bundles the compiled daemon (dist/daemon/main.js and everything it imports, node_modules
 // included) into one file, dist/flanneld.mjs, which bin/flanneld runs. Why: loading one file
 // instead of ~250 modules takes about 100 ms less CPU at start, and V8 keeps less module source
-// and fewer module records (docs/memory.md has the figures).
+// and fewer module records (docs/memory.md has the figures). The standalone CNI plugin
+// (dist/cni/main.js, ~13 modules) is bundled the same way into dist/flannel-cni.mjs, which
+// bin/flannel runs: a Node started for every pod loads one file (about 30 ms less CPU per call).
 //
 // The bundle must behave as if every module were still at its own path: etcd3 reads its .proto
 // files relative to __dirname, our code finds the native addons from import.meta.url
@@ -17,14 +19,14 @@ import { dirname, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const outfile = resolve(root, 'dist/flanneld.mjs');
+const dist = resolve(root, 'dist');
 
 /**
  * `new URL(<path of file relative to the bundle>, __bundleURL)`, as source text. Not import.meta
  * itself: esbuild would take a CommonJS file that mentions it for an ES module.
  */
 function urlOf(file) {
-  const rel = relative(dirname(outfile), file).split('\\').join('/');
+  const rel = relative(dist, file).split('\\').join('/');
   return `new URL(${JSON.stringify(rel.startsWith('.') ? rel : `./${rel}`)}, __bundleURL)`;
 }
 
@@ -49,9 +51,13 @@ const originalLocations = {
   },
 };
 
-await build({
-  entryPoints: [resolve(root, 'dist/daemon/main.js')],
-  outfile,
+const bundles = [
+  ['daemon/main.js', 'flanneld.mjs'],
+  ['cni/main.js', 'flannel-cni.mjs'],
+];
+for (const [entry, out] of bundles) await build({
+  entryPoints: [resolve(dist, entry)],
+  outfile: resolve(dist, out),
   bundle: true,
   platform: 'node',
   format: 'esm',
