@@ -1,11 +1,9 @@
 // The lease manager's logic on the in-memory store with a clock the test moves: allocation, races,
 // reuse, reservations, renewal, loss and re-claim, resync after compaction, invalid leases and bursts.
 // No root, no etcd, no namespaces: the whole file runs in well under a second.
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Logger } from '../src/common/log.js';
 import { silentLogger } from '../src/common/log.js';
+import { capturingLogger } from './harness/log-capture.js';
 import { metricsRegistry } from '../src/common/metrics.js';
 import { chooseSubnet, NetworkFullError } from '../src/subnet/allocation.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
@@ -34,17 +32,6 @@ function seeded(seed: number): () => number {
   };
 }
 
-/** Log lines as objects, for assertions on what was said and how often. */
-function capturingLogger(): { log: Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { log: pino({ level: 'debug' }, sink), lines };
-}
 
 class Recorder {
   own: Lease[] = [];

@@ -11,7 +11,8 @@ import { silentLogger } from '../src/common/log.js';
 import { ip, ipJson } from '../src/routes/ip.js';
 import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.js';
 import { formatIp4, parseIp4 } from '../src/common/ip4.js';
-import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
+import type { Lease } from '../src/subnet/lease.js';
+import { added, removed } from './harness/leases.js';
 import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script } from './harness/udp-probes.js';
 import { addressFlannel0, createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';
 import { addUnderlayHost, delNetns, run, sleep, waitFor } from './harness/netns.js';
@@ -36,8 +37,6 @@ function newBackend(node: TopoNode): UdpBackend {
   return new UdpBackend(ctx, UDP_CONFIG, { netns: node.ns, resyncIntervalMs: 200 });
 }
 
-const added = (l: Lease): LeaseEvent => ({ type: 'added', lease: l });
-const removed = (l: Lease): LeaseEvent => ({ type: 'removed', lease: l });
 
 function delta(after: ForwarderStats, before: ForwarderStats): Record<string, number> {
   const out: Record<string, number> = {};

@@ -82,6 +82,11 @@ export function hostNet(ip: IpAddr): IpNet {
   return typeof ip === 'bigint' ? new Ip6Net(ip, 128) : new Ip4Net(ip, 32);
 }
 
+/** The same network (a network of the other family never is). */
+export function sameNet(a: IpNet, b: IpNet): boolean {
+  return a.ip === b.ip && a.prefixLen === b.prefixLen;
+}
+
 /** True when `net` lies inside `root` (and both are of one family). */
 export function netInside(net: IpNet, root: IpNet): boolean {
   if (typeof net.ip === 'bigint') return root instanceof Ip6Net && root.covers(net as Ip6Net);

@@ -89,6 +89,11 @@ export class KernelReconciler {
     return this.model.hasOwner(owner);
   }
 
+  /** Owners that want entries. */
+  get owners(): number {
+    return this.model.owners;
+  }
+
   /** Programmed entries of one kind (and family). */
   programmed(kind: EntryKind, family?: Family): number {
     return this.model.programmedCount(kind, family);

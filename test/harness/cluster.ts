@@ -433,6 +433,11 @@ export async function unreachablePodPairs(
   return failed;
 }
 
+/** A node's subnet, from its env file (FLANNEL_SUBNET is the bridge's address: host bits cleared). */
+export async function subnetOf(node: ClusterNode): Promise<Ip4Net> {
+  return Ip4Net.parse((await node.env())['FLANNEL_SUBNET']!, true);
+}
+
 /** A dual-stack node's two subnets, from its env file (FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET, host bits cleared). */
 export async function dualSubnetsOf(node: ClusterNode): Promise<{ v4: Ip4Net; v6: Ip6Net }> {
   const env = await node.env();
