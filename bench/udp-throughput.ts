@@ -6,15 +6,15 @@
 //   npx tsx bench/udp-throughput.ts [--seconds 10] [--rounds 3] [--steps] [--workers N] [--daemon]
 //
 // Default: the bench process hosts both nodes' forwarders (UdpForwarder, the code UdpBackend runs),
-// each inside its node's namespace, on test/harness/udp-topology.ts (the cluster harness's topology
-// without etcd). --daemon runs the real bin/flanneld on the cluster harness instead.
+// each inside its node's namespace, on testbed/udp-topology.ts (the testbed cluster's topology
+// without etcd). --daemon runs the real bin/flanneld on the testbed cluster instead.
 // --steps measures each data-path optimisation on its own (docs/udp.md lists the results).
 import { UdpForwarder, type UdpForwarderOptions } from '../src/backend/udp/native.js';
 import { ipBatch } from '../src/routes/ip.js';
 import { Ip4Net, formatIp4, parseIp4 } from '../src/common/ip4.js';
-import { createCluster, type Cluster } from '../test/harness/cluster.js';
-import { run, sleep } from '../test/harness/netns.js';
-import { OVERLAY, addressFlannel0, createTopology, type Topology } from '../test/harness/udp-topology.js';
+import { createCluster, type Cluster } from '../testbed/cluster.js';
+import { run, sleep } from '../testbed/netns.js';
+import { OVERLAY, addressFlannel0, createTopology, type Topology } from '../testbed/udp-topology.js';
 
 interface Args {
   seconds: number;

@@ -9,8 +9,8 @@ import { bridgeBatch, ipBatch } from '../src/routes/ip.js';
 import { readLink } from '../src/routes/link.js';
 import { readRoutesWithin } from '../src/routes/route.js';
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
-import { createCluster, type Cluster, type ClusterNode, type Pod } from '../test/harness/cluster.js';
-import { run, sleep, waitFor } from '../test/harness/netns.js';
+import { createCluster, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
 
 const arg = (name: string, fallback: number): number => {
   const hit = process.argv.find((a) => a.startsWith(`--${name}=`));

@@ -6,8 +6,8 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCluster, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { createCluster, repoPath, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const PLUGIN = repoPath('bin', 'flannel');
 const built = existsSync(repoPath('dist', 'cni', 'main.js')) && existsSync(repoPath('bin', 'flanneld'));

@@ -7,8 +7,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCluster, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { createCluster, repoPath, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const PLUGIN = repoPath('bin', 'flannel');
 const CNI_PATH = '/usr/lib/cni';

@@ -12,8 +12,8 @@ import { parseFlannelNetConf } from '../src/cni/netconf.js';
 import { SUPPORTED_VERSIONS } from '../src/cni/plugin.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { createCluster, repoPath, type Cluster } from './harness/cluster.js';
-import { run } from './harness/netns.js';
+import { createCluster, repoPath, type Cluster } from '../testbed/cluster.js';
+import { run } from '../testbed/netns.js';
 
 type Obj = Record<string, unknown>;
 

@@ -9,8 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dockerOptsCommand, formatDockerOpts, readFlannelEnv } from '../src/ctl/docker-opts.js';
 import { writeSubnetEnvFile } from '../src/subnet/envfile.js';
 import { Ip4Net } from '../src/common/ip4.js';
-import { repoPath } from './harness/cluster.js';
-import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { addLoneNodeNetns, delNetns, run, runId } from '../testbed/netns.js';
 
 const BOTH = { combinedKey: 'DOCKER_OPTS', individual: false, combined: false, ipMasq: true, environment: {} };
 

@@ -12,9 +12,9 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { hasControlChars } from '../src/common/printable.js';
 import { bridgeJson, ipJson } from '../src/routes/ip.js';
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
-import { createCluster, repoPath, type Cluster, type ClusterNode, type Pod, subnetOf } from './harness/cluster.js';
+import { createCluster, repoPath, type Cluster, type ClusterNode, type Pod, subnetOf } from '../testbed/cluster.js';
 import { GOOD_RESERVATION, JUNK_KEYS, POOL_SIZE } from './harness/hostile-writer.js';
-import { run, waitFor } from './harness/netns.js';
+import { run, waitFor } from '../testbed/netns.js';
 import { logSize, readLog, report, startPing, type PingMeter, type PingResult } from './harness/resilience.js';
 
 const CONFIG = { Network: '198.19.0.0/16', Backend: { Type: 'vxlan' } };

@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { startIptablesRules, type IptablesRules } from '../src/iptables/index.js';
 import { silentLogger } from '../src/common/log.js';
 import { Ip4Net } from '../src/common/ip4.js';
-import { addNetns, delNetns, run, runId, sleep, waitFor } from './harness/netns.js';
+import { addNetns, delNetns, run, runId, sleep, waitFor } from '../testbed/netns.js';
 
 const NETWORK = Ip4Net.parse('198.19.0.0/16');
 const SUBNET = Ip4Net.parse('198.19.5.0/24');

@@ -26,7 +26,7 @@ import { type DumpScope, type KernelPath, openKernelPath } from '../src/routes/p
 import { BlackholeRoutes } from '../src/routes/blackhole.js';
 import { KernelReconciler } from '../src/routes/reconciler.js';
 import { capturingLogger } from './harness/log-capture.js';
-import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const NET4 = Ip4Net.parse('198.19.0.0/16');
 const NET6 = Ip6Net.parse('2001:2:1::/48');

@@ -4,9 +4,9 @@
 // must not notice, each daemon must say so once, renew its lease when etcd is back, and end with
 // kernel state that matches etcd. Needs `npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, subnetOf, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
+import { createCluster, subnetOf, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
 import { hubEtcd, type HubEtcd } from './harness/etcd-cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
 import {
   WARN, freeSubnets, kernelVsEtcd, logSize, parseEtcdctlJson, readLog, report, startPing, vxlanTables, waitForLog,
 } from './harness/resilience.js';

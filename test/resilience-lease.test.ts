@@ -4,9 +4,9 @@
 // Needs `npm run build`.
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, subnetOf, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
+import { createCluster, subnetOf, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
 import { spawnFlanneld, type FlanneldProcess } from './harness/etcd-cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
 import {
   ERROR, WARN, diffTables, freeSubnets, kernelVsEtcd, logSize, parseEtcdctlJson, readLog, report, startPing, vxlanTables, waitForLog,
   type LogLine,

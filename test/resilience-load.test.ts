@@ -4,9 +4,9 @@
 // vxlan tables match etcd at the end), pod traffic must not notice, and the daemon's memory must
 // stay flat. Needs `npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, subnetOf, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
-import { kernelVsEtcd, report, rssKiB, startPing, vxlanTables } from './harness/resilience.js';
+import { createCluster, rssKiB, subnetOf, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
+import { kernelVsEtcd, report, startPing, vxlanTables } from './harness/resilience.js';
 
 const PREFIX = '/coreos.com/network';
 const SIMULATED = 200;

@@ -4,9 +4,9 @@
 // Needs `npm run build`.
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
 import { spawnFlanneld, startTlsEtcd, type FlanneldProcess, type TlsEtcd } from './harness/etcd-cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
 import { WARN, readLog, report, waitForLog } from './harness/resilience.js';
 import { createTestPki, type TestPki } from './harness/tls.js';
 

@@ -10,7 +10,7 @@ import { bridgeBatch, forceBatch, ip, ipBatch, IpCommandError } from '../src/rou
 import { linkDeleteCommand, linkSetCommand, readLink, vxlanAddCommand, vxlanMismatches, type VxlanSpec } from '../src/routes/link.js';
 import { neighDeleteCommand, neighSetCommand, readNeighbours } from '../src/routes/neigh.js';
 import { readRoutesWithin, routeDeleteCommand, routeGet, routeSetCommand } from '../src/routes/route.js';
-import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId } from '../testbed/netns.js';
 
 const ns = `fl-${runId()}-routes`;
 const opts = { netns: ns };

@@ -13,9 +13,9 @@ import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.
 import { formatIp4, parseIp4 } from '../src/common/ip4.js';
 import type { Lease } from '../src/subnet/lease.js';
 import { added, removed } from './harness/leases.js';
-import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script } from './harness/udp-probes.js';
-import { addressFlannel0, createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';
-import { addUnderlayHost, delNetns, run, sleep, waitFor } from './harness/netns.js';
+import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script } from '../testbed/udp-probes.js';
+import { addressFlannel0, createTopology, type TopoNode, type Topology } from '../testbed/udp-topology.js';
+import { addUnderlayHost, delNetns, run, sleep, waitFor } from '../testbed/netns.js';
 
 const NETWORK = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'udp' } }));
 const UDP_CONFIG = NETWORK.backend as UdpBackendConfig;

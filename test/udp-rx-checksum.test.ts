@@ -16,8 +16,8 @@ import type { ForwarderStats } from '../src/backend/udp/native.js';
 import { silentLogger } from '../src/common/log.js';
 import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.js';
 import type { Lease } from '../src/subnet/lease.js';
-import { kernelCounter, nodeScript } from './harness/udp-probes.js';
-import { createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';
+import { kernelCounter, nodeScript } from '../testbed/udp-probes.js';
+import { createTopology, type TopoNode, type Topology } from '../testbed/udp-topology.js';
 
 const NETWORK = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'udp' } }));
 

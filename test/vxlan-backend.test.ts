@@ -15,9 +15,9 @@ import { readRoutesWithin, routeSetCommand } from '../src/routes/route.js';
 import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
 import { Ip4Net, parseIp4 } from '../src/common/ip4.js';
 import { decodeLeaseAttrs, type Lease, type LeaseBackend, type LeaseEvent } from '../src/subnet/lease.js';
-import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
 import { added, removed } from './harness/leases.js';
-import { waitFor } from './harness/netns.js';
+import { waitFor } from '../testbed/netns.js';
 
 const NETWORK = { Network: '198.19.0.0/16', Backend: { Type: 'vxlan' } };
 let cluster: Cluster;

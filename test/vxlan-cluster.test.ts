@@ -6,8 +6,8 @@ import { sameNet } from '../src/routes/entries.js';
 import { readFdb } from '../src/routes/fdb.js';
 import { readNeighbours } from '../src/routes/neigh.js';
 import { readRoutesWithin } from '../src/routes/route.js';
-import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode, subnetOf } from './harness/cluster.js';
-import { run, waitFor } from './harness/netns.js';
+import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode, subnetOf } from '../testbed/cluster.js';
+import { run, waitFor } from '../testbed/netns.js';
 
 let cluster: Cluster;
 

@@ -15,7 +15,7 @@ import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/confi
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 import type { Lease } from '../src/subnet/lease.js';
 import { added } from './harness/leases.js';
-import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
+import { addLoneNodeNetns, delNetns, run, runId } from '../testbed/netns.js';
 
 const PEERS = 300;
 const network = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', SubnetLen: 28, Backend: { Type: 'vxlan' } }));

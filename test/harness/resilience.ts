@@ -9,8 +9,8 @@ import { readNeighbours } from '../../src/routes/neigh.js';
 import { readRoutesWithin } from '../../src/routes/route.js';
 import { LEVEL_VALUES } from '../../src/common/log.js';
 import { Ip4Net } from '../../src/common/ip4.js';
-import { type Cluster, type ClusterNode, subnetOf } from './cluster.js';
-import { sleep } from './netns.js';
+import { type Cluster, type ClusterNode, subnetOf } from '../../testbed/cluster.js';
+import { sleep } from '../../testbed/netns.js';
 
 export interface PingResult {
   /** Highest sequence number seen + 1 (replies only tell us what was answered). */
@@ -199,13 +199,6 @@ export async function waitForLog(file: string, pred: (l: LogLine) => boolean, ti
     if (Date.now() > deadline) return null;
     await sleep(100);
   }
-}
-
-/** Resident memory of a process in KiB (VmRSS). */
-export function rssKiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
-  return Number(m[1]);
 }
 
 /** Prints a measured figure in one greppable line (collected into docs/reliability.md). */

@@ -12,11 +12,11 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ipBatch } from '../../src/routes/ip.js';
-import { parseEnvText } from '../../src/subnet/envfile.js';
+import { ipBatch } from '../src/routes/ip.js';
+import { parseEnvText } from '../src/subnet/envfile.js';
 import { spawnFlanneldIn } from './flanneld.js';
-import { Ip4Net, formatIp4 } from '../../src/common/ip4.js';
-import { Ip6Net, formatIp6 } from '../../src/common/ip6.js';
+import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
+import { Ip6Net, formatIp6 } from '../src/common/ip6.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
 import { addNetns, delNetns, run, runId, sleep, waitFor } from './netns.js';
 
@@ -117,6 +117,13 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Resident memory of a process in KiB (VmRSS). */
+export function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]);
 }
 
 /** SIGTERM (or `signal`), then SIGKILL after `graceMs`; resolves once the process is gone. */
