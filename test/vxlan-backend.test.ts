@@ -288,8 +288,8 @@ describe('VTEP MAC', () => {
     await b.setOwnLease(lease('198.19.3.0/24', node.ip, ann.backend));
     await handle(b, []);
     await ip(['link', 'set', 'dev', 'flannel.1', 'address', '02:99:99:99:99:99'], { netns: node.ns });
-    expect(await waitFor(async () => (await readLink('flannel.1', { netns: node.ns }))?.address === published, 3000)).toBe(true);
-    expect(b.stats()['repairs']).toBeGreaterThanOrEqual(1);
+    // Set back by the resync, which counts it as a repair once its pass is done.
+    expect(await waitFor(async () => (await readLink('flannel.1', { netns: node.ns }))?.address === published && b.stats()['repairs']! >= 1, 3000)).toBe(true);
     await b.close();
   });
 });

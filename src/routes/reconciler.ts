@@ -57,6 +57,7 @@ export class KernelReconciler {
   private readonly failures = new Map<string, string>();
   /** Changes made by the last full pass (resync() answers with it). */
   private lastFullPassChanges = 0;
+  private submitted = false;
   readonly counters = { eventPasses: 0, resyncs: 0, unchangedPasses: 0, repairs: 0, errors: 0 };
 
   constructor(private readonly opts: ReconcilerOptions) {
@@ -121,6 +122,26 @@ export class KernelReconciler {
   /** Starts the periodic full pass (idempotent). Call it once the wanted set is complete. */
   startPeriodic(): void {
     this.scheduler.startPeriodic();
+  }
+
+  /**
+   * A batch of changes is in (for a backend: one call's lease events). The first submit says the wanted
+   * set is complete — the first batch carries every lease — so it starts the periodic full pass (which
+   * may remove what nobody wants) and resolves once its pass, a full one, is done: the daemon is then
+   * ready with every peer programmed. Later submits ask for a pass and resolve at once, so that intake
+   * never waits for the kernel; what arrives while a pass runs joins the next one.
+   */
+  async submit(): Promise<void> {
+    const first = !this.submitted;
+    this.submitted = true;
+    this.startPeriodic();
+    const done = this.request();
+    if (first) await done;
+  }
+
+  /** Whether submit() was called: the wanted set is complete. */
+  get complete(): boolean {
+    return this.submitted;
   }
 
   /** Resolves once no pass runs or waits. */

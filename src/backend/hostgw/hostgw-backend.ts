@@ -14,6 +14,7 @@ import { type Family, type IpAddr, type KernelEntry, RTPROT_KERNEL, formatIp, ne
 import { openKernelPath } from '../../routes/path.js';
 import { KernelReconciler, type KernelScope } from '../../routes/reconciler.js';
 import type { Backend, BackendAnnouncement, BackendContext } from '../backend.js';
+import { LatestEvent } from '../latest-event.js';
 import { OnLinkCheck } from '../on-link.js';
 
 export const hostGwMetrics = {
@@ -43,10 +44,8 @@ export class HostGwBackend implements Backend {
   /** Peers skipped per family because not on link, by subnet → the address: each is logged once, counted while it lasts. */
   private readonly offLink: Record<Family, Map<string, string>> = { 4: new Map(), 6: new Map() };
   private own: Lease | null = null;
-  private started = false;
-  /** The latest event per peer: an event whose on-link lookup finished after a newer one is dropped. */
-  private readonly generation = new Map<string, number>();
-  private events = 0;
+  /** An event whose on-link lookup finished after a newer one for the same peer began is dropped. */
+  private readonly latest = new LatestEvent();
   private readonly counters = { eventBatches: 0, skippedLeases: 0 };
 
   constructor(
@@ -105,7 +104,7 @@ export class HostGwBackend implements Backend {
     this.own = lease;
     // After a move our new subnet may still be known as a peer's: it must not be routed away.
     this.peers.delete(lease.subnet.toString());
-    if (this.kernel.delete(lease.subnet.toString()) && this.started) await this.kernel.request();
+    if (this.kernel.delete(lease.subnet.toString()) && this.kernel.complete) await this.kernel.request();
   }
 
   /** Puts the events into the reconciler's model and asks for a pass; only the first call waits for the kernel. */
@@ -113,21 +112,15 @@ export class HostGwBackend implements Backend {
     this.counters.eventBatches++;
     for (const event of events) await this.applyEvent(event);
     kernelMetrics.peers.set({ backend: 'host-gw' }, this.peers.size);
-    const first = !this.started;
-    // The wanted set is complete from the first batch on: from then, full passes may remove routes.
-    this.started = true;
-    this.kernel.startPeriodic();
-    const done = this.kernel.request();
-    if (first) await done;
+    await this.kernel.submit();
   }
 
   private async applyEvent(event: LeaseEvent): Promise<void> {
     const { lease } = event;
     const key = lease.subnet.toString();
-    const gen = ++this.events;
-    this.generation.set(key, gen);
+    const ticket = this.latest.begin(key);
     if (event.type === 'removed') {
-      this.generation.delete(key);
+      this.latest.forget(key);
       this.forgetOffLink(key);
       this.peers.delete(key);
       if (this.kernel.delete(key)) this.ctx.log.info({ subnet: key, ipv6Subnet: lease.ipv6Subnet?.toString() ?? null }, 'removing subnet');
@@ -143,7 +136,7 @@ export class HostGwBackend implements Backend {
     }
     const entries = await this.routesOf(lease, true);
     // A newer event for this peer came in during a lookup: it decides.
-    if (this.generation.get(key) !== gen) return;
+    if (!this.latest.isLatest(key, ticket)) return;
     this.peers.set(key, lease);
     const known = this.kernel.hasOwner(key);
     if (!this.kernel.set(key, entries)) return;

@@ -11,6 +11,7 @@ import type { Lease, LeaseEvent } from '../../subnet/lease.js';
 import { type KernelEntry, RTPROT_KERNEL, netFamily } from '../../routes/entries.js';
 import { openKernelPath } from '../../routes/path.js';
 import { KernelReconciler, type KernelScope } from '../../routes/reconciler.js';
+import { LatestEvent } from '../latest-event.js';
 import { OnLinkCheck } from '../on-link.js';
 import { VxlanDevice } from './device.js';
 import { sideEntries, vxlanSides } from './peers.js';
@@ -36,11 +37,8 @@ export class VxlanBackend implements Backend {
   private readonly ipOpts: { netns?: string };
   private readonly onLink: OnLinkCheck;
   private ownLease: Lease | null = null;
-  /** The first event batch has arrived: the wanted set is complete, so full passes may delete. */
-  private started = false;
-  /** The latest event per peer: an event whose DirectRouting lookup finished after a newer one is dropped. */
-  private readonly generation = new Map<string, number>();
-  private events = 0;
+  /** An event whose DirectRouting lookup finished after a newer one for the same peer began is dropped. */
+  private readonly latest = new LatestEvent();
   /** Peers routed directly (DirectRouting), by subnet. */
   private readonly direct = new Set<string>();
   private readonly counters = { eventBatches: 0, skippedLeases: 0, v6SkippedLeases: 0 };
@@ -120,7 +118,7 @@ export class VxlanBackend implements Backend {
         throw err;
       });
     // A move re-addresses the devices: check every entry against the kernel now, not in 5 s.
-    if (this.started) await this.kernel.resync();
+    if (this.kernel.complete) await this.kernel.resync();
   }
 
   /**
@@ -138,21 +136,15 @@ export class VxlanBackend implements Backend {
       if (change === 'added-quietly') added.push(event.lease.subnet.toString());
     }
     if (added.length > 0) this.ctx.log.info({ count: added.length, first: added[0], last: added[added.length - 1] }, 'adding subnets');
-    const first = !this.started;
-    this.started = true;
-    // The wanted set is complete from the first batch on: from then, full passes may remove state.
-    this.kernel.startPeriodic();
-    const done = this.kernel.request();
-    if (first) await done;
+    await this.kernel.submit();
   }
 
   private async applyEvent(event: LeaseEvent, batch: number): Promise<'added-quietly' | null> {
     const { lease } = event;
     const key = lease.subnet.toString();
-    const gen = ++this.events;
-    this.generation.set(key, gen);
+    const ticket = this.latest.begin(key);
     if (event.type === 'removed') {
-      this.generation.delete(key);
+      this.latest.forget(key);
       this.direct.delete(key);
       if (this.kernel.delete(key)) this.ctx.log.info({ subnet: key }, 'removing subnet');
       return null;
@@ -179,7 +171,7 @@ export class VxlanBackend implements Backend {
       entries.push(...sideEntries(side, dev, directDev));
     }
     // A newer event for this peer came in during a lookup: it decides.
-    if (this.generation.get(key) !== gen) return null;
+    if (!this.latest.isLatest(key, ticket)) return null;
     const known = this.kernel.hasOwner(key);
     if (!this.kernel.set(key, entries)) return null;
     if (direct) this.direct.add(key);
