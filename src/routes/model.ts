@@ -15,6 +15,8 @@ interface Claim {
   entry: KernelEntry;
   /** Every owner and what it wants, once a second owner has claimed the key. */
   contested: Map<string, KernelEntry> | null;
+  /** The last reset that found the key in the kernel. */
+  seen: number;
 }
 
 /** The apply order, one rank per (kind, action): see plan(). */
@@ -28,16 +30,24 @@ const RANK: Record<`${EntryKind} ${KernelOp['action']}`, number> = {
 };
 const RANKS = 6;
 
+const KINDS: readonly EntryKind[] = ['route', 'neigh', 'fdb'];
+
+/** An entry's place in the counts: its kind, and its family. */
+function slot(e: KernelEntry): number {
+  return (e.kind === 'route' ? 0 : e.kind === 'neigh' ? 1 : 2) + (entryFamily(e) === 6 ? 3 : 0);
+}
+
 export class KernelModel {
   private readonly claims = new Map<string, Claim>();
   private readonly byOwner = new Map<string, readonly KernelEntry[]>();
   /** What we believe the kernel holds, by key: what it held at the last full pass, plus what we changed since. */
   private readonly programmed = new Map<string, KernelEntry>();
   private readonly dirty = new Set<string>();
-  /** Programmed entries by kind and family, kept as they change (for gauges). */
-  private readonly counts = new Map<string, number>();
+  /** Programmed entries by kind and family (slot()), kept as they change (for gauges). */
+  private readonly counts = [0, 0, 0, 0, 0, 0];
   /** Bumped by every change to what is wanted. */
   version = 0;
+  private resets = 0;
 
   /** Owners that want entries. */
   get owners(): number {
@@ -55,8 +65,9 @@ export class KernelModel {
 
   /** Programmed entries of one kind (and family). */
   programmedCount(kind: EntryKind, family?: Family): number {
-    if (family !== undefined) return this.counts.get(`${kind}${family}`) ?? 0;
-    return (this.counts.get(`${kind}4`) ?? 0) + (this.counts.get(`${kind}6`) ?? 0);
+    const k = KINDS.indexOf(kind);
+    if (family !== undefined) return this.counts[k + (family === 6 ? 3 : 0)]!;
+    return this.counts[k]! + this.counts[k + 3]!;
   }
 
   /** The programmed entry of a key (tests, logs). */
@@ -98,7 +109,7 @@ export class KernelModel {
     this.dirty.add(e.key);
     const c = this.claims.get(e.key);
     if (!c) {
-      this.claims.set(e.key, { owner, entry: e, contested: null });
+      this.claims.set(e.key, { owner, entry: e, contested: null, seen: 0 });
       return;
     }
     c.contested ??= new Map([[c.owner, c.entry]]);
@@ -165,31 +176,43 @@ export class KernelModel {
    * to run first.
    */
   resetFromKernel(entries: Iterable<KernelEntry>, owns: (e: KernelEntry) => boolean): KernelOp[] {
-    this.programmed.clear();
-    this.counts.clear();
+    const { programmed, claims, counts, dirty } = this;
+    const reset = ++this.resets;
+    programmed.clear();
+    counts.fill(0);
     const extra: KernelOp[] = [];
+    // One Map lookup for a wanted key the kernel holds once (the common case); a key that differs from
+    // what is wanted is marked as it goes.
     for (const e of entries) {
-      const want = this.claims.get(e.key);
-      if (!want && !owns(e)) continue;
-      const seen = this.programmed.get(e.key);
+      const c = claims.get(e.key);
+      if (c && c.seen !== reset) {
+        c.seen = reset;
+        programmed.set(e.key, e);
+        counts[slot(e)]!++;
+        if (!sameEntry(c.entry, e)) dirty.add(e.key);
+        continue;
+      }
+      if (!c && !owns(e)) continue;
+      const seen = programmed.get(e.key);
       if (!seen) {
-        this.setProgrammed(e.key, e);
+        // Ours, and nobody wants it: the plan deletes it.
+        programmed.set(e.key, e);
+        counts[slot(e)]!++;
+        dirty.add(e.key);
         continue;
       }
       // A key seen twice: keep the entry that is wanted.
       let drop = e;
-      if (want && sameEntry(want.entry, e) && !sameEntry(want.entry, seen)) {
+      if (c && sameEntry(c.entry, e) && !sameEntry(c.entry, seen)) {
         this.setProgrammed(e.key, e);
         drop = seen;
       }
       if (drop.kind === 'fdb' && owns(drop)) extra.push({ action: 'delete', entry: drop, owner: null });
     }
-    // Mark only the keys where the kernel differs from what is wanted: one Map lookup per key.
-    for (const [key, c] of this.claims) {
-      const have = this.programmed.get(key);
-      if (!have || !sameEntry(c.entry, have)) this.dirty.add(key);
-    }
-    for (const key of this.programmed.keys()) if (!this.claims.has(key)) this.dirty.add(key);
+    // Wanted keys the kernel does not hold at all.
+    claims.forEach((c, key) => {
+      if (c.seen !== reset) dirty.add(key);
+    });
     return extra;
   }
 
@@ -208,8 +231,7 @@ export class KernelModel {
   }
 
   private count(e: KernelEntry, by: number): void {
-    const k = `${e.kind}${entryFamily(e)}`;
-    this.counts.set(k, (this.counts.get(k) ?? 0) + by);
+    this.counts[slot(e)]! += by;
   }
 }
 
