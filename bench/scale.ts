@@ -273,7 +273,7 @@ async function main(): Promise<void> {
   const resyncRows = resyncs.map((r) => `| ${r.label} | ${r.n.toLocaleString('en-US')} | ${r.state === 'unchanged' ? 'kernel unchanged' : 'one route deleted by hand'} | ${fmt(r.loopMs)} | ${fmt(r.cpuMs)} | ${fmt(r.wallMs)} | ${fmt(r.longestTurnMs)} |`);
   const section = [
     '<!-- scale:begin (written by bench/scale.ts; edit the text around it, not inside) -->',
-    `Measured ${date} at commit \`${commit}\` (\`npm run bench:scale\`; 2 shared cores, other agents' tests running).`,
+    `Measured ${date} at commit \`${commit}\` (\`npm run bench:scale\`; 2 shared cores, other test runs sharing the machine).`,
     '',
     `| backend | existing leases N | start → env file (ms) | start → all N programmed (ms) | RSS then (MiB) | burst of ${BURST.toLocaleString('en-US')} → all programmed (ms) | of which etcd acknowledging the puts (ms) | RSS after the burst (MiB) |`,
     '|---|---|---|---|---|---|---|---|',

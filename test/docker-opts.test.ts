@@ -83,7 +83,7 @@ describe('docker-opts', () => {
     expect(readFileSync(out, 'utf8')).toBe('DOCKER_OPT_BIP="--bip=198.19.46.1/24"\nDOCKER_OPT_MTU="--mtu=1472"\n');
   });
 
-  // Through the real flannelctl binary once the lead has registered the command there.
+  // Through the real flannelctl binary, once the command is registered there.
   const flannelctl = repoPath('bin', 'flannelctl');
   const registered =
     existsSync(repoPath('dist', 'ctl', 'main.js')) &&

@@ -1,4 +1,4 @@
-// Issue 11 end to end: hostile and malformed leases written next to the good ones must hurt no peer.
+// End to end: hostile and malformed leases written next to the good ones must hurt no peer.
 // Four real flanneld daemons (vxlan) on the namespace cluster. Before they start, 1,550 invalid keys
 // and one good reservation are in etcd; three daemons start and their pods ping each other; for
 // 20 s a generated stream writes and deletes malformed leases (padded and Unicode-spaced addresses,

@@ -228,7 +228,7 @@ test('SIGKILL and restart: same subnet, leases that vanished meanwhile removed, 
   expect(result.received).toBeGreaterThan(20);
   expect(result.lost).toBe(0);
   // The malformed leases left by the earlier test were skipped in the first list, with a warning that
-  // counts them (one line per listing, not one per key: issue 11).
+  // counts them (one line per listing, not one per key).
   const skipped = readLog(n1.logFile, mark).filter((l) => l.level >= WARN && /malformed/.test(l.msg));
   expect(skipped.reduce((n, l) => n + Number(l['invalid'] ?? 1), 0)).toBeGreaterThan(3);
 }, 60_000);

@@ -1,4 +1,4 @@
-// The udp receive path must not launder a corrupted TCP segment (issue 11). Coalesced super-packets
+// The udp receive path must not launder a corrupted TCP segment. Coalesced super-packets
 // go to the kernel with NEEDS_CSUM, so the kernel writes a fresh TCP checksum instead of checking
 // the old ones; a datagram that arrived alone may have carried a zero UDP checksum (legal in IPv4,
 // checked by nobody). So each such segment's TCP checksum is verified before it is merged, and a
