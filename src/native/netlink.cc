@@ -294,12 +294,14 @@ uint32_t macLo(const unsigned char* m) { return ((uint32_t)m[2] << 24) | ((uint3
 
 // Reads the tables in scope (or, with linksOnly, only the links) on a worker thread. The links
 // (ifindex, name) name the devices of the entries; they are not part of the digest, whose entries
-// name devices by index.
+// name devices by index. The digest is one FNV-1a per table (routes, neighbours, FDB), so that the
+// caller converts only the tables that changed since the dump it still holds.
 class DumpWorker : public Napi::AsyncWorker {
  public:
-  DumpWorker(Napi::Env env, std::shared_ptr<Socket> sock, std::vector<Root> roots, std::vector<std::string> devices, std::string lastDigest, bool linksOnly)
+  DumpWorker(Napi::Env env, std::shared_ptr<Socket> sock, std::vector<Root> roots, std::vector<std::string> devices, std::string lastDigest,
+             std::string heldDigest, bool linksOnly)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), sock_(std::move(sock)), roots_(std::move(roots)),
-        devices_(std::move(devices)), last_(std::move(lastDigest)), linksOnly_(linksOnly) {}
+        devices_(std::move(devices)), last_(std::move(lastDigest)), held_(std::move(heldDigest)), linksOnly_(linksOnly) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   // Routes: [family, type, prefixLen, dst x4, hasGateway, gateway x4, oif, protocol, flags, metric]
@@ -314,12 +316,10 @@ class DumpWorker : public Napi::AsyncWorker {
     if (v4 && !dump(RTM_GETROUTE, AF_INET)) return;
     if (v6 && !dump(RTM_GETROUTE, AF_INET6)) return;
     if (!ifindexes_.empty() && (!dump(RTM_GETNEIGH, AF_UNSPEC) || !dump(RTM_GETNEIGH, AF_BRIDGE))) return;
-    uint64_t h = 14695981039346656037ull;
-    h = fnv(h, routes_);
-    h = fnv(h ^ 1, neighs_);
-    h = fnv(h ^ 2, fdb_);
-    char hex[17];
-    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+    const uint64_t basis = 14695981039346656037ull;
+    char hex[49];
+    snprintf(hex, sizeof hex, "%016llx%016llx%016llx", (unsigned long long)fnv(basis, routes_), (unsigned long long)fnv(basis ^ 1, neighs_),
+             (unsigned long long)fnv(basis ^ 2, fdb_));
     digest_ = hex;
   }
 
@@ -345,9 +345,11 @@ class DumpWorker : public Napi::AsyncWorker {
         if (!v.empty()) memcpy(a.Data(), v.data(), v.size() * 4);
         return a;
       };
-      result.Set("routes", copy(routes_));
-      result.Set("neighs", copy(neighs_));
-      result.Set("fdb", copy(fdb_));
+      // A table whose part of the digest equals the one of the dump the caller holds is left out.
+      auto changed = [&](size_t part) { return held_.size() != digest_.size() || held_.compare(16 * part, 16, digest_, 16 * part, 16) != 0; };
+      if (changed(0)) result.Set("routes", copy(routes_));
+      if (changed(1)) result.Set("neighs", copy(neighs_));
+      if (changed(2)) result.Set("fdb", copy(fdb_));
     }
     deferred_.Resolve(result);
   }
@@ -487,7 +489,7 @@ class DumpWorker : public Napi::AsyncWorker {
   std::shared_ptr<Socket> sock_;
   std::vector<Root> roots_;
   std::vector<std::string> devices_;
-  std::string last_, digest_;
+  std::string last_, held_, digest_;
   bool linksOnly_;
   std::vector<std::pair<uint32_t, std::string>> links_;
   std::vector<uint32_t> ifindexes_;
@@ -533,13 +535,15 @@ class RtNetlink : public Napi::ObjectWrap<RtNetlink> {
     return p;
   }
 
-  // dump(roots: Uint32Array, devices: string[], lastDigest: string)
+  // dump(roots: Uint32Array, devices: string[], lastDigest: string, heldDigest: string)
   //   → Promise<{ digest, links: [ifindex, name][], routes?, neighs?, fdb? }>
+  // No table when the digest is lastDigest; otherwise each table whose part differs from heldDigest's.
   Napi::Value Dump(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!sock_ || info.Length() < 3 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
-        !info[1].IsArray() || !info[2].IsString()) {
-      Napi::TypeError::New(env, "dump(roots: Uint32Array, devices: string[], lastDigest: string) on an open socket").ThrowAsJavaScriptException();
+    if (!sock_ || info.Length() < 4 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+        !info[1].IsArray() || !info[2].IsString() || !info[3].IsString()) {
+      Napi::TypeError::New(env, "dump(roots: Uint32Array, devices: string[], lastDigest: string, heldDigest: string) on an open socket")
+          .ThrowAsJavaScriptException();
       return env.Undefined();
     }
     auto flat = info[0].As<Napi::Uint32Array>();
@@ -555,7 +559,8 @@ class RtNetlink : public Napi::ObjectWrap<RtNetlink> {
       Napi::Value v = list.Get(i);
       if (v.IsString()) devices.push_back(v.As<Napi::String>().Utf8Value());
     }
-    auto* w = new DumpWorker(env, sock_, std::move(roots), std::move(devices), info[2].As<Napi::String>().Utf8Value(), false);
+    auto* w = new DumpWorker(env, sock_, std::move(roots), std::move(devices), info[2].As<Napi::String>().Utf8Value(), info[3].As<Napi::String>().Utf8Value(),
+                             false);
     auto p = w->Promise();
     w->Queue();
     return p;
@@ -567,7 +572,7 @@ class RtNetlink : public Napi::ObjectWrap<RtNetlink> {
       Napi::TypeError::New(info.Env(), "links() on an open socket").ThrowAsJavaScriptException();
       return info.Env().Undefined();
     }
-    auto* w = new DumpWorker(info.Env(), sock_, {}, {}, "", true);
+    auto* w = new DumpWorker(info.Env(), sock_, {}, {}, "", "", true);
     auto p = w->Promise();
     w->Queue();
     return p;

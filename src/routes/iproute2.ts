@@ -3,15 +3,14 @@
 // checked words (words.ts) so that no lease data can change how iproute2 splits it; `-force` carries
 // on past a refused line and names it ("Command failed -:N"), which attributes the kernel's message to
 // its entry. Reads are the text dumps (`ip route show root`, `ip neigh show dev`, `bridge fdb show
-// dev`), with a SHA-1 of the text as digest.
+// dev`), with a SHA-1 of each text as digest: only the texts that changed are parsed again.
 import { createHash } from 'node:crypto';
-import type { KernelEntry, KernelOp } from './entries.js';
+import { type KernelEntry, type KernelOp, netFamily } from './entries.js';
 import { fdbArgs, fdbDeleteCommand, fdbSetCommand, parseFdbLine } from './fdb.js';
 import { forceBatch, IpCommandError, parseLines, toolBytes, type BatchOutcome, type IpOptions } from './ip.js';
 import { neighboursArgs, neighDeleteCommand, neighSetCommand, parseNeighLine } from './neigh.js';
 import type { DumpScope, KernelDump, KernelPath } from './path.js';
 import { parseRouteLine, routeDeleteCommand, routeSetCommand, routesWithinArgs } from './route.js';
-import { netFamily } from './entries.js';
 
 /** The batch line of an op; throws BatchWordError when a value is not canonical. */
 export function opCommand(op: KernelOp): string[] {
@@ -30,6 +29,8 @@ export function opCommand(op: KernelOp): string[] {
 export class Iproute2Path implements KernelPath {
   readonly name = 'iproute2';
   private readonly opts: IpOptions;
+  /** Each text dump's digest and entries as last parsed: a dump whose text has not changed is not parsed again. */
+  private held = new Map<string, { digest: string; entries: KernelEntry[] }>();
 
   constructor(netns?: string) {
     this.opts = netns ? { netns } : {};
@@ -76,12 +77,19 @@ export class Iproute2Path implements KernelPath {
       ]),
     ];
     const texts = await Promise.all(reads.map((r) => this.read(r.tool, r.args)));
-    const hash = createHash('sha1');
-    for (const t of texts) hash.update(t).update('\0');
-    const digest = hash.digest('hex');
+    const digests = texts.map((t) => createHash('sha1').update(t).digest('hex'));
+    const digest = createHash('sha1').update(digests.join(' ')).digest('hex');
     if (digest === skipDigest) return { digest };
+    const held = new Map<string, { digest: string; entries: KernelEntry[] }>();
     const entries: KernelEntry[] = [];
-    for (const [i, r] of reads.entries()) entries.push(...(await parseLines(texts[i]!.toString(), r.parse)));
+    for (const [i, r] of reads.entries()) {
+      const key = `${r.tool} ${r.args.join(' ')}`;
+      const before = this.held.get(key);
+      const parsed = before?.digest === digests[i] ? before.entries : await parseLines(texts[i]!.toString(), r.parse);
+      held.set(key, { digest: digests[i]!, entries: parsed });
+      entries.push(...parsed);
+    }
+    this.held = held;
     return { digest, entries };
   }
 

@@ -1,15 +1,14 @@
 // The rtnetlink path (path.ts), over the addon (src/native/netlink.cc, built by `npm install` into
 // build/Release/flannel_netlink.node): batches of route, neighbour and FDB changes of both families
 // with the kernel's verdict per entry, and dumps of the three tables, filtered and digested on a
-// worker thread. Entries name devices; the kernel numbers them, so the path keeps the link names it
-// last read.
+// worker thread; only the tables whose digest changed since the last dump are converted again.
+// Entries name devices; the kernel numbers them, so the path keeps the link names it last read.
 import { loadBuiltAddon } from '../common/addon.js';
 import { Ip4Net } from '../common/ip4.js';
 import { Ip6Net, formatIp6 } from '../common/ip6.js';
 import {
   type FdbEntry,
   type IpAddr,
-  type KernelEntry,
   type KernelOp,
   type NeighEntry,
   type RouteEntry,
@@ -22,7 +21,7 @@ import type { DumpScope, KernelDump, KernelPath } from './path.js';
 
 interface NativeRtNetlink {
   apply(ops: Uint32Array): Promise<{ errors: Int32Array; messages: [number, string][] }>;
-  dump(roots: Uint32Array, devices: string[], lastDigest: string): Promise<{
+  dump(roots: Uint32Array, devices: string[], lastDigest: string, heldDigest: string): Promise<{
     digest: string;
     links: [number, string][];
     routes?: Uint32Array;
@@ -105,6 +104,8 @@ export class NetlinkPath implements KernelPath {
   /** Link names by index, and indexes by name, as last read. */
   private names = new Map<number, string>();
   private indexes = new Map<string, number>();
+  /** The tables of the last dump, converted: a table whose digest has not changed since is reused. */
+  private held: { digest: string; routes: RouteEntry[]; neighs: NeighEntry[]; fdb: FdbEntry[] } | null = null;
 
   /** Opens a socket in the named namespace (or /path/to/netns); default: ours. Throws without the addon. */
   constructor(netns?: string) {
@@ -119,21 +120,35 @@ export class NetlinkPath implements KernelPath {
   }
 
   async apply(ops: readonly KernelOp[]): Promise<(string | null)[]> {
-    // The links as they are now: a device recreated since the last read has a new index.
-    this.learnLinks(await this.native.links());
-    const verdicts: (string | null)[] = ops.map(() => null);
-    const flat = new Uint32Array(ops.length * OP_WORDS);
+    // Devices are named; the kernel wants indexes. The links read at the last dump serve unless an
+    // entry names one not seen then (just created).
+    if (ops.some((o) => o.entry.dev !== null && !this.indexes.has(o.entry.dev))) this.learnLinks(await this.native.links());
+    const verdicts = await this.send(ops, ops.map((_, i) => i));
+    // A device recreated since (a new index under its name): read the links again and resend those once.
+    const stale = ops.flatMap((o, i) => (verdicts[i]?.includes('No such device') && o.entry.dev !== null ? [i] : []));
+    if (stale.length > 0) {
+      this.learnLinks(await this.native.links());
+      const again = await this.send(ops, stale);
+      for (const i of stale) verdicts[i] = again[i] ?? null;
+    }
+    return verdicts;
+  }
+
+  /** Sends ops[i] for each i in `which` (in that order); the verdict of each, by op index. */
+  private async send(ops: readonly KernelOp[], which: readonly number[]): Promise<(string | null)[]> {
+    const verdicts: (string | null)[] = new Array<string | null>(ops.length).fill(null);
+    const flat = new Uint32Array(which.length * OP_WORDS);
     const sent: number[] = [];
-    ops.forEach((op, i) => {
-      const dev = op.entry.dev;
+    for (const i of which) {
+      const dev = ops[i]!.entry.dev;
       if (dev !== null && !this.indexes.has(dev)) verdicts[i] = `no device ${dev}`;
       else {
-        this.encode(op, flat, sent.length * OP_WORDS);
+        this.encode(ops[i]!, flat, sent.length * OP_WORDS);
         sent.push(i);
       }
-    });
+    }
     if (sent.length === 0) return verdicts;
-    const { messages } = await this.native.apply(sent.length === ops.length ? flat : flat.subarray(0, sent.length * OP_WORDS));
+    const { messages } = await this.native.apply(sent.length === which.length ? flat : flat.subarray(0, sent.length * OP_WORDS));
     for (const [k, message] of messages) verdicts[sent[k]!] = message;
     return verdicts;
   }
@@ -187,46 +202,65 @@ export class NetlinkPath implements KernelPath {
       roots[i * 6 + 1] = r.prefixLen;
       writeAddr(roots, i * 6 + 2, r.ip);
     });
-    const raw = await this.native.dump(roots, [...scope.devices], skipDigest);
+    const held = this.held;
+    const raw = await this.native.dump(roots, [...scope.devices], skipDigest, held?.digest ?? '');
     this.learnLinks(raw.links);
-    if (!raw.routes || !raw.neighs || !raw.fdb) return { digest: raw.digest };
-    const entries: KernelEntry[] = [];
-    const devName = (i: number): string => this.names.get(i) ?? `if${i}`;
-    for (let i = 0, r = raw.routes, n = 0; i < r.length; i += ROUTE_WORDS, n++) {
+    if (!raw.routes && !raw.neighs && !raw.fdb && raw.digest === skipDigest) return { digest: raw.digest };
+    // A table the native side left out is the one held (its part of the digest is unchanged).
+    const routes = raw.routes ? await this.routes(raw.routes) : held!.routes;
+    const neighs = raw.neighs ? await this.neighs(raw.neighs) : held!.neighs;
+    const fdb = raw.fdb ? await this.fdb(raw.fdb) : held!.fdb;
+    this.held = { digest: raw.digest, routes, neighs, fdb };
+    return { digest: raw.digest, entries: [...routes, ...neighs, ...fdb] };
+  }
+
+  private devName(ifindex: number): string {
+    return this.names.get(ifindex) ?? `if${ifindex}`;
+  }
+
+  private async routes(r: Uint32Array): Promise<RouteEntry[]> {
+    const out: RouteEntry[] = [];
+    for (let i = 0, n = 0; i < r.length; i += ROUTE_WORDS, n++) {
       const family = r[i]!;
       const type = r[i + 1] === RTN_BLACKHOLE ? 'blackhole' : 'unicast';
-      const addr = readAddr(r, i + 3, family);
-      const dst = family === 4 ? new Ip4Net(addr as number, r[i + 2]!) : new Ip6Net(addr as bigint, r[i + 2]!);
-      const dstText = family === 4 ? `${ip4Text(dst.ip as number)}/${dst.prefixLen}` : dst.toString();
-      const route: RouteEntry = {
+      const dst = family === 4 ? new Ip4Net(r[i + 3]!, r[i + 2]!) : new Ip6Net(readAddr(r, i + 3, 6) as bigint, r[i + 2]!);
+      const dstText = family === 4 ? `${ip4Text(r[i + 3]!)}/${r[i + 2]}` : dst.toString();
+      out.push({
         kind: 'route',
         key: routeKey(type, dstText),
         dst,
         type,
-        via: r[i + 7] ? readAddr(r, i + 8, family) : null,
-        dev: type === 'blackhole' || !r[i + 12] ? null : devName(r[i + 12]!),
+        via: r[i + 7] ? (family === 4 ? r[i + 8]! : readAddr(r, i + 8, 6)) : null,
+        dev: type === 'blackhole' || !r[i + 12] ? null : this.devName(r[i + 12]!),
         onlink: (r[i + 14]! & RTNH_F_ONLINK) !== 0,
         protocol: r[i + 13]!,
         metric: r[i + 15]!,
-      };
-      entries.push(route);
+      });
       if (n % CHUNK === CHUNK - 1) await yieldTurn();
     }
-    for (let i = 0, w = raw.neighs, n = 0; i < w.length; i += NEIGH_WORDS, n++) {
-      const ip = readAddr(w, i + 2, w[i]!);
-      const dev = devName(w[i + 1]!);
-      const neigh: NeighEntry = { kind: 'neigh', key: neighKey(dev, addrText(ip)), dev, ip, mac: macText(w[i + 7]!, w[i + 8]!), permanent: (w[i + 6]! & NUD_PERMANENT) !== 0 };
-      entries.push(neigh);
+    return out;
+  }
+
+  private async neighs(w: Uint32Array): Promise<NeighEntry[]> {
+    const out: NeighEntry[] = [];
+    for (let i = 0, n = 0; i < w.length; i += NEIGH_WORDS, n++) {
+      const ip = w[i] === 4 ? w[i + 2]! : readAddr(w, i + 2, 6);
+      const dev = this.devName(w[i + 1]!);
+      out.push({ kind: 'neigh', key: neighKey(dev, addrText(ip)), dev, ip, mac: macText(w[i + 7]!, w[i + 8]!), permanent: (w[i + 6]! & NUD_PERMANENT) !== 0 });
       if (n % CHUNK === CHUNK - 1) await yieldTurn();
     }
-    for (let i = 0, w = raw.fdb, n = 0; i < w.length; i += FDB_WORDS, n++) {
-      const dev = devName(w[i]!);
+    return out;
+  }
+
+  private async fdb(w: Uint32Array): Promise<FdbEntry[]> {
+    const out: FdbEntry[] = [];
+    for (let i = 0, n = 0; i < w.length; i += FDB_WORDS, n++) {
+      const dev = this.devName(w[i]!);
       const mac = macText(w[i + 1]!, w[i + 2]!);
-      const fdb: FdbEntry = { kind: 'fdb', key: fdbKey(dev, mac), dev, mac, dst: readAddr(w, i + 4, w[i + 3]!), permanent: (w[i + 8]! & NUD_PERMANENT) !== 0 };
-      entries.push(fdb);
+      out.push({ kind: 'fdb', key: fdbKey(dev, mac), dev, mac, dst: readAddr(w, i + 4, w[i + 3]!), permanent: (w[i + 8]! & NUD_PERMANENT) !== 0 });
       if (n % CHUNK === CHUNK - 1) await yieldTurn();
     }
-    return { digest: raw.digest, entries };
+    return out;
   }
 
   close(): void {

@@ -122,20 +122,19 @@ export class VxlanDevice {
     const want = `${formatIp(this.own.ip)}/${this.family === 4 ? 32 : 128}`;
     const state = await readLinkState(this.name, this.ipOpts);
     const stale = (state?.addrs ?? []).filter((a) => a.family === this.family && a.scope === 'global' && a.cidr !== want);
+    const macChanged = this.macChanged(state?.mac);
     await ipBatch([
+      ...(macChanged ? [linkSetCommand(this.name, { address: this.mac! })] : []),
       addrReplaceCommand(this.name, want),
       ...stale.map((a) => addrDeleteCommand(this.name, a.cidr)),
       linkSetCommand(this.name, { up: true }),
     ], this.ipOpts);
-    await this.keepMac();
   }
 
-  /** Sets the published MAC back if it was changed after bring-up (e.g. by systemd's MACAddressPolicy). Returns whether it had to. */
-  private async keepMac(seen?: string): Promise<boolean> {
-    const now = seen ?? (await readLinkState(this.name, this.ipOpts))?.mac;
+  /** Whether the device's MAC is no longer the one we published (logged: e.g. systemd's MACAddressPolicy changed it). */
+  private macChanged(now: string | undefined): boolean {
     if (!this.mac || now === undefined || now === this.mac) return false;
     this.log.warn({ device: this.name, published: this.mac, found: now }, 'vxlan device MAC was changed; setting back the one peers know');
-    await ip(linkSetCommand(this.name, { address: this.mac }), this.ipOpts);
     return true;
   }
 
@@ -154,7 +153,11 @@ export class VxlanDevice {
       await this.address();
       return 1;
     }
-    let repairs = (await this.keepMac(state.mac)) ? 1 : 0;
+    let repairs = 0;
+    if (this.macChanged(state.mac)) {
+      await ip(linkSetCommand(this.name, { address: this.mac }), this.ipOpts);
+      repairs++;
+    }
     if (!this.own) return repairs;
     const want = `${formatIp(this.own.ip)}/${this.family === 4 ? 32 : 128}`;
     const global = state.addrs.filter((a) => a.family === this.family && a.scope === 'global');
