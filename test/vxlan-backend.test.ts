@@ -139,6 +139,12 @@ describe('device', () => {
     await ip(['link', 'del', 'flannel.70000'], { netns: node.ns });
   });
 
+  test('a Backend.MTU that leaves too little for the device is refused with a clear error', async () => {
+    const node = cluster.nodes[2]!;
+    await expect(newBackend(node, { Type: 'vxlan', VNI: 43, MTU: 100 }).prepare()).rejects.toThrow(/Backend\.MTU 100 leaves 50 for flannel\.43, below IPv4's minimum of 68/);
+    expect(await readLink('flannel.43', { netns: node.ns })).toBeNull();
+  });
+
   test('a VNI whose device name the kernel would refuse is refused with a clear error', () => {
     const node = cluster.nodes[2]!;
     expect(() => newBackend(node, { Type: 'vxlan', VNI: 16_777_215 })).toThrow(/flannel\.16777215, longer than the kernel's 15 characters/);

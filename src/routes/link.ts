@@ -17,7 +17,7 @@ export interface AddrEntry {
   scope: string;
 }
 
-export interface RawAddrInfo {
+interface RawAddrInfo {
   family: string;
   local: string;
   prefixlen: number;
@@ -25,7 +25,7 @@ export interface RawAddrInfo {
 }
 
 /** An address of `ip -json addr show`, typed; null for another family (e.g. a link-layer one). */
-export function parseAddrInfo(a: RawAddrInfo): AddrEntry | null {
+function parseAddrInfo(a: RawAddrInfo): AddrEntry | null {
   if (a.family !== 'inet' && a.family !== 'inet6') return null;
   const family = a.family === 'inet' ? 4 : 6;
   return { family, ip: family === 4 ? parseIp4(a.local) : parseIp6(a.local), prefixLen: a.prefixlen, cidr: `${a.local}/${a.prefixlen}`, scope: a.scope ?? 'global' };

@@ -66,6 +66,10 @@ export class VxlanDevice {
   private spec(): VxlanSpec {
     const local = this.family === 4 ? this.ext.ifaceIP : this.ext.ifaceIPv6;
     if (!local) throw new Error(`vxlan: EnableIPv6 is set but ${this.ext.name} has no global IPv6 address`);
+    const least = this.family === 4 ? 68 : 1280;
+    if (this.mtu < least) {
+      throw new Error(`vxlan: ${this.config.mtu === null ? `${this.ext.name}'s MTU` : 'Backend.MTU'} ${this.config.mtu ?? this.ext.mtu} leaves ${this.mtu} for ${this.name}, below IPv${this.family}'s minimum of ${least}`);
+    }
     return {
       name: this.name,
       vni: this.config.vni,
