@@ -26,8 +26,8 @@ import { delimiter, join } from 'node:path';
 import { buildDelegateConf } from '../src/cni/delegate.js';
 import { parseFlannelNetConf } from '../src/cni/netconf.js';
 import { readSubnetEnvFile } from '../src/subnet/envfile.js';
-import { createCluster, repoRoot, type Cluster } from '../test/harness/cluster.js';
-import { addNetns, delNetns, runId } from '../test/harness/netns.js';
+import { createCluster, repoRoot, type Cluster } from '../testbed/cluster.js';
+import { addNetns, delNetns, runId } from '../testbed/netns.js';
 import type { DriverPlan, DriverResult, DriverVariant } from './cni-driver.js';
 import { lineChart } from './svg-plot.js';
 

@@ -1,18 +1,16 @@
-// Would an etcd client over etcd's JSON gateway reach the idle memory goal where etcd3 cannot?
-// Starts a real etcd on loopback, puts N leases under /coreos.com/network/subnets/, then runs fresh
-// `node` processes that load what the daemon loads besides its etcd client (pino, yargs,
-// prom-client) and do what the daemon does with etcd — list the subnets, watch them, hold a lease
-// with keepalives — through one of: etcd3 (grpc-js + protobufjs), the prototype gateway client
-// (bench/etcd-gateway-prototype.mjs, node:http only), or no client at all (the floor); etcd3-tuned is
-// etcd3 with small gRPC window and session-memory options. Reports the
-// median RSS / anonymous memory / heap after the work, a settle and a full GC.
+// What the etcd client costs in memory. Starts a real etcd on loopback, puts N leases under
+// /coreos.com/network/subnets/, then runs fresh `node` processes that load what the daemon loads
+// besides its etcd client (pino, yargs, prom-client) and do what the daemon does with etcd — list the
+// subnets, watch them, hold a lease with keepalives — through etcd3 (grpc-js + protobufjs), or no
+// client at all (the floor); etcd3-tuned is etcd3 with small gRPC window and session-memory options.
+// Reports the median RSS / anonymous memory / heap after the work, a settle and a full GC.
 // npx tsx bench/etcd-client-memory.ts [--n=2,6000] [--rounds=3] [--node-flags="--lite-mode --no-expose-wasm"]
 import { runNodeScript } from './node-child.js';
-import { startEtcd } from '../test/harness/etcd.js';
+import { startEtcd } from '../testbed/etcd.js';
 
 const PREFIX = '/coreos.com/network/subnets/';
 
-type Mode = 'none' | 'etcd3' | 'etcd3-tuned' | 'gateway';
+type Mode = 'none' | 'etcd3' | 'etcd3-tuned';
 
 const CHILD = `
 const mode = process.env.CLIENT_MODE;
@@ -34,15 +32,6 @@ if (mode === 'etcd3' || mode === 'etcd3-tuned') {
   const lease = client.lease(60, { autoKeepAlive: true });
   await lease.grant();
   await lease.keepaliveOnce();
-} else if (mode === 'gateway') {
-  const { GatewayClient } = await import(process.env.PROTOTYPE_URL);
-  const client = new GatewayClient(endpoint);
-  const { kvs, revision } = await client.list(prefix);
-  for (const kv of kvs) held.set(kv.key, JSON.parse(kv.value));
-  client.watch(prefix, revision + 1, (events) => { for (const e of events) held.set(e.key, JSON.parse(e.value)); }, (err) => { console.error(err); process.exit(1); });
-  const id = await client.leaseGrant(60);
-  await client.keepAlive(id);
-  setInterval(() => void client.keepAlive(id), 20000);
 }
 count = held.size;
 await new Promise((r) => setTimeout(r, 1500));
@@ -70,7 +59,6 @@ interface Figures {
 function measure(mode: Mode, endpoint: string, nodeFlags: string[]): Promise<Figures> {
   return runNodeScript<Figures>(mode, CHILD, nodeFlags, {
     CLIENT_MODE: mode, ETCD_ENDPOINT: endpoint, SUBNETS_PREFIX: PREFIX,
-    PROTOTYPE_URL: new URL('./etcd-gateway-prototype.mjs', import.meta.url).href,
   });
 }
 
@@ -104,7 +92,7 @@ async function main(): Promise<void> {
     for (const n of ns) {
       await putLeases(etcd.endpoint, have, n + 1, grant.ID);
       have = n + 1;
-      const runs = new Map<Mode, Figures[]>([['none', []], ['etcd3', []], ['etcd3-tuned', []], ['gateway', []]]);
+      const runs = new Map<Mode, Figures[]>([['none', []], ['etcd3', []], ['etcd3-tuned', []]]);
       for (let r = 0; r < rounds; r++) for (const mode of runs.keys()) runs.get(mode)!.push(await measure(mode, etcd.endpoint, nodeFlags));
       for (const [mode, figs] of runs) {
         const m = (k: keyof Figures) => median(figs.map((f) => f[k]));

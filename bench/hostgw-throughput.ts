@@ -12,8 +12,8 @@ import { spawn } from 'node:child_process';
 import { ipBatch } from '../src/routes/ip.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
-import { createCluster, type Cluster, type ClusterNode } from '../test/harness/cluster.js';
-import { addNetns, delNetns, run, runId, waitFor } from '../test/harness/netns.js';
+import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const arg = (name: string, fallback: number): number => {
   const hit = process.argv.find((a) => a.startsWith(`--${name}=`));

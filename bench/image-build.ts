@@ -8,8 +8,8 @@
 // npx tsx bench/image-build.ts [--bases] [--json=FILE]        (npm run bench:image; needs root and podman)
 import { readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { repoPath } from '../test/harness/cluster.js';
-import { run } from '../test/harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { run } from '../testbed/netns.js';
 
 const args = process.argv.slice(2);
 const json = args.find((a) => a.startsWith('--json='))?.slice('--json='.length);

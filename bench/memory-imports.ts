@@ -8,7 +8,7 @@
 import { runNodeScript } from './node-child.js';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { repoRoot } from '../test/harness/cluster.js';
+import { repoRoot } from '../testbed/cluster.js';
 
 export interface ImportCase {
   name: string;

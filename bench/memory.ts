@@ -16,8 +16,8 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createCluster, killPid, repoRoot, type Cluster, type ClusterNode } from '../test/harness/cluster.js';
-import { run, sleep, waitFor } from '../test/harness/netns.js';
+import { createCluster, killPid, repoRoot, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
 import { formatHeapSummary, summarizeHeapSnapshot, type HeapSummary } from './heap-summary.js';
 
 const PREFIX = '/coreos.com/network';

@@ -1,7 +1,7 @@
 // How the memory benches measure a fresh process: run an ES module script with `node --expose-gc`
 // (plus the case's node flags and environment) and read the JSON object it prints as its last line.
 import { spawn } from 'node:child_process';
-import { repoRoot } from '../test/harness/cluster.js';
+import { repoRoot } from '../testbed/cluster.js';
 
 export function runNodeScript<T>(label: string, script: string, nodeFlags: readonly string[], env: Record<string, string>): Promise<T> {
   return new Promise((resolve, reject) => {

@@ -8,7 +8,7 @@
 // /metrics: the table swap follows the count within the same turn of the event loop).
 // Writes docs/benchmarks.md (the section between the scale markers) and docs/img/scale.svg.
 // Run: npm run bench:scale [-- --sizes=100,1000,5000] [--burst=1000] [--no-write]
-import { udpStatsFromMetrics } from '../test/harness/udp-probes.js';
+import { udpStatsFromMetrics } from '../testbed/udp-probes.js';
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -22,10 +22,9 @@ import { ipBatch } from '../src/routes/ip.js';
 import { parseNetworkConfig, type UdpBackendConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import type { Lease } from '../src/subnet/lease.js';
-import { createCluster, repoRoot, type Cluster, type ClusterNode } from '../test/harness/cluster.js';
-import { addLoneNodeNetns, delNetns, run, runId, sleep } from '../test/harness/netns.js';
-import { rssKiB } from '../test/harness/resilience.js';
-import { nodeScript } from '../test/harness/udp-probes.js';
+import { createCluster, repoRoot, rssKiB, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { addLoneNodeNetns, delNetns, run, runId, sleep } from '../testbed/netns.js';
+import { nodeScript } from '../testbed/udp-probes.js';
 import { lineChart } from './svg-plot.js';
 
 const argValue = (name: string): string | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
@@ -274,7 +273,7 @@ async function main(): Promise<void> {
   const resyncRows = resyncs.map((r) => `| ${r.label} | ${r.n.toLocaleString('en-US')} | ${r.state === 'unchanged' ? 'kernel unchanged' : 'one route deleted by hand'} | ${fmt(r.loopMs)} | ${fmt(r.cpuMs)} | ${fmt(r.wallMs)} | ${fmt(r.longestTurnMs)} |`);
   const section = [
     '<!-- scale:begin (written by bench/scale.ts; edit the text around it, not inside) -->',
-    `Measured ${date} at commit \`${commit}\` (\`npm run bench:scale\`; 2 shared cores, other agents' tests running).`,
+    `Measured ${date} at commit \`${commit}\` (\`npm run bench:scale\`; 2 shared cores, other test runs sharing the machine).`,
     '',
     `| backend | existing leases N | start → env file (ms) | start → all N programmed (ms) | RSS then (MiB) | burst of ${BURST.toLocaleString('en-US')} → all programmed (ms) | of which etcd acknowledging the puts (ms) | RSS after the burst (MiB) |`,
     '|---|---|---|---|---|---|---|---|',

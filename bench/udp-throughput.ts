@@ -7,10 +7,10 @@
 //                                   [--daemon] [--plot FILE.svg]
 //
 // Default: the bench process hosts both nodes' forwarders (UdpForwarder, the code UdpBackend runs),
-// each inside its node's namespace, on test/harness/udp-topology.ts (the cluster harness's topology
+// each inside its node's namespace, on testbed/udp-topology.ts (the testbed cluster's topology
 // without etcd); with several rows, their rounds alternate (row 1, row 2, ..., row 1, ...) so that
 // the machine's load drifts over all of them alike. --daemon runs the real bin/flanneld on the
-// cluster harness instead.
+// testbed cluster instead.
 // --steps measures each data-path optimisation on its own (docs/udp.md lists the results).
 // --source-check measures the AllowedIPs check on received datagrams: the data path with it and
 // without it (docs/benchmarks.md).
@@ -19,9 +19,9 @@ import { writeFileSync } from 'node:fs';
 import { UdpForwarder, type UdpForwarderOptions } from '../src/backend/udp/native.js';
 import { ipBatch } from '../src/routes/ip.js';
 import { Ip4Net, formatIp4, parseIp4 } from '../src/common/ip4.js';
-import { createCluster, type Cluster } from '../test/harness/cluster.js';
-import { run, sleep } from '../test/harness/netns.js';
-import { OVERLAY, addressFlannel0, createTopology, type Topology } from '../test/harness/udp-topology.js';
+import { createCluster, type Cluster } from '../testbed/cluster.js';
+import { run, sleep } from '../testbed/netns.js';
+import { OVERLAY, addressFlannel0, createTopology, type Topology } from '../testbed/udp-topology.js';
 import { lineChart } from './svg-plot.js';
 
 interface Args {

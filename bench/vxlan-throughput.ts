@@ -7,10 +7,10 @@ import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { bridgeBatch, ipBatch } from '../src/routes/ip.js';
 import { readLink } from '../src/routes/link.js';
-import { listRoutes } from '../src/routes/route.js';
+import { readRoutesWithin } from '../src/routes/route.js';
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
-import { createCluster, type Cluster, type ClusterNode, type Pod } from '../test/harness/cluster.js';
-import { run, sleep, waitFor } from '../test/harness/netns.js';
+import { createCluster, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
 
 const arg = (name: string, fallback: number): number => {
   const hit = process.argv.find((a) => a.startsWith(`--${name}=`));
@@ -136,7 +136,7 @@ async function convergence(): Promise<void> {
       for (const pod of [...n2.pods]) await cluster.removePod(pod);
       await ipBatch([['link', 'del', 'flannel.1'], ['link', 'del', 'cni0']], { netns: n2.ns, force: true }).catch(() => {});
       rmSync(n2.subnetFile, { force: true });
-      const forgotten = await waitFor(async () => !(await listRoutes({}, { netns: n1.ns })).some((r) => r.dst === old.toString()), 10_000);
+      const forgotten = await waitFor(async () => (await readRoutesWithin(old, { netns: n1.ns })).length === 0, 10_000);
       if (!forgotten) throw new Error(`node 1 still routes ${old} after its lease was deleted`);
       await sleep(200);
 

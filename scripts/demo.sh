@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 case "${1:-up}" in
   up)
     if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; else npm run build; fi
-    exec npx tsx test/harness/demo.ts up
+    exec npx tsx testbed/demo.ts up
     ;;
   down)
-    exec npx tsx test/harness/demo.ts down
+    exec npx tsx testbed/demo.ts down
     ;;
   *)
     echo "usage: $0 [up|down]" >&2

@@ -16,8 +16,8 @@ import {
 import { silentLogger } from '../src/common/log.js';
 import { startCniServer } from '../src/daemon/cni-server.js';
 import { type CniCall, type CniPlugin, callCni, cniBuilt, cniPlugin, daemonOnlyClient } from './harness/cni.js';
-import { alive, createCluster, killPid, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { alive, createCluster, killPid, repoPath, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const built = cniBuilt('daemon') && existsSync(repoPath('bin', 'flanneld'));
 const BURST = 40;

@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CNI_PATHS, type CniCall, type CniPlugin, type CniReply, callCni, cniBuilt, cniPlugin } from './harness/cni.js';
-import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const built = cniBuilt('daemon') && cniBuilt('standalone');
 

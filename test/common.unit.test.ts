@@ -1,11 +1,10 @@
-// The shared helpers every module leans on: the serial queue, the backoff, the coalesced pass and the
-// atomic file writer.
+// The shared helpers every module leans on: the serial queue, the backoff and the atomic file writer
+// (the scheduler has its own file, scheduler.unit.test.ts).
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { writeFileAtomic } from '../src/common/atomic-file.js';
-import { CoalescedPass } from '../src/common/coalesced-pass.js';
 import { Backoff } from '../src/common/retry.js';
 import { SerialQueue } from '../src/common/serial-queue.js';
 
@@ -38,27 +37,6 @@ describe('Backoff', () => {
     expect([b.next(), b.next(), b.next(), b.next(), b.next()]).toEqual([500, 1000, 2000, 3000, 3000]);
     b.reset();
     expect(b.peek()).toBe(500);
-  });
-});
-
-describe('CoalescedPass', () => {
-  it('requests made while a pass runs share one more pass; errors go to onError, never to callers', async () => {
-    const seen: string[] = [];
-    const errors: unknown[] = [];
-    let fail = false;
-    const pass = new CoalescedPass<string>(async (arg) => {
-      seen.push(arg);
-      await tick();
-      if (fail) throw new Error('refused');
-    }, (err) => errors.push(err));
-    const first = pass.request('a');
-    const during = [pass.request('b'), pass.request('c'), pass.request('d')];
-    await Promise.all([first, ...during]);
-    expect(seen).toEqual(['a', 'd']); // one more pass, with the latest request's argument
-    fail = true;
-    await expect(pass.request('e')).resolves.toBeUndefined();
-    expect(errors).toHaveLength(1);
-    await pass.idle();
   });
 });
 

@@ -4,9 +4,9 @@
 // the config is fixed. Needs `npm run build`.
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { HUB_IP, createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { HUB_IP, createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
 import { spawnFlanneld, type FlanneldProcess } from './harness/etcd-cluster.js';
-import { run, waitFor } from './harness/netns.js';
+import { run, waitFor } from '../testbed/netns.js';
 import { ERROR, readLog, waitForLog } from './harness/resilience.js';
 
 const PREFIX = '/coreos.com/network';

@@ -5,8 +5,8 @@ import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, unl
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { type EtcdServer, startEtcd } from '../testbed/etcd.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const repo = join(import.meta.dirname, '..');
 const ns = `fl-${runId()}-daemon`;
@@ -123,6 +123,19 @@ describe('flanneld in a network namespace', () => {
     expect(readFileSync(subnetFile, 'utf8')).toBe(before);
     await stopDaemon(d);
   }, 90_000);
+
+  it('with --ip-blackhole-route, installs a blackhole route for its subnet and keeps it there', async () => {
+    const subnet = /FLANNEL_SUBNET=(198\.19\.\d+)\.1\/24/.exec(readFileSync(subnetFile, 'utf8'))![1]!;
+    const blackholes = async () => (await run(['ip', '-4', 'route', 'show', 'type', 'blackhole'], { netns: ns })).stdout;
+    expect(await blackholes()).not.toContain(`${subnet}.0/24`);
+    const d = startDaemon(['--iface=eth0', `--subnet-file=${subnetFile}`, '--iptables-forward-rules=false', '--ip-blackhole-route']);
+    expect(await waitFor(async () => (await blackholes()).includes(`blackhole ${subnet}.0/24`), 20_000), log().slice(-3000)).toBe(true);
+    // Deleted behind the daemon's back, it comes back with the next resync.
+    await run(['ip', 'route', 'del', 'blackhole', `${subnet}.0/24`], { netns: ns });
+    expect(await waitFor(async () => (await blackholes()).includes(`blackhole ${subnet}.0/24`), 20_000), log().slice(-3000)).toBe(true);
+    await stopDaemon(d);
+    await run(['ip', 'route', 'del', 'blackhole', `${subnet}.0/24`], { netns: ns });
+  }, 60_000);
 
   it("reads every flag from FLANNELD_* environment variables, and runs with the Kubernetes DaemonSet's FLANNELD_NET_CONFIG_PATH, warning once", async () => {
     const envFile = join(dir, 'from-env.env');

@@ -9,8 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseDaemonFlags } from '../src/daemon/flags.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { writeSubnetEnvFile } from '../src/subnet/envfile.js';
-import { repoPath } from './harness/cluster.js';
-import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { addLoneNodeNetns, delNetns, run, runId } from '../testbed/netns.js';
 
 /** Exists, as a file, a directory or a link (even a dangling one). */
 function present(path: string): boolean {

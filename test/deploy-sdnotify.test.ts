@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SystemdStatus, notifySystemd } from '../src/daemon/sdnotify.js';
-import { repoPath } from './harness/cluster.js';
-import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { type EtcdServer, startEtcd } from '../testbed/etcd.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 // Like systemd: a BARRIER=1 datagram carries a file descriptor that the manager closes once it has
 // processed everything before it; systemd-notify waits for that close.

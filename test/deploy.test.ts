@@ -16,10 +16,10 @@ import { parseFlannelNetConf } from '../src/cni/netconf.js';
 import { SUPPORTED_VERSIONS } from '../src/cni/plugin.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
-import { createCluster, killPid, repoPath, type Cluster } from './harness/cluster.js';
+import { createCluster, killPid, repoPath, type Cluster } from '../testbed/cluster.js';
 import { containerEnv, loadManifests } from './harness/kube.js';
-import { startEtcd } from './harness/etcd.js';
-import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { startEtcd } from '../testbed/etcd.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 type Obj = Record<string, unknown>;
 

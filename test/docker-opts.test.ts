@@ -9,8 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dockerOptsCommand, formatDockerOpts, readFlannelEnv } from '../src/ctl/docker-opts.js';
 import { writeSubnetEnvFile } from '../src/subnet/envfile.js';
 import { Ip4Net } from '../src/common/ip4.js';
-import { repoPath } from './harness/cluster.js';
-import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { addLoneNodeNetns, delNetns, run, runId } from '../testbed/netns.js';
 
 const BOTH = { combinedKey: 'DOCKER_OPTS', individual: false, combined: false, ipMasq: true, environment: {} };
 
@@ -83,7 +83,7 @@ describe('docker-opts', () => {
     expect(readFileSync(out, 'utf8')).toBe('DOCKER_OPT_BIP="--bip=198.19.46.1/24"\nDOCKER_OPT_MTU="--mtu=1472"\n');
   });
 
-  // Through the real flannelctl binary once the lead has registered the command there.
+  // Through the real flannelctl binary, once the command is registered there.
   const flannelctl = repoPath('bin', 'flannelctl');
   const registered =
     existsSync(repoPath('dist', 'ctl', 'main.js')) &&

@@ -5,14 +5,18 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { failedBatchLines, planRoutes } from '../src/backend/hostgw/routes.js';
 import { silentLogger } from '../src/common/log.js';
 import { formatDockerOpts, readFlannelEnv } from '../src/ctl/docker-opts.js';
 import { renderLeaseTable } from '../src/ctl/leases-table.js';
 import { forwardRules, masqRules } from '../src/netfilter/iptables.js';
+import { type KernelEntry, netInside, unicastRoute } from '../src/routes/entries.js';
+import { parseBatchErrors } from '../src/routes/ip.js';
+import { opCommand } from '../src/routes/iproute2.js';
+import { KernelModel } from '../src/routes/model.js';
+import { parseRouteLine } from '../src/routes/route.js';
 import { IPV6_CHOICES, Ipv6NetworkFullError, chooseSubnet } from '../src/subnet/allocation.js';
 import { ConfigError, type NetworkConfig, parseNetworkConfig, sameNetwork } from '../src/subnet/config.js';
-import { Ip4Net } from '../src/common/ip4.js';
+import { Ip4Net, parseIp4 } from '../src/common/ip4.js';
 import { Ip6Net, formatIp6, isIp6, parseIp6 } from '../src/common/ip6.js';
 import { KnownLeases } from '../src/subnet/known-leases.js';
 import { type Lease, type LeaseAttrs, type LeaseEvent, decodeLeaseAttrs, encodeLeaseAttrs } from '../src/subnet/lease.js';
@@ -355,33 +359,39 @@ describe('ip6tables rules', () => {
 });
 
 describe('host-gw route plan (pure)', () => {
-  const ours = (dst: string) => dst.startsWith('198.19.') || dst.startsWith('2001:2:1:');
+  // host-gw's routes of both families in the kernel model: gatewayed routes on the underlay inside the networks are ours.
+  const networks = [Ip4Net.parse('198.19.0.0/16'), Ip6Net.parse('2001:2:1::/48')];
+  const ours = (e: KernelEntry) => e.kind === 'route' && e.via !== null && networks.some((n) => netInside(e.dst, n));
+  const peer = (model: KernelModel, dst: string, via: string) =>
+    model.set(dst, [unicastRoute(dst.includes(':') ? Ip6Net.parse(dst) : Ip4Net.parse(dst), 'eth0', dst.includes(':') ? parseIp6(via) : parseIp4(via))]);
+  const kernel = (lines: string[]) => lines.map((l) => parseRouteLine(l, l.includes(':') ? 6 : 4)!);
   it('adds missing and misdirected routes, removes only its own stale ones, and leaves the rest', () => {
-    const wanted = new Map([
-      ['198.19.2.0/24', '198.18.0.2'],
-      ['198.19.3.0/24', '198.18.0.3'],
-      ['2001:2:1:2::/64', '2001:2::2'],
+    const model = new KernelModel();
+    peer(model, '198.19.2.0/24', '198.18.0.2');
+    peer(model, '198.19.3.0/24', '198.18.0.3');
+    peer(model, '2001:2:1:2::/64', '2001:2::2');
+    const have = kernel([
+      '198.19.2.0/24 via 198.18.0.2 dev eth0', // right: kept
+      '198.19.3.0/24 via 198.18.0.9 dev eth0', // wrong gateway: replaced
+      '198.19.4.0/24 via 198.18.0.4 dev eth0', // stale lease: removed
+      '198.18.0.0/24 dev eth0 proto kernel scope link src 198.18.0.1', // the underlay's own: kept
+      '203.0.113.0/24 via 198.18.0.254 dev eth0 proto static', // someone else's: kept
     ]);
-    const have = [
-      { dst: '198.19.2.0/24', gateway: '198.18.0.2', protocol: 'boot' }, // right: kept
-      { dst: '198.19.3.0/24', gateway: '198.18.0.9', protocol: 'boot' }, // wrong gateway: replaced
-      { dst: '198.19.4.0/24', gateway: '198.18.0.4', protocol: 'boot' }, // stale lease: removed
-      { dst: '198.18.0.0/24', gateway: null, protocol: 'kernel' }, // the underlay's own: kept
-      { dst: '203.0.113.0/24', gateway: '198.18.0.254', protocol: 'static' }, // someone else's: kept
-    ];
-    const plan = planRoutes('eth0', wanted, have, ours);
-    expect(plan.commands).toEqual([
+    expect(model.resetFromKernel(have, ours)).toEqual([]);
+    const plan = model.plan();
+    expect(plan.map(opCommand)).toEqual([
       ['route', 'del', '198.19.4.0/24', 'via', '198.18.0.4', 'dev', 'eth0'],
       ['route', 'replace', '198.19.3.0/24', 'via', '198.18.0.3', 'dev', 'eth0'],
       ['route', 'replace', '2001:2:1:2::/64', 'via', '2001:2::2', 'dev', 'eth0'],
     ]);
-    expect([plan.added, plan.removed]).toEqual([2, 1]);
-    expect(planRoutes('eth0', wanted, [...have.slice(0, 2), { dst: '198.19.3.0/24', gateway: '198.18.0.3', protocol: 'boot' }, { dst: '2001:2:1:2::/64', gateway: '2001:2::2', protocol: 'boot' }], ours).commands)
-      .toEqual([]);
+    expect([plan.filter((o) => o.action === 'replace').length, plan.filter((o) => o.action === 'delete').length]).toEqual([2, 1]);
+    const right = kernel(['198.19.2.0/24 via 198.18.0.2 dev eth0', '198.19.3.0/24 via 198.18.0.3 dev eth0', '2001:2:1:2::/64 via 2001:2::2 dev eth0 metric 1024 pref medium']);
+    model.resetFromKernel([...have.slice(0, 1), ...right], ours);
+    expect(model.plan()).toEqual([]);
   });
 
   it('counts the lines an ip -force -batch run refused', () => {
-    expect(failedBatchLines('Error: Nexthop has invalid gateway.\nCommand failed -:1\nError: x\nCommand failed -:3\n')).toBe(2);
-    expect(failedBatchLines('')).toBe(0);
+    expect(parseBatchErrors('Error: Nexthop has invalid gateway.\nCommand failed -:1\nError: x\nCommand failed -:3\n', 1).failed.size).toBe(2);
+    expect(parseBatchErrors('', 0).failed.size).toBe(0);
   });
 });

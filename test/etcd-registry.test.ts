@@ -9,8 +9,8 @@ import { Ip4Net } from '../src/common/ip4.js';
 import { encodeLeaseAttrs } from '../src/subnet/lease.js';
 import type { LeaseChange } from '../src/subnet/lease-store.js';
 import { LeaseManager } from '../src/subnet/manager.js';
-import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { waitFor } from './harness/netns.js';
+import { type EtcdServer, startEtcd } from '../testbed/etcd.js';
+import { waitFor } from '../testbed/netns.js';
 
 let etcd: EtcdServer;
 let client: Etcd3;

@@ -1,8 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { normalizeGoStyleFlags } from '../src/common/cli.js';
 import { FlagError, IGNORED_UPSTREAM_FLAGS, UNSUPPORTED_UPSTREAM_FLAGS, parseDaemonFlags } from '../src/daemon/flags.js';
-import { repoPath } from './harness/cluster.js';
-import { run } from './harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { run } from '../testbed/netns.js';
 
 const saved = { ...process.env };
 afterEach(() => {

@@ -4,9 +4,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { repoPath } from './harness/cluster.js';
-import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { type EtcdServer, startEtcd } from '../testbed/etcd.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const ctl = join(import.meta.dirname, '..', 'bin/flannelctl');
 let etcd: EtcdServer;

@@ -7,7 +7,7 @@ import { request } from 'node:http';
 import { type AddressInfo, type Socket, connect } from 'node:net';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { HEALTH_SERVER_LIMITS, startHealthServer } from '../src/daemon/health.js';
-import { waitFor } from './harness/netns.js';
+import { waitFor } from '../testbed/netns.js';
 
 let server: Server;
 let port = 0;

@@ -7,8 +7,8 @@
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
-import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, nodeIdentityOf, unreachablePodPairs } from './harness/cluster.js';
-import { run, waitFor } from './harness/netns.js';
+import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, nodeIdentityOf, unreachablePodPairs } from '../testbed/cluster.js';
+import { run, waitFor } from '../testbed/netns.js';
 
 const CONFIG = { Network: '198.19.0.0/16', EnableIPv6: true, IPv6Network: '2001:2:1::/48', Backend: { Type: 'host-gw' } };
 let cluster: Cluster;

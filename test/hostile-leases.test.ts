@@ -1,4 +1,4 @@
-// Issue 11 end to end: hostile and malformed leases written next to the good ones must hurt no peer.
+// End to end: hostile and malformed leases written next to the good ones must hurt no peer.
 // Four real flanneld daemons (vxlan) on the namespace cluster. Before they start, 1,550 invalid keys
 // and one good reservation are in etcd; three daemons start and their pods ping each other; for
 // 20 s a generated stream writes and deletes malformed leases (padded and Unicode-spaced addresses,
@@ -12,9 +12,9 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { hasControlChars } from '../src/common/printable.js';
 import { bridgeJson, ipJson } from '../src/routes/ip.js';
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
-import { createCluster, repoPath, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
+import { createCluster, repoPath, type Cluster, type ClusterNode, type Pod, subnetOf } from '../testbed/cluster.js';
 import { GOOD_RESERVATION, JUNK_KEYS, POOL_SIZE } from './harness/hostile-writer.js';
-import { run, waitFor } from './harness/netns.js';
+import { run, waitFor } from '../testbed/netns.js';
 import { logSize, readLog, report, startPing, type PingMeter, type PingResult } from './harness/resilience.js';
 
 const CONFIG = { Network: '198.19.0.0/16', Backend: { Type: 'vxlan' } };
@@ -53,11 +53,6 @@ function writer(args: string[], timeoutMs: number): Promise<string> {
   return run(['ip', 'netns', 'exec', cluster.hubNs, repoPath('node_modules/.bin/tsx'), repoPath('test/harness/hostile-writer.ts'), cluster.etcdEndpoint, ...args], {
     timeoutMs,
   }).then((r) => r.stdout.trim());
-}
-
-/** The subnet a node's env file names (FLANNEL_SUBNET is the bridge address, .1). */
-async function subnetOf(node: ClusterNode): Promise<Ip4Net> {
-  return Ip4Net.parse((await node.env())['FLANNEL_SUBNET']!, true);
 }
 
 async function vtepMacOf(node: ClusterNode): Promise<string> {

@@ -4,7 +4,7 @@
 // dynamically, and configured by hand; eth1 on another subnet.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findExternalInterface, type IfaceSelection } from '../src/daemon/iface.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const ns = `ifc-${runId()}`;
 const sel = (over: Partial<IfaceSelection>): IfaceSelection => ({ iface: [], ifaceRegex: [], ifaceCanReach: null, publicIP: null, publicIPv6: null, ...over });

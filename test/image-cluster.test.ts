@@ -11,11 +11,11 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCluster, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { createCluster, repoPath, type Cluster, type ClusterNode } from '../testbed/cluster.js';
 import { startTlsEtcd, type TlsEtcd } from './harness/etcd-cluster.js';
 import { parseDocument } from 'yaml';
 import { configMapData, findObject, loadManifests, podmanRunArgs, podSpecOf, type ContainerSpec, type KubeObject, type NodeContext, type PodSpec } from './harness/kube.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 import { createTestPki, type TestPki } from './harness/tls.js';
 
 // The harness's plain etcd holds 198.18.0.254:2379; the TLS one the manifest points at gets its own.

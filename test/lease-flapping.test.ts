@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 import { bridgeJson } from '../src/routes/ip.js';
-import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
-import { WARN, kernelVsEtcd, logSize, readLog, report, rssKiB, subnetOf } from './harness/resilience.js';
-import { nodeScript } from './harness/udp-probes.js';
+import { createCluster, rssKiB, subnetOf, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
+import { WARN, kernelVsEtcd, logSize, readLog, report } from './harness/resilience.js';
+import { nodeScript } from '../testbed/udp-probes.js';
 
 const PREFIX = '/coreos.com/network';
 const PEERS = 2000;

@@ -8,7 +8,7 @@ import { parseNetworkConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
 import { LeaseManager, type LeaseManagerOptions, NetworkFullError } from '../src/subnet/manager.js';
-import { type EtcdServer, startEtcd } from './harness/etcd.js';
+import { type EtcdServer, startEtcd } from '../testbed/etcd.js';
 
 const PREFIX = '/coreos.com/network';
 let etcd: EtcdServer;

@@ -1,8 +1,8 @@
 // Log formats: JSON lines with level names, and klog-shaped text, in-process and from the real daemon.
 import { describe, expect, it } from 'vitest';
 import { formatTextLine } from '../src/common/log.js';
-import { repoPath } from './harness/cluster.js';
-import { run } from './harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { run } from '../testbed/netns.js';
 
 describe('text log lines', () => {
   it('are shaped like klog: severity, MMDD, time, PID, component, message, key=value fields', () => {

@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { trimMalloc } from '../src/daemon/memory-trim.js';
-import { repoPath } from './harness/cluster.js';
+import { repoPath } from '../testbed/cluster.js';
 
 describe('malloc trimming', () => {
   it('the addon is built with the others and trims on request', () => {

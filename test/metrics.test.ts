@@ -6,8 +6,8 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type EtcdServer, startEtcd } from './harness/etcd.js';
-import { addLoneNodeNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { type EtcdServer, startEtcd } from '../testbed/etcd.js';
+import { addLoneNodeNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const repo = join(import.meta.dirname, '..');
 const ns = `fl-${runId()}-metrics`;

@@ -6,8 +6,8 @@
 // masquerade never stops, not even while the daemon is down; the env file appears only once the rules are in.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, unreachablePodPairs } from './harness/cluster.js';
-import { addUnderlayHost, delNetns, run, waitFor } from './harness/netns.js';
+import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, unreachablePodPairs } from '../testbed/cluster.js';
+import { addUnderlayHost, delNetns, run, waitFor } from '../testbed/netns.js';
 import { expectedForward, expectedNat, expectedNftForward, expectedPostrtg, forwardListing, natListing, nftChain } from './harness/netfilter-listings.js';
 
 const NETWORK = '198.19.0.0/16';

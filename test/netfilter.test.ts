@@ -11,7 +11,7 @@ import { type NetfilterMode, type NetfilterOptions, type NetfilterRules, startNe
 import { silentLogger } from '../src/common/log.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 import { expectedForward, expectedNat, expectedNftForward, expectedPostrtg, forwardListing, natListing, nftChain } from './harness/netfilter-listings.js';
 
 const NETWORK = '198.19.0.0/16';

@@ -9,8 +9,8 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCluster, repoPath, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { run, waitFor } from './harness/netns.js';
+import { createCluster, repoPath, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { run, waitFor } from '../testbed/netns.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
 import { ruleWriter } from '../src/netfilter/index.js';

@@ -5,8 +5,8 @@ import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, sym
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { repoPath } from './harness/cluster.js';
-import { run } from './harness/netns.js';
+import { repoPath } from '../testbed/cluster.js';
+import { run } from '../testbed/netns.js';
 
 const pkg = JSON.parse(readFileSync(repoPath('package.json'), 'utf8')) as {
   name: string; version: string; bin: Record<string, string>; files: string[]; engines: { node: string }; scripts: Record<string, string>;

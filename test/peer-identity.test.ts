@@ -10,13 +10,18 @@
 // Needs `npm run build`.
 import { existsSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { listFdb } from '../src/routes/fdb.js';
+import { formatIp } from '../src/routes/entries.js';
+import { type IpOptions } from '../src/routes/ip.js';
+import { readFdb } from '../src/routes/fdb.js';
 import { ipJson } from '../src/routes/ip.js';
-import { createCluster, dualSubnetsOf, nodeIdentityOf, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
+
+/** A device's FDB entries with their destinations as text. */
+const listFdb = async (dev: string, opts: IpOptions) => (await readFdb(dev, opts)).map((e) => ({ mac: e.mac, dst: formatIp(e.dst) }));
+import { createCluster, dualSubnetsOf, nodeIdentityOf, subnetOf, unreachablePodPairs, type Cluster, type ClusterNode } from '../testbed/cluster.js';
 import { spawnFlanneld, type FlanneldProcess } from './harness/etcd-cluster.js';
-import { sleep, waitFor } from './harness/netns.js';
+import { sleep, waitFor } from '../testbed/netns.js';
 import {
-  ERROR, WARN, freeSubnets, kernelVsEtcd, logSize, parseEtcdctlJson, readLog, report, subnetOf, vxlanTables, waitForLog,
+  ERROR, WARN, freeSubnets, kernelVsEtcd, logSize, parseEtcdctlJson, readLog, report, vxlanTables, waitForLog,
 } from './harness/resilience.js';
 
 const PREFIX = '/coreos.com/network';

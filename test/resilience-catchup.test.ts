@@ -4,10 +4,10 @@
 // succeed; the node must read the current state instead (a paged listing, as after a compaction), say so
 // once, and put the real lease in the kernel promptly. Needs `npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { sleep, waitFor } from './harness/netns.js';
+import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { sleep, waitFor } from '../testbed/netns.js';
 import { WARN, cutFromEtcd, freeSubnets, kernelVsEtcd, logSize, parseEtcdctlJson, readLog, report, vxlanTables, waitForLog } from './harness/resilience.js';
-import { nodeScript } from './harness/udp-probes.js';
+import { nodeScript } from '../testbed/udp-probes.js';
 
 const PREFIX = '/coreos.com/network';
 const CUT_MS = 30_000;

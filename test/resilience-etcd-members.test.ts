@@ -4,9 +4,9 @@
 // (same key, same etcd lease, same subnet), keep renewing, and keep receiving lease changes; pod
 // traffic must not notice. Needs `npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
+import { createCluster, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
 import { etcdctlIn, spawnFlanneld, startEtcdMembers, type EtcdMembers, type FlanneldProcess } from './harness/etcd-cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
 import { WARN, freeSubnets, logSize, parseEtcdctlJson, readLog, report, startPing, vxlanTables, waitForLog } from './harness/resilience.js';
 
 const PREFIX = '/coreos.com/network';

@@ -4,11 +4,11 @@
 // must not notice, each daemon must say so once, renew its lease when etcd is back, and end with
 // kernel state that matches etcd. Needs `npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
+import { createCluster, subnetOf, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
 import { hubEtcd, type HubEtcd } from './harness/etcd-cluster.js';
-import { sleep, waitFor } from './harness/netns.js';
+import { sleep, waitFor } from '../testbed/netns.js';
 import {
-  WARN, cutFromEtcd, diffTables, expectedVxlanTables, freeSubnets, logSize, parseEtcdctlJson, readLog, report, startPing, vxlanLeasesFrom, vxlanTables, waitForLog,
+  WARN, cutFromEtcd, freeSubnets, kernelVsEtcd, logSize, parseEtcdctlJson, readLog, report, startPing, vxlanTables, waitForLog,
 } from './harness/resilience.js';
 
 const OUTAGE_MS = 30_000;
@@ -47,20 +47,6 @@ afterAll(async () => {
   await cluster?.destroy();
   await udp?.destroy();
 });
-
-async function subnetOf(node: ClusterNode): Promise<string> {
-  const [ip, len] = (await node.env())['FLANNEL_SUBNET']!.split('/');
-  const octets = ip!.split('.').map(Number);
-  octets[3] = octets[3]! - 1; // FLANNEL_SUBNET is the first host address
-  return `${octets.join('.')}/${len}`;
-}
-
-/** Node's kernel tables against every vxlan lease in etcd except its own; '' when they match. */
-async function kernelVsEtcd(node: ClusterNode): Promise<string> {
-  const values = parseEtcdctlJson(await cluster.etcdctl(['get', '--prefix', `${PREFIX}/subnets/`, '-w', 'json']));
-  const want = expectedVxlanTables(vxlanLeasesFrom(values, await subnetOf(node)));
-  return diffTables(await vxlanTables(node), want).join('; ');
-}
 
 test('etcd stopped for 30 s (vxlan and udp at once): pod traffic flows, the outage is logged once, the lease is renewed when etcd returns', async () => {
   const setups = [
@@ -106,7 +92,7 @@ test('etcd stopped for 30 s (vxlan and udp at once): pod traffic flows, the outa
     expect(renewed, x.c.logTail(x.node)).not.toBeNull();
     // The lease key survived and still carries the node's address.
     const values = parseEtcdctlJson(await x.c.etcdctl(['get', '--prefix', `${PREFIX}/subnets/`, '-w', 'json']));
-    expect(values.get(await subnetOf(x.node)), x.backend).toContain('"PublicIP":"198.18.0.1"');
+    expect(values.get(String(await subnetOf(x.node))), x.backend).toContain('"PublicIP":"198.18.0.1"');
   }
   // The watch works again: a lease added now reaches the kernel.
   const [fresh] = freeSubnets(parseEtcdctlJson(await cluster.etcdctl(['get', '--prefix', `${PREFIX}/subnets/`, '-w', 'json'])), 1) as [string];
@@ -116,7 +102,7 @@ test('etcd stopped for 30 s (vxlan and udp at once): pod traffic flows, the outa
   expect(await waitFor(async () => (await vxlanTables(n1)).routes.has(fresh), 10_000)).toBe(true);
   report('etcd stopped 30 s (vxlan): change after recovery', { reachedKernelMs: Date.now() - t0 });
   await cluster.etcdctl(['del', key]);
-  expect(await waitFor(async () => (await kernelVsEtcd(n1)) === '', 10_000)).toBe(true);
+  expect(await waitFor(async () => (await kernelVsEtcd(cluster, n1)) === '', 10_000)).toBe(true);
 }, 150_000);
 
 test('udp: SIGKILL and restart of the daemon keeps the subnet; the pod traffic interruption is measured', async () => {
@@ -144,7 +130,7 @@ test('two nodes cut off from etcd for 30 s while a node leaves and another joins
   const ping = startPing(pod1.ns, pod2.ip);
   await sleep(1000);
   const cut = (node: ClusterNode, op: '-A' | '-D') => cutFromEtcd(node, op === '-A');
-  const n3Subnet = await subnetOf(n3);
+  const n3Subnet = String(await subnetOf(n3));
   await Promise.all([cut(n1, '-A'), cut(n2, '-A')]);
   const down = Date.now();
   let up1 = 0;
@@ -162,7 +148,7 @@ test('two nodes cut off from etcd for 30 s while a node leaves and another joins
     // Node 1 comes back first: its watch resumes from its revision.
     await cut(n1, '-D');
     up1 = Date.now();
-    await waitFor(async () => (await kernelVsEtcd(n1)) === '', 30_000, 200);
+    await waitFor(async () => (await kernelVsEtcd(cluster, n1)) === '', 30_000, 200);
     // Then history is compacted past what node 2 has seen: it must re-list.
     const rev = (JSON.parse(await cluster.etcdctl(['get', 'x', '-w', 'json'])) as { header: { revision: number } }).header.revision;
     await cluster.etcdctl(['compact', String(rev)]);
@@ -171,13 +157,13 @@ test('two nodes cut off from etcd for 30 s while a node leaves and another joins
     await cut(n2, '-D');
     up2 = Date.now();
   }
-  const converged = await Promise.all([n1, n2].map((n) => waitFor(async () => (await kernelVsEtcd(n)) === '', 30_000, 200)));
+  const converged = await Promise.all([n1, n2].map((n) => waitFor(async () => (await kernelVsEtcd(cluster, n)) === '', 30_000, 200)));
   const convergedMs = [Date.now() - up1, Date.now() - up2];
   const renewed = await Promise.all([n1, n2].map((n, i) =>
     waitForLog(n.logFile, (l) => l.msg === 'renewed our lease' && l.time > (i === 0 ? up1 : up2), 30_000, marks[i])));
   const result = await ping.stop();
 
-  const n4Subnet = await subnetOf(n4);
+  const n4Subnet = String(await subnetOf(n4));
   const logs = [n1, n2].map((n, i) => readLog(n.logFile, marks[i]));
   const warnings = logs.map((lines) => lines.filter((l) => l.level >= WARN));
   report('two nodes cut off from etcd 30 s (vxlan)', {
@@ -188,7 +174,7 @@ test('two nodes cut off from etcd for 30 s while a node leaves and another joins
   expect(result.received).toBeGreaterThan(OUTAGE_MS / result.intervalMs / 2);
   expect(result.lost).toBe(0);
   for (const [i, n] of [n1, n2].entries()) {
-    expect(converged[i], `node ${n.index} vs etcd: ${await kernelVsEtcd(n)}\n${cluster.logTail(n)}`).toBe(true);
+    expect(converged[i], `node ${n.index} vs etcd: ${await kernelVsEtcd(cluster, n)}\n${cluster.logTail(n)}`).toBe(true);
     const tables = await vxlanTables(n);
     expect(tables.routes.has(n3Subnet)).toBe(false);
     expect(tables.routes.has(n4Subnet)).toBe(true);

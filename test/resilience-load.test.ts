@@ -4,9 +4,9 @@
 // vxlan tables match etcd at the end), pod traffic must not notice, and the daemon's memory must
 // stay flat. Needs `npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, type Cluster, type ClusterNode, type Pod } from './harness/cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
-import { diffTables, expectedVxlanTables, parseEtcdctlJson, report, rssKiB, startPing, vxlanLeasesFrom, vxlanTables } from './harness/resilience.js';
+import { createCluster, rssKiB, subnetOf, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
+import { kernelVsEtcd, report, startPing, vxlanTables } from './harness/resilience.js';
 
 const PREFIX = '/coreos.com/network';
 const SIMULATED = 200;
@@ -29,22 +29,11 @@ afterAll(async () => {
   await cluster?.destroy();
 });
 
-async function subnetOf(node: ClusterNode): Promise<string> {
-  const [ip, len] = (await node.env())['FLANNEL_SUBNET']!.split('/');
-  const o = ip!.split('.').map(Number);
-  return `${o[0]}.${o[1]}.${o[2]}.${o[3]! - 1}/${len}`;
-}
-
 /** One etcd transaction (etcdctl txn reads compares, then success ops, then failure ops from stdin). */
 async function txn(ops: string[]): Promise<void> {
   await run(['etcdctl', `--endpoints=${cluster.etcdEndpoint}`, 'txn'], {
     netns: cluster.hubNs, env: { ETCDCTL_API: '3' }, input: `\n${ops.join('\n')}\n\n\n`,
   });
-}
-
-async function kernelVsEtcd(node: ClusterNode): Promise<string> {
-  const values = parseEtcdctlJson(await cluster.etcdctl(['get', '--prefix', `${PREFIX}/subnets/`, '-w', 'json']));
-  return diffTables(await vxlanTables(node), expectedVxlanTables(vxlanLeasesFrom(values, await subnetOf(node)))).join('; ');
 }
 
 interface SimNode {
@@ -55,7 +44,7 @@ interface SimNode {
 }
 
 test('200 simulated nodes churning for 30 s: kernel matches etcd, no pod traffic lost, memory flat', async () => {
-  const real = new Set([await subnetOf(n1), await subnetOf(n2)]);
+  const real = new Set([String(await subnetOf(n1)), String(await subnetOf(n2))]);
   const free: string[] = [];
   for (let c = 1; c <= 255 && free.length < SIMULATED; c++) if (!real.has(`198.19.${c}.0/24`)) free.push(`198.19.${c}.0/24`);
   const sims: SimNode[] = free.map((cidr, i) => ({
@@ -125,7 +114,7 @@ test('200 simulated nodes churning for 30 s: kernel matches etcd, no pod traffic
     }
     await sleep(3500); // the last leases expire
     const settled = Date.now();
-    const converged = await waitFor(async () => (await kernelVsEtcd(n1)) === '', 20_000, 250);
+    const converged = await waitFor(async () => (await kernelVsEtcd(cluster, n1)) === '', 20_000, 250);
     const convergedMs = Date.now() - settled;
     const present = (await vxlanTables(n1)).routes.size;
 
@@ -143,10 +132,10 @@ test('200 simulated nodes churning for 30 s: kernel matches etcd, no pod traffic
       pingSent: result.sent, pingLost: result.lost, rssKiB: rss,
       rssEvery5sKiB: samples.filter((_, k) => k % 10 === 0),
     });
-    expect(converged, await kernelVsEtcd(n1)).toBe(true);
+    expect(converged, await kernelVsEtcd(cluster, n1)).toBe(true);
     expect(present).toBeGreaterThan(50);
-    expect(emptied, await kernelVsEtcd(n1)).toBe(true);
-    expect(await kernelVsEtcd(n1)).toBe('');
+    expect(emptied, await kernelVsEtcd(cluster, n1)).toBe(true);
+    expect(await kernelVsEtcd(cluster, n1)).toBe('');
     expect(result.received).toBeGreaterThan(DURATION_MS / 100 / 2);
     expect(result.lost).toBe(0);
     // Flat: a 120 s soak (RESILIENCE_LOAD_MS=120000) shows V8 warming up to a plateau in the first

@@ -5,9 +5,9 @@
 import { copyFileSync, existsSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
+import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
 import { spawnFlanneld, startTlsEtcd, type FlanneldProcess, type TlsEtcd } from './harness/etcd-cluster.js';
-import { run, sleep, waitFor } from './harness/netns.js';
+import { run, sleep, waitFor } from '../testbed/netns.js';
 import { WARN, logSize, readLog, report, waitForLog } from './harness/resilience.js';
 import { createTestPki, type TestPki } from './harness/tls.js';
 

@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ipBatch } from '../src/routes/ip.js';
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
-import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addUnderlayHost, delNetns, waitFor } from './harness/netns.js';
+import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { addUnderlayHost, delNetns, waitFor } from '../testbed/netns.js';
 import { diffTables, expectedVxlanTables, readLog, vxlanTables, WARN } from './harness/resilience.js';
-import { nodeScript, udpStatsFromMetrics } from './harness/udp-probes.js';
+import { nodeScript, udpStatsFromMetrics } from '../testbed/udp-probes.js';
 
 const PREFIX = '/coreos.com/network';
 const BURST = 1000;

@@ -233,3 +233,46 @@ describe('Scheduler', () => {
     await expect(s.request('event')).resolves.toBeUndefined();
   });
 });
+
+describe('Scheduler.exclusive', () => {
+  it('runs a task between passes, never during one, with its own outcome; stopping rejects tasks not yet run', async () => {
+    const stop = new AbortController();
+    const log: string[] = [];
+    let release: (() => void) | null = null;
+    const s = new Scheduler<'event'>({
+      signal: stop.signal,
+      pass: async () => {
+        log.push('pass start');
+        await new Promise<void>((resolve) => (release = resolve));
+        log.push('pass end');
+      },
+      onError: () => undefined,
+    });
+    const pass = s.request('event');
+    await until(() => release !== null);
+    const task = s.exclusive(async () => {
+      log.push('task');
+      return 42;
+    });
+    const failing = s.exclusive(async () => {
+      throw new Error('refused');
+    });
+    const next = s.request('event'); // asked for after the tasks: runs after them
+    await tick();
+    expect(log).toEqual(['pass start']);
+    const first = release!;
+    release = null;
+    first();
+    await pass;
+    await expect(task).resolves.toBe(42);
+    await expect(failing).rejects.toThrow('refused');
+    await until(() => release !== null);
+    expect(log).toEqual(['pass start', 'pass end', 'task', 'pass start']);
+    const blocked = s.exclusive(async () => 'never');
+    stop.abort();
+    release!();
+    await next;
+    await expect(blocked).rejects.toSatisfy(isAbort);
+    await expect(s.exclusive(async () => 'late')).rejects.toSatisfy(isAbort);
+  });
+});

@@ -18,9 +18,9 @@ import { formatIp4, parseIp4 } from '../src/common/ip4.js';
 import { silentLogger } from '../src/common/log.js';
 import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.js';
 import type { Lease } from '../src/subnet/lease.js';
-import { GSO_TCP_BURST, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript } from './harness/udp-probes.js';
-import { addressFlannel0, createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';
-import { run } from './harness/netns.js';
+import { GSO_TCP_BURST, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript } from '../testbed/udp-probes.js';
+import { addressFlannel0, createTopology, type TopoNode, type Topology } from '../testbed/udp-topology.js';
+import { run } from '../testbed/netns.js';
 
 const NETWORK = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'udp' } }));
 

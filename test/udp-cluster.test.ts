@@ -4,9 +4,9 @@
 // datagrams from an address holding no lease. Needs `npm install && npm run build`.
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { ipJson } from '../src/routes/ip.js';
-import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script, udpStatsFromMetrics } from './harness/udp-probes.js';
-import { createCluster, nodeIdentityOf, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { addUnderlayHost, delNetns, run, waitFor } from './harness/netns.js';
+import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script, udpStatsFromMetrics } from '../testbed/udp-probes.js';
+import { createCluster, nodeIdentityOf, unreachablePodPairs, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { addUnderlayHost, delNetns, run, waitFor } from '../testbed/netns.js';
 
 const HEALTH_PORT = 9876;
 let cluster: Cluster;

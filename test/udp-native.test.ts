@@ -12,9 +12,10 @@ import { ip, ipJson } from '../src/routes/ip.js';
 import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.js';
 import { formatIp4, parseIp4 } from '../src/common/ip4.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
-import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script } from './harness/udp-probes.js';
-import { addressFlannel0, createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';
-import { addUnderlayHost, delNetns, run, sleep, waitFor } from './harness/netns.js';
+import { added, removed } from './harness/leases.js';
+import { FUZZER, INNER_SENDER, UDP_COUNTER, kernelCounter, nodeScript as script } from '../testbed/udp-probes.js';
+import { addressFlannel0, createTopology, type TopoNode, type Topology } from '../testbed/udp-topology.js';
+import { addUnderlayHost, delNetns, run, sleep, waitFor } from '../testbed/netns.js';
 
 const NETWORK = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'udp' } }));
 const UDP_CONFIG = NETWORK.backend as UdpBackendConfig;
@@ -36,8 +37,6 @@ function newBackend(node: TopoNode): UdpBackend {
   return new UdpBackend(ctx, UDP_CONFIG, { netns: node.ns, resyncIntervalMs: 200 });
 }
 
-const added = (l: Lease): LeaseEvent => ({ type: 'added', lease: l });
-const removed = (l: Lease): LeaseEvent => ({ type: 'removed', lease: l });
 
 function delta(after: ForwarderStats, before: ForwarderStats): Record<string, number> {
   const out: Record<string, number> = {};
@@ -192,17 +191,22 @@ describe('forwarding', () => {
   test('removing and re-adding a lease updates the table; leases of other backends are ignored', async () => {
     const ping = async (): Promise<string> =>
       (await run(['ping', '-n', '-c', '1', '-W', '1', nodeB.pod.ip], { netns: nodeA.pod.ns, allowFail: true })).stdout;
+    // Only the first call waits for its table swap; settled() waits for the later ones.
+    const handle = async (events: LeaseEvent[]): Promise<void> => {
+      await backendA.handleLeaseEvents(events);
+      await backendA.settled();
+    };
     try {
-      await backendA.handleLeaseEvents([removed(udpLease(nodeB))]);
+      await handle([removed(udpLease(nodeB))]);
       expect(await ping()).toMatch(/Destination Net Unreachable/);
       expect(backendA.stats()['leases']).toBe(0);
       const vxlanLease: Lease = { ...udpLease(nodeB), attrs: { ...udpLease(nodeB).attrs, backend: { type: 'vxlan', vtep: { vni: 1, mac: '0e:00:00:00:00:01' }, vtepV6: null } } };
-      await backendA.handleLeaseEvents([added(vxlanLease)]);
+      await handle([added(vxlanLease)]);
       expect(await ping()).toMatch(/Destination Net Unreachable/);
-      await backendA.handleLeaseEvents([added(udpLease(nodeA))]); // our own subnet: never a route
+      await handle([added(udpLease(nodeA))]); // our own subnet: never a route
       expect(backendA.stats()['leases']).toBe(0);
     } finally {
-      await backendA.handleLeaseEvents([added(udpLease(nodeB))]); // later tests need the route
+      await handle([added(udpLease(nodeB))]); // later tests need the route
     }
     expect(await ping()).toMatch(/1 received/);
     expect(backendA.stats()['leases']).toBe(1);

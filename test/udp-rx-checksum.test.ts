@@ -1,4 +1,4 @@
-// The udp receive path must not launder a corrupted TCP segment (issue 11). Coalesced super-packets
+// The udp receive path must not launder a corrupted TCP segment. Coalesced super-packets
 // go to the kernel with NEEDS_CSUM, so the kernel writes a fresh TCP checksum instead of checking
 // the old ones; a datagram that arrived alone may have carried a zero UDP checksum (legal in IPv4,
 // checked by nobody). So each such segment's TCP checksum is verified before it is merged, and a
@@ -16,8 +16,8 @@ import type { ForwarderStats } from '../src/backend/udp/native.js';
 import { silentLogger } from '../src/common/log.js';
 import { parseNetworkConfig, type UdpBackendConfig } from '../src/subnet/config.js';
 import type { Lease } from '../src/subnet/lease.js';
-import { kernelCounter, nodeScript } from './harness/udp-probes.js';
-import { createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';
+import { kernelCounter, nodeScript } from '../testbed/udp-probes.js';
+import { createTopology, type TopoNode, type Topology } from '../testbed/udp-topology.js';
 
 const NETWORK = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'udp' } }));
 

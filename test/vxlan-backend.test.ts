@@ -5,17 +5,19 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { BackendContext } from '../src/backend/backend.js';
 import { VxlanBackend } from '../src/backend/vxlan/vxlan-backend.js';
 import { silentLogger } from '../src/common/log.js';
-import { listIp4Addrs } from '../src/routes/addr.js';
-import { fdbReplaceCommand, listFdb } from '../src/routes/fdb.js';
+import { readAddrs } from '../src/routes/addr.js';
+import { RTPROT_KERNEL, permanentFdb, permanentNeighbour, unicastRoute } from '../src/routes/entries.js';
+import { fdbSetCommand, readFdb } from '../src/routes/fdb.js';
 import { bridgeBatch, ip, ipBatch } from '../src/routes/ip.js';
 import { readLink } from '../src/routes/link.js';
-import { listNeighbours, neighReplaceCommand } from '../src/routes/neigh.js';
-import { listRoutes, routeReplaceCommand } from '../src/routes/route.js';
+import { neighSetCommand, readNeighbours } from '../src/routes/neigh.js';
+import { readRoutesWithin, routeSetCommand } from '../src/routes/route.js';
 import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
-import { Ip4Net } from '../src/common/ip4.js';
+import { Ip4Net, parseIp4 } from '../src/common/ip4.js';
 import { decodeLeaseAttrs, type Lease, type LeaseBackend, type LeaseEvent } from '../src/subnet/lease.js';
-import { createCluster, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { waitFor } from './harness/netns.js';
+import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { added, removed } from './harness/leases.js';
+import { waitFor } from '../testbed/netns.js';
 
 const NETWORK = { Network: '198.19.0.0/16', Backend: { Type: 'vxlan' } };
 let cluster: Cluster;
@@ -45,8 +47,10 @@ async function handle(b: VxlanBackend, events: LeaseEvent[]): Promise<void> {
   await b.settled();
 }
 
-const added = (l: Lease): LeaseEvent => ({ type: 'added', lease: l });
-const removed = (l: Lease): LeaseEvent => ({ type: 'removed', lease: l });
+/** The IPv4 addresses on a device, as "a.b.c.d/len". */
+async function addrs(node: ClusterNode, dev = 'flannel.1'): Promise<string[]> {
+  return (await readAddrs(dev, { netns: node.ns }, 4)).map((a) => a.cidr);
+}
 
 function writeEnv(node: ClusterNode, subnet: string): void {
   const first = subnet.replace(/\.0\/24$/, '.1/24');
@@ -54,9 +58,14 @@ function writeEnv(node: ClusterNode, subnet: string): void {
 }
 
 async function tables(node: ClusterNode, dev = 'flannel.1') {
-  const [routes, neighs, fdb] = await Promise.all([listRoutes({}, { netns: node.ns }), listNeighbours(dev, { netns: node.ns }), listFdb(dev, { netns: node.ns })]);
-  return { routes: routes.filter((r) => r.dst.startsWith('198.19.') && r.protocol !== 'kernel'), neighs: neighs.filter((n) => n.permanent), fdb };
+  const opts = { netns: node.ns };
+  const [routes, neighs, fdb] = await Promise.all([readRoutesWithin(Ip4Net.parse('198.19.0.0/16'), opts), readNeighbours(dev, opts), readFdb(dev, opts)]);
+  return { routes: routes.filter((r) => r.protocol !== RTPROT_KERNEL), neighs: neighs.filter((n) => n.permanent), fdb };
 }
+
+/** A route as the reader returns it: with the protocol `ip route replace` (and our writers) record, and the default metric. */
+const asRead = <T extends object>(r: T) => ({ ...r, protocol: 3, metric: 0 });
+const a4 = parseIp4;
 
 beforeAll(async () => {
   cluster = await createCluster({ nodes: 3, config: NETWORK, startDaemons: false });
@@ -77,11 +86,11 @@ describe('device', () => {
     expect(link?.mtu).toBe(1450);
     expect(ann).toEqual({ backend: { type: 'vxlan', vtep: { vni: 1, mac: link!.address }, vtepV6: null }, mtu: 1450 });
     await b.setOwnLease(lease('198.19.3.0/24', node.ip, ann.backend));
-    expect(await listIp4Addrs('flannel.1', { netns: node.ns })).toEqual([{ cidr: '198.19.3.0/32' }]);
+    expect(await addrs(node)).toEqual(['198.19.3.0/32']);
     expect((await readLink('flannel.1', { netns: node.ns }))?.up).toBe(true);
     // A new lease replaces the old address.
     await b.setOwnLease(lease('198.19.4.0/24', node.ip, ann.backend));
-    expect(await listIp4Addrs('flannel.1', { netns: node.ns })).toEqual([{ cidr: '198.19.4.0/32' }]);
+    expect(await addrs(node)).toEqual(['198.19.4.0/32']);
     await b.close();
   });
 
@@ -115,8 +124,30 @@ describe('device', () => {
     const ann = await newBackend(node, { Type: 'vxlan', VNI: 42, Port: 4789, GBP: true, MTU: 1400 }).prepare();
     const link = (await readLink('flannel.42', { netns: node.ns }))!;
     expect(link.vxlan).toEqual({ vni: 42, local: node.ip, dev: 'eth0', port: 4789, learning: false, gbp: true });
-    expect(ann).toEqual({ backend: { type: 'vxlan', vtep: { vni: 42, mac: link.address }, vtepV6: null }, mtu: 1400 });
+    // Backend.MTU as upstream defines it: the MTU the encapsulation (50 bytes) is taken from.
+    expect(link.mtu).toBe(1350);
+    expect(ann).toEqual({ backend: { type: 'vxlan', vtep: { vni: 42, mac: link.address }, vtepV6: null }, mtu: 1350 });
     await ip(['link', 'del', 'flannel.42'], { netns: node.ns });
+  });
+
+  test('a VNI above 16 bits: the device carries it and the lease publishes it', async () => {
+    const node = cluster.nodes[2]!;
+    const ann = await newBackend(node, { Type: 'vxlan', VNI: 70_000 }).prepare();
+    const link = (await readLink('flannel.70000', { netns: node.ns }))!;
+    expect(link.vxlan).toMatchObject({ vni: 70_000, port: 8472 });
+    expect(ann.backend).toEqual({ type: 'vxlan', vtep: { vni: 70_000, mac: link.address }, vtepV6: null });
+    await ip(['link', 'del', 'flannel.70000'], { netns: node.ns });
+  });
+
+  test('a Backend.MTU that leaves too little for the device is refused with a clear error', async () => {
+    const node = cluster.nodes[2]!;
+    await expect(newBackend(node, { Type: 'vxlan', VNI: 43, MTU: 100 }).prepare()).rejects.toThrow(/Backend\.MTU 100 leaves 50 for flannel\.43, below IPv4's minimum of 68/);
+    expect(await readLink('flannel.43', { netns: node.ns })).toBeNull();
+  });
+
+  test('a VNI whose device name the kernel would refuse is refused with a clear error', () => {
+    const node = cluster.nodes[2]!;
+    expect(() => newBackend(node, { Type: 'vxlan', VNI: 16_777_215 })).toThrow(/flannel\.16777215, longer than the kernel's 15 characters/);
   });
 });
 
@@ -148,18 +179,18 @@ describe('peers', () => {
   test('the first call removes state left by an earlier run and programs the given peers', async () => {
     const n1 = cluster.nodes[0]!;
     // Leftovers of a peer that vanished while we were down (and a stale direct route).
-    await bridgeBatch([fdbReplaceCommand('flannel.1', '0a:00:00:00:77:01', '198.18.0.77')], { netns: n1.ns });
+    await bridgeBatch([fdbSetCommand(permanentFdb('flannel.1', '0a:00:00:00:77:01', a4('198.18.0.77')))], { netns: n1.ns });
     await ipBatch([
-      neighReplaceCommand('flannel.1', '198.19.77.0', '0a:00:00:00:77:01'),
-      routeReplaceCommand({ dst: '198.19.77.0/24', via: '198.19.77.0', dev: 'flannel.1', onlink: true }),
-      routeReplaceCommand({ dst: '198.19.78.0/24', via: '198.18.0.78', dev: 'eth0' }),
+      neighSetCommand(permanentNeighbour('flannel.1', a4('198.19.77.0'), '0a:00:00:00:77:01')),
+      routeSetCommand(unicastRoute(Ip4Net.parse('198.19.77.0/24'), 'flannel.1', a4('198.19.77.0'), { onlink: true })),
+      routeSetCommand(unicastRoute(Ip4Net.parse('198.19.78.0/24'), 'eth0', a4('198.18.0.78'))),
     ], { netns: n1.ns });
     await handle(b1, [added(l2)]);
     const mac2 = macOf(l2);
     expect(await tables(n1)).toEqual({
-      routes: [{ dst: '198.19.2.0/24', gateway: '198.19.2.0', dev: 'flannel.1', onlink: true, protocol: null }],
-      neighs: [{ ip: '198.19.2.0', mac: mac2, permanent: true }],
-      fdb: [{ mac: mac2, dst: '198.18.0.2', permanent: true }],
+      routes: [asRead(unicastRoute(Ip4Net.parse('198.19.2.0/24'), 'flannel.1', a4('198.19.2.0'), { onlink: true }))],
+      neighs: [permanentNeighbour('flannel.1', a4('198.19.2.0'), mac2)],
+      fdb: [permanentFdb('flannel.1', mac2, a4('198.18.0.2'))],
     });
   });
 
@@ -191,7 +222,7 @@ describe('peers', () => {
     const n1 = cluster.nodes[0]!;
     await ipBatch([['addr', 'flush', 'dev', 'flannel.1'], ['link', 'set', 'flannel.1', 'down']], { netns: n1.ns });
     expect(await waitFor(async () => (await readLink('flannel.1', { netns: n1.ns }))?.up === true, 3000)).toBe(true);
-    expect(await listIp4Addrs('flannel.1', { netns: n1.ns })).toEqual([{ cidr: '198.19.1.0/32' }]);
+    expect(await addrs(n1)).toEqual(['198.19.1.0/32']);
     // Routes through the device went with it going down; the same resync puts them back.
     expect(await waitFor(() => cluster.ping(n1.pods[0]!, cluster.nodes[1]!.pods[0]!.ip, { timeoutS: 1 }), 3000, 0)).toBe(true);
   });
@@ -210,8 +241,8 @@ describe('peers', () => {
     const mac2 = macOf(l2);
     await handle(b1, [added(l2)]);
     const t = await tables(n1);
-    expect(t.fdb).toEqual([{ mac: mac2, dst: n2.ip, permanent: true }]);
-    expect(t.neighs).toEqual([{ ip: '198.19.2.0', mac: mac2, permanent: true }]);
+    expect(t.fdb).toEqual([permanentFdb('flannel.1', mac2, a4(n2.ip))]);
+    expect(t.neighs).toEqual([permanentNeighbour('flannel.1', a4('198.19.2.0'), mac2)]);
     expect(await cluster.ping(n1.pods[0]!, n2.pods[0]!.ip, { count: 2 })).toBe(true);
   });
 
@@ -227,7 +258,7 @@ describe('peers', () => {
     await handle(b1, [added(lease('198.19.5.0/24', '198.18.0.5', { type: 'udp' }))]);
     expect(b1.stats()['skippedLeases']! - skippedBefore).toBe(1);
     expect(b1.stats()).toMatchObject({ peers: 1, errors: 0 });
-    expect((await tables(n1)).routes.map((r) => r.dst)).toEqual(['198.19.2.0/24']);
+    expect((await tables(n1)).routes.map((r) => r.dst.toString())).toEqual(['198.19.2.0/24']);
   });
 
   test('a removal event deletes the route, neighbour and FDB entry', async () => {
@@ -245,8 +276,27 @@ describe('peers', () => {
     await ip(['link', 'del', 'flannel.1'], { netns: n1.ns });
     expect(await waitFor(async () => (await tables(n1).catch(() => null))?.fdb.length === 1, 3000)).toBe(true);
     expect((await readLink('flannel.1', { netns: n1.ns }))?.address).toBe(mac1);
-    expect(await listIp4Addrs('flannel.1', { netns: n1.ns })).toEqual([{ cidr: '198.19.1.0/32' }]);
+    expect(await addrs(n1)).toEqual(['198.19.1.0/32']);
     expect(await cluster.ping(n1.pods[0]!, cluster.nodes[1]!.pods[0]!.ip, { count: 2 })).toBe(true);
+  });
+});
+
+describe('VTEP MAC', () => {
+  test('a MAC changed after bring-up (as systemd\'s MACAddressPolicy can) is set back to the published one', async () => {
+    const node = cluster.nodes[2]!;
+    await ip(['link', 'del', 'flannel.1'], { netns: node.ns }).catch(() => undefined);
+    const b = newBackend(node);
+    const ann = await b.prepare();
+    if (ann.backend.type !== 'vxlan') throw new Error('not vxlan');
+    const published = ann.backend.vtep.mac;
+    // Chosen by us and set at creation: locally administered and unicast.
+    expect(parseInt(published.slice(0, 2), 16) & 0x03).toBe(0x02);
+    await b.setOwnLease(lease('198.19.3.0/24', node.ip, ann.backend));
+    await handle(b, []);
+    await ip(['link', 'set', 'dev', 'flannel.1', 'address', '02:99:99:99:99:99'], { netns: node.ns });
+    // Set back by the resync, which counts it as a repair once its pass is done.
+    expect(await waitFor(async () => (await readLink('flannel.1', { netns: node.ns }))?.address === published && b.stats()['repairs']! >= 1, 3000)).toBe(true);
+    await b.close();
   });
 });
 
@@ -263,7 +313,7 @@ describe('DirectRouting', () => {
     await handle(d1, [added(dl2)]);
     await handle(d2, [added(dl1)]);
     expect(await tables(n1)).toEqual({
-      routes: [{ dst: '198.19.2.0/24', gateway: n2.ip, dev: 'eth0', onlink: false, protocol: null }],
+      routes: [asRead(unicastRoute(Ip4Net.parse('198.19.2.0/24'), 'eth0', a4(n2.ip)))],
       neighs: [],
       fdb: [],
     });

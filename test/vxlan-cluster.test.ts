@@ -1,12 +1,13 @@
 // Three real flanneld daemons (vxlan backend) in network namespaces, sharing one etcd: full-mesh
 // pod connectivity, a node leaving, and a node restarting. Needs `npm run build` (bin/flanneld runs dist/).
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { listFdb } from '../src/routes/fdb.js';
-import { listNeighbours } from '../src/routes/neigh.js';
-import { listRoutes } from '../src/routes/route.js';
 import { Ip4Net } from '../src/common/ip4.js';
-import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode } from './harness/cluster.js';
-import { run, waitFor } from './harness/netns.js';
+import { sameNet } from '../src/routes/entries.js';
+import { readFdb } from '../src/routes/fdb.js';
+import { readNeighbours } from '../src/routes/neigh.js';
+import { readRoutesWithin } from '../src/routes/route.js';
+import { createCluster, unreachablePodPairs, type Cluster, type ClusterNode, subnetOf } from '../testbed/cluster.js';
+import { run, waitFor } from '../testbed/netns.js';
 
 let cluster: Cluster;
 
@@ -18,18 +19,13 @@ afterAll(async () => {
   await cluster?.destroy();
 });
 
-async function subnetOf(node: ClusterNode): Promise<Ip4Net> {
-  return Ip4Net.parse((await node.env())['FLANNEL_SUBNET']!, true);
-}
-
 /** What `node` has programmed for `subnet`: route, neighbour and FDB entry. */
 async function programmedFor(node: ClusterNode, subnet: Ip4Net): Promise<{ route: boolean; neigh: boolean; fdb: number }> {
   const opts = { netns: node.ns };
-  const [routes, neighs, fdb] = await Promise.all([listRoutes({}, opts), listNeighbours('flannel.1', opts), listFdb('flannel.1', opts)]);
-  const gw = subnet.toString().split('/')[0];
-  const neigh = neighs.find((n) => n.ip === gw && n.permanent);
+  const [routes, neighs, fdb] = await Promise.all([readRoutesWithin(subnet, opts), readNeighbours('flannel.1', opts), readFdb('flannel.1', opts)]);
+  const neigh = neighs.find((n) => n.ip === subnet.ip && n.permanent);
   return {
-    route: routes.some((r) => r.dst === subnet.toString()),
+    route: routes.some((r) => sameNet(r.dst, subnet)),
     neigh: neigh !== undefined,
     fdb: neigh ? fdb.filter((e) => e.mac === neigh.mac).length : 0,
   };

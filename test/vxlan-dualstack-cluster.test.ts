@@ -5,8 +5,8 @@
 // Needs `npm run build` (bin/flanneld runs dist/).
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { Ip6Net, formatIp6 } from '../src/common/ip6.js';
-import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, nodeIdentityOf, unreachablePodPairs } from './harness/cluster.js';
-import { run, waitFor } from './harness/netns.js';
+import { type Cluster, type ClusterNode, createCluster, dualSubnetsOf, nodeIdentityOf, unreachablePodPairs } from '../testbed/cluster.js';
+import { run, waitFor } from '../testbed/netns.js';
 
 const CONFIG = { Network: '198.19.0.0/16', EnableIPv6: true, IPv6Network: '2001:2:1::/48', Backend: { Type: 'vxlan' } };
 let cluster: Cluster;

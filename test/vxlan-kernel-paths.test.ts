@@ -5,15 +5,17 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { BackendContext } from '../src/backend/backend.js';
 import { VxlanBackend } from '../src/backend/vxlan/vxlan-backend.js';
 import { silentLogger } from '../src/common/log.js';
-import { listFdb } from '../src/routes/fdb.js';
+import { RTPROT_KERNEL, formatIp } from '../src/routes/entries.js';
+import { readFdb } from '../src/routes/fdb.js';
 import { ip, ipBatch } from '../src/routes/ip.js';
-import { listNeighbours } from '../src/routes/neigh.js';
+import { readNeighbours } from '../src/routes/neigh.js';
 import { loadNetlink } from '../src/routes/netlink.js';
-import { listRoutes } from '../src/routes/route.js';
+import { readRoutesWithin } from '../src/routes/route.js';
 import { parseNetworkConfig, type VxlanBackendConfig } from '../src/subnet/config.js';
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
-import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
-import { addLoneNodeNetns, delNetns, run, runId } from './harness/netns.js';
+import type { Lease } from '../src/subnet/lease.js';
+import { added } from './harness/leases.js';
+import { addLoneNodeNetns, delNetns, run, runId } from '../testbed/netns.js';
 
 const PEERS = 300;
 const network = parseNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', SubnetLen: 28, Backend: { Type: 'vxlan' } }));
@@ -22,15 +24,14 @@ const mac = (i: number): string => `02:7e:00:00:${(i >> 8).toString(16).padStart
 const lease = (i: number, publicIP = `198.18.0.${10 + (i % 200)}`): Lease => ({
   subnet: subnet(i), attrs: { publicIP, publicIPv6: null, backend: { type: 'vxlan', vtep: { vni: 1, mac: mac(i) }, vtepV6: null } }, expiration: null,
 });
-const added = (l: Lease): LeaseEvent => ({ type: 'added', lease: l });
 
 async function tables(ns: string) {
   const opts = { netns: ns };
-  const [routes, neighs, fdb] = await Promise.all([listRoutes({ dev: 'flannel.1' }, opts), listNeighbours('flannel.1', opts), listFdb('flannel.1', opts)]);
+  const [routes, neighs, fdb] = await Promise.all([readRoutesWithin(network.network, opts), readNeighbours('flannel.1', opts), readFdb('flannel.1', opts)]);
   return {
-    routes: routes.filter((r) => r.protocol !== 'kernel').map((r) => `${r.dst} via ${r.gateway} onlink=${r.onlink}`).sort(),
-    neighs: neighs.filter((n) => n.permanent).map((n) => `${n.ip} ${n.mac}`).sort(),
-    fdb: fdb.map((e) => `${e.mac} ${e.dst} ${e.permanent}`).sort(),
+    routes: routes.filter((r) => r.dev === 'flannel.1' && r.protocol !== RTPROT_KERNEL).map((r) => `${r.dst} via ${r.via === null ? null : formatIp(r.via)} onlink=${r.onlink}`).sort(),
+    neighs: neighs.filter((n) => n.permanent).map((n) => `${formatIp(n.ip)} ${n.mac}`).sort(),
+    fdb: fdb.map((e) => `${e.mac} ${formatIp(e.dst)} ${e.permanent}`).sort(),
   };
 }
 

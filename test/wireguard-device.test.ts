@@ -15,8 +15,8 @@ import { WgClient, type WgPeerConfig } from '../src/backend/wireguard/wg.js';
 import { formatIp4 } from '../src/common/ip4.js';
 import { IpCommandError, ip, ipBatch } from '../src/routes/ip.js';
 import { capturingLogger } from './harness/log-capture.js';
-import { addNetns, delNetns, run, runId, waitFor } from './harness/netns.js';
-import { createTopology, type TopoNode, type Topology } from './harness/udp-topology.js';
+import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
+import { createTopology, type TopoNode, type Topology } from '../testbed/udp-topology.js';
 import { type WireguardRoom, wireguardRoom } from './harness/wireguard.js';
 
 const DEV = 'flannel-wg';

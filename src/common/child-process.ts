@@ -1,6 +1,6 @@
 // Runs a program with an argv array (never through a shell), optionally inside a named network namespace
 // (`ip netns exec`, which execs the program itself, so the deadline's kill reaches it), with input on
-// stdin and a deadline. The netfilter writers and the test harness run their tools through it.
+// stdin and a deadline. iproute2, the netfilter tools, wg and the test harness run through it.
 import { spawn } from 'node:child_process';
 
 export interface ProcessOptions {
@@ -13,10 +13,10 @@ export interface ProcessOptions {
   env?: Record<string, string>;
 }
 
-export interface ProcessResult {
+export interface ProcessResult<Out = string> {
   /** The exit code; 128 when killed by a signal. */
   code: number;
-  stdout: string;
+  stdout: Out;
   stderr: string;
   /** Killed for running past the deadline. */
   timedOut: boolean;
@@ -25,15 +25,21 @@ export interface ProcessResult {
 }
 
 /** Resolves when the program ends, whatever its exit; rejects only when it cannot be started. */
-export function runProcess(argv: readonly string[], opts: ProcessOptions = {}): Promise<ProcessResult> {
+export async function runProcess(argv: readonly string[], opts: ProcessOptions = {}): Promise<ProcessResult> {
+  const result = await runProcessBytes(argv, opts);
+  return { ...result, stdout: result.stdout.toString() };
+}
+
+/** runProcess with stdout as bytes (for a digest of it, which needs no decoding). */
+export function runProcessBytes(argv: readonly string[], opts: ProcessOptions = {}): Promise<ProcessResult<Buffer>> {
   const full = opts.netns ? ['ip', 'netns', 'exec', opts.netns, ...argv] : [...argv];
   const timeoutMs = opts.timeoutMs ?? 30_000;
   return new Promise((resolve, reject) => {
     const child = spawn(full[0]!, full.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ? { ...process.env, ...opts.env } : process.env });
-    let stdout = '';
+    const stdout: Buffer[] = [];
     let stderr = '';
     let timedOut = false;
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stdout.on('data', (d: Buffer) => stdout.push(d));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => {
       timedOut = true;
@@ -45,7 +51,7 @@ export function runProcess(argv: readonly string[], opts: ProcessOptions = {}): 
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code: code ?? (signal ? 128 : -1), stdout, stderr, timedOut, argv: full });
+      resolve({ code: code ?? (signal ? 128 : -1), stdout: Buffer.concat(stdout), stderr, timedOut, argv: full });
     });
     child.stdin.on('error', () => {}); // the program may exit without reading its input
     child.stdin.end(opts.input ?? '');

@@ -1,8 +1,9 @@
 // The one way the daemon schedules work that brings something up to date — the kernel tables, the
 // udp forwarder's table, the masquerade rules: a pass that runs at most once at a time, requests made
-// while one runs share the next pass, a periodic pass repairs what others changed, and an AbortSignal
-// stops it all. `every` is the periodic primitive underneath, for timers that need no coalescing.
-import { pause } from './retry.js';
+// while one runs share the next pass, a periodic pass repairs what others changed, work that must not
+// interleave with passes runs between them (exclusive), and an AbortSignal stops it all. `every` is
+// the periodic primitive underneath, for timers that need no coalescing.
+import { abortReason, pause } from './retry.js';
 
 /**
  * Runs `task` every `intervalMs` until `signal` is aborted. Runs never overlap: the next is timed from
@@ -53,6 +54,8 @@ export interface SchedulerOptions<R extends string> {
 export class Scheduler<R extends string> {
   private running: Promise<void> | null = null;
   private pending = new Set<R>();
+  /** Work that runs between passes (exclusive()), in order. */
+  private tasks: { run: () => Promise<void>; cancel: (reason: unknown) => void }[] = [];
   /** Resolvers of the requests the next pass serves. */
   private waiters: (() => void)[] = [];
   private lastEnd = -Infinity;
@@ -76,6 +79,21 @@ export class Scheduler<R extends string> {
     return served;
   }
 
+  /**
+   * Runs `task` when no pass runs, and starts no pass before it ends; resolves or rejects with the
+   * task's own outcome (unlike a pass, whose failures go to onError). For work that must not interleave
+   * with passes but whose caller needs the result, e.g. addressing a device for a new lease. Tasks run
+   * in the order given, before the next pass. Rejects with the signal's reason once stopped.
+   */
+  exclusive<T>(task: () => Promise<T>): Promise<T> {
+    if (this.opts.signal.aborted) return Promise.reject(abortReason(this.opts.signal));
+    const result = new Promise<T>((resolve, reject) => {
+      this.tasks.push({ run: () => task().then(resolve, reject), cancel: reject });
+    });
+    this.running ??= this.drain();
+    return result;
+  }
+
   /** Starts the periodic pass (idempotent). */
   startPeriodic(): void {
     const periodic = this.opts.periodic;
@@ -97,7 +115,9 @@ export class Scheduler<R extends string> {
   private async drain(): Promise<void> {
     const { signal } = this.opts;
     try {
-      while (this.pending.size > 0 && !signal.aborted) {
+      while ((this.pending.size > 0 || this.tasks.length > 0) && !signal.aborted) {
+        while (this.tasks.length > 0 && !signal.aborted) await this.tasks.shift()!.run();
+        if (this.pending.size === 0 || signal.aborted) continue;
         // One turn at least, so that requests made in this turn join; more when passes must be spaced.
         const wait = this.lastEnd + (this.opts.spacing ?? 0) * this.lastCost - performance.now();
         if (wait > 0) await pause(wait, signal);
@@ -125,6 +145,7 @@ export class Scheduler<R extends string> {
         for (const done of this.waiters) done();
         this.waiters = [];
         this.pending.clear();
+        for (const task of this.tasks.splice(0)) task.cancel(abortReason(signal));
       }
     }
   }

@@ -4,7 +4,8 @@
 // command line ($DOCKER_OPTS). The output is the script's, byte for byte.
 import type { CommandModule } from 'yargs';
 import { writeFileAtomic } from '../common/atomic-file.js';
-import { type RouteEntry, listRoutes } from '../routes/route.js';
+import { type RouteEntry, formatIp, sameNet } from '../routes/entries.js';
+import { readRoutesWithin } from '../routes/route.js';
 import { DEFAULT_SUBNET_FILE, SubnetEnvError, bridgeAddress, readSubnetEnvFile } from '../subnet/envfile.js';
 import { Ip4Net } from '../common/ip4.js';
 import { Ip6Net } from '../common/ip6.js';
@@ -83,14 +84,14 @@ export function formatDockerOpts(flannelEnv: Record<string, string>, opts: Docke
  * refuses then (after writing the file), and so do we.
  */
 export async function conflictingRoute(flannelSubnet: string): Promise<RouteEntry | null> {
-  const subnet = Ip4Net.parse(flannelSubnet, true).toString();
+  const subnet = Ip4Net.parse(flannelSubnet, true);
   let routes: RouteEntry[];
   try {
-    routes = await listRoutes();
+    routes = await readRoutesWithin(subnet);
   } catch {
     return null; // no iproute2 here: the script's check finds nothing then either
   }
-  return routes.find((r) => r.dst === subnet && r.gateway !== null) ?? null;
+  return routes.find((r) => sameNet(r.dst, subnet) && r.via !== null) ?? null;
 }
 
 /**
@@ -146,6 +147,6 @@ export const dockerOptsCommand: CommandModule<object, DockerOptsArgs> = {
     });
     writeFileAtomic(argv['docker-env-file'], content);
     const route = await conflictingRoute(env['FLANNEL_SUBNET']!);
-    if (route) throw new Error(`Your routing table already contains the subnet: ${route.dst} via ${route.gateway} dev ${route.dev}`);
+    if (route) throw new Error(`Your routing table already contains the subnet: ${route.dst} via ${formatIp(route.via!)} dev ${route.dev}`);
   },
 };

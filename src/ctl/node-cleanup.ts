@@ -11,12 +11,13 @@ import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, rmSync,
 import { dirname, join } from 'node:path';
 import { ip, ipJson } from '../routes/ip.js';
 import { linkDeleteCommand } from '../routes/link.js';
-import { routeDeleteCommand } from '../routes/route.js';
-import { cidrWord } from '../routes/words.js';
+import { type IpNet, type RouteEntry, RTPROT_KERNEL, describeEntry, hostNet, netFamily, netInside } from '../routes/entries.js';
+import { readAddrs } from '../routes/addr.js';
+import { readRoutesWithin, routeDeleteCommand } from '../routes/route.js';
 import { ruleWriter } from '../netfilter/index.js';
 import { parseEnvText } from '../subnet/envfile.js';
-import { Ip4Net, parseIp4 } from '../common/ip4.js';
-import { Ip6Net, parseIp6 } from '../common/ip6.js';
+import { Ip4Net } from '../common/ip4.js';
+import { Ip6Net } from '../common/ip6.js';
 
 /** The devices the backends create: vxlan (IPv4 and IPv6), udp's TUN, wireguard's (kernel or wireguard-go's TUN). */
 export const FLANNEL_DEVICES: readonly { pattern: RegExp; kinds: readonly string[] }[] = [
@@ -54,19 +55,6 @@ interface RawLink {
   linkinfo?: { info_kind?: string };
 }
 
-interface RawRoute {
-  dst: string;
-  gateway?: string;
-  dev?: string;
-  protocol?: string;
-  flags?: string[];
-}
-
-interface RawAddr {
-  ifname: string;
-  addr_info?: { family: string; local: string; prefixlen: number }[];
-}
-
 type Family = 4 | 6;
 
 /** Our devices present on this node, with their kind. */
@@ -80,27 +68,27 @@ async function flannelDevices(): Promise<{ name: string; kind: string }[]> {
   return out;
 }
 
-function inNetwork(family: Family, network: string, address: string): boolean {
-  return family === 4 ? Ip4Net.parse(network, true).contains(parseIp4(address)) : Ip6Net.parse(network, true).contains(parseIp6(address));
-}
-
 /**
  * host-gw's routes (and vxlan's DirectRouting ones): inside the network, of the node subnet's prefix
  * length, through a gateway that is on link on the route's device. Routes of another length, without a
  * gateway (the kernel's own, the CNI bridge's), or through a router are the operator's and stay.
  */
-async function peerRoutes(family: Family, network: string, subnetLen: number): Promise<{ dst: string; via: string; dev: string }[]> {
-  const routes = await ipJson<RawRoute>([`-${family}`, 'route', 'show', 'table', 'main', 'root', cidrWord(network)]);
-  const addrs = await ipJson<RawAddr>([`-${family}`, 'addr', 'show']);
-  const onLink = (dev: string, gateway: string): boolean =>
-    addrs.some((a) => a.ifname === dev && (a.addr_info ?? []).some((i) => i.family === (family === 4 ? 'inet' : 'inet6')
-      && inNetwork(family, `${i.local}/${i.prefixlen}`, gateway)));
-  const out: { dst: string; via: string; dev: string }[] = [];
-  for (const r of routes) {
-    const len = Number(r.dst.split('/')[1] ?? (family === 4 ? 32 : 128));
-    if (!r.gateway || !r.dev || r.protocol === 'kernel' || r.flags?.includes('onlink') || len !== subnetLen) continue;
-    if (!onLink(r.dev, r.gateway)) continue;
-    out.push({ dst: r.dst.includes('/') ? r.dst : `${r.dst}/${len}`, via: r.gateway, dev: r.dev });
+async function peerRoutes(network: IpNet, subnetLen: number): Promise<RouteEntry[]> {
+  const family = netFamily(network);
+  const onLink = new Map<string, IpNet[]>();
+  const prefixesOf = async (dev: string): Promise<IpNet[]> => {
+    let nets = onLink.get(dev);
+    if (!nets) {
+      nets = (await readAddrs(dev, {}, family)).map((a) => (family === 4 ? Ip4Net.parse(a.cidr, true) : Ip6Net.parse(a.cidr, true)));
+      onLink.set(dev, nets);
+    }
+    return nets;
+  };
+  const out: RouteEntry[] = [];
+  for (const r of await readRoutesWithin(network)) {
+    if (r.type !== 'unicast' || r.via === null || r.dev === null || r.protocol === RTPROT_KERNEL || r.onlink || r.dst.prefixLen !== subnetLen) continue;
+    const via = r.via;
+    if ((await prefixesOf(r.dev)).some((net) => netInside(hostNet(via), net))) out.push(r);
   }
   return out;
 }
@@ -190,19 +178,16 @@ async function cleanBridge(opts: NodeCleanupOptions, env: Record<string, string>
   }
   const networks = (env['FLANNEL_NETWORK'] ?? '').split(',').filter((n) => n !== '');
   if (networks.length === 0) return;
-  let links: RawAddr[];
-  try {
-    links = await ipJson<RawAddr>(['-4', 'addr', 'show', 'dev', name]);
-  } catch {
-    return; // no such device
-  }
-  const ours = links.some((l) => (l.addr_info ?? []).some((a) => a.family === 'inet' && networks.some((n) => {
+  const nets: Ip4Net[] = [];
+  for (const n of networks) {
     try {
-      return inNetwork(4, n, a.local);
+      nets.push(Ip4Net.parse(n, true));
     } catch {
-      return false;
+      /* not a network: it cannot make the bridge ours */
     }
-  })));
+  }
+  // No such device: no addresses.
+  const ours = (await readAddrs(name, {}, 4)).some((a) => typeof a.ip === 'number' && nets.some((net) => net.contains(a.ip as number)));
   if (ours) await kernel(linkDeleteCommand(name), `bridge ${name} (the pods' bridge on this node's subnet)`, report);
   else report.notes.push(`${name} carries no address of the flannel network; left in place`);
 }
@@ -238,15 +223,15 @@ export async function cleanupNode(opts: NodeCleanupOptions): Promise<NodeCleanup
     if (!subnet) continue;
     const subnetLen = Number(subnet.split('/')[1]);
     for (const network of networks) {
-      let canonical: string;
+      let net: IpNet;
       try {
-        canonical = family === 4 ? Ip4Net.parse(network, true).toString() : Ip6Net.parse(network, true).toString();
+        net = family === 4 ? Ip4Net.parse(network, true) : Ip6Net.parse(network, true);
       } catch {
         report.problems.push(`${opts.subnetFile}: "${network}" is not a network; its routes were not looked for`);
         continue;
       }
-      for (const r of await peerRoutes(family, canonical, subnetLen)) {
-        await kernel(routeDeleteCommand({ dst: r.dst, via: r.via, dev: r.dev }), `route ${r.dst} via ${r.via} dev ${r.dev}`, report);
+      for (const r of await peerRoutes(net, subnetLen)) {
+        await kernel(routeDeleteCommand(r), `route ${describeEntry(r)}`, report);
       }
     }
   }
@@ -271,6 +256,6 @@ export async function cleanupNode(opts: NodeCleanupOptions): Promise<NodeCleanup
 
 /** Every address on this node's interfaces, for telling our own lease from another node's. */
 export async function localAddresses(): Promise<Set<string>> {
-  const addrs = await ipJson<RawAddr>(['addr', 'show']);
+  const addrs = await ipJson<{ addr_info?: { local: string }[] }>(['addr', 'show']);
   return new Set(addrs.flatMap((a) => (a.addr_info ?? []).map((i) => i.local)));
 }

@@ -3,6 +3,7 @@
 import type { Server } from 'node:http';
 import type { Backend, ExternalInterface } from '../backend/backend.js';
 import { createBackend } from '../backend/index.js';
+import { BlackholeRoutes } from '../routes/blackhole.js';
 import { EtcdRegistry, type Stoppable, etcdErrorFields } from '../etcd/registry.js';
 import { type NetfilterRules, checkBrNetfilter, startNetfilterRules } from '../netfilter/index.js';
 import { ConfigError, type NetworkConfig, checkNetworkConfig, parseNetworkConfig, sameNetwork } from '../subnet/config.js';
@@ -28,6 +29,8 @@ export class Daemon {
   private cni: CniServer | null = null;
   private configWatch: Stoppable | null = null;
   private backend: Backend | null = null;
+  /** --ip-blackhole-route: a blackhole route for each of our lease's subnets. */
+  private blackholes: BlackholeRoutes | null = null;
   private manager: LeaseManager | null = null;
   /** The masquerade and forward rules, in iptables or nftables (both families). */
   private netfilter: NetfilterRules | null = null;
@@ -105,6 +108,12 @@ export class Daemon {
 
     const backend = createBackend({ extIface, network, log: this.log.child({ backend: network.backend.type }) });
     this.backend = backend;
+    if (this.opts.ipBlackholeRoute) {
+      this.blackholes = new BlackholeRoutes({
+        networks: [{ network: network.network, subnetLen: network.subnetLen }, ...(network.ipv6 ? [{ network: network.ipv6.network, subnetLen: network.ipv6.subnetLen }] : [])],
+        log: this.log.child({ component: 'blackhole' }),
+      });
+    }
     const announcement = await backend.prepare();
     const identityFile = nodeIdentityPath(this.opts.subnetFile);
     const { identity, created } = loadNodeIdentity(identityFile);
@@ -161,7 +170,7 @@ export class Daemon {
         this.netfilterDone = this.netfilterDone
           .then(() => this.applyNetfilterRules(lease, network))
           .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'cannot set up the netfilter rules'));
-        await Promise.all([this.netfilterDone, backend.setOwnLease(lease)]);
+        await Promise.all([this.netfilterDone, backend.setOwnLease(lease), this.blackholes?.set([lease.subnet, network.ipv6 ? lease.ipv6Subnet : null])]);
         writeSubnetEnvFile(this.opts.subnetFile, { networks: [network.network], subnet: lease.subnet, mtu, ipMasq: this.opts.ipMasq, ...v6 });
         this.log.info(
           { subnet: lease.subnet.toString(), ...(lease.ipv6Subnet ? { ipv6Subnet: lease.ipv6Subnet.toString() } : {}), publicIP: extIface.publicIP, change },
@@ -311,6 +320,7 @@ export class Daemon {
     await this.configWatch?.stop().catch(() => undefined);
     await this.netfilter?.stop({ removeRules: this.opts.iptablesCleanup });
     await this.backend?.close();
+    await this.blackholes?.close();
     await new Promise<void>((r) => (this.health ? this.health.close(() => r()) : r()));
     await cniClosed;
     this.etcd?.close();

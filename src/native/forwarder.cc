@@ -1,8 +1,6 @@
 #include "forwarder.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -11,21 +9,10 @@
 #include <algorithm>
 
 #include "devices.h"
+#include "netns.h"
 #include "worker.h"
 
 namespace fl {
-
-namespace {
-
-struct OpenJob {
-  Forwarder* fwd;
-  const ForwarderOptions* opts;
-  std::string* error;
-  bool ok;
-  std::string nsPath;
-};
-
-}  // namespace
 
 Forwarder::~Forwarder() { stop(); }
 
@@ -33,38 +20,9 @@ std::unique_ptr<Forwarder> Forwarder::start(const ForwarderOptions& opts, std::s
   std::unique_ptr<Forwarder> f(new Forwarder());
   f->opts_ = opts;
   f->opts_.workers = std::clamp(opts.workers, 1, 16);
-  if (!opts.netnsPath.empty()) {
-    // Devices belong to the network namespace of the thread that creates them. A short-lived
-    // thread joins the namespace, so the calling (JS) thread never changes its own.
-    struct Runner {
-      static void* run(void* arg) {
-        auto* job = static_cast<OpenJob*>(arg);
-        int ns = ::open(job->nsPath.c_str(), O_RDONLY | O_CLOEXEC);
-        if (ns < 0) {
-          *job->error = "open network namespace " + job->nsPath + ": " + strerror(errno);
-          return nullptr;
-        }
-        if (setns(ns, CLONE_NEWNET) < 0) {
-          *job->error = "enter network namespace " + job->nsPath + ": " + strerror(errno);
-          close(ns);
-          return nullptr;
-        }
-        close(ns);
-        job->ok = job->fwd->open(*job->opts, job->error);
-        return nullptr;
-      }
-    };
-    OpenJob job{f.get(), &f->opts_, error, false, opts.netnsPath};
-    pthread_t t;
-    if (pthread_create(&t, nullptr, &Runner::run, &job) != 0) {
-      *error = "cannot start a thread to enter the network namespace";
-      return nullptr;
-    }
-    pthread_join(t, nullptr);
-    if (!job.ok) return nullptr;
-  } else if (!f->open(f->opts_, error)) {
-    return nullptr;
-  }
+  // Devices belong to the network namespace of the thread that creates them (netns.h).
+  Forwarder* fwd = f.get();
+  if (!runInNetns(opts.netnsPath, [fwd](std::string* err) { return fwd->open(fwd->opts_, err); }, error)) return nullptr;
 
   for (size_t i = 0; i < f->tunFds_.size(); i++) {
     auto w = std::make_unique<Worker>(*f, f->tunFds_[i], f->udpFds_[i], f->stopFd_);

@@ -1,27 +1,31 @@
-// rtnetlink for the vxlan backend's tables (see src/routes/netlink.ts for the typed wrapper): one
-// NETLINK_ROUTE socket opened in the node's network namespace; route, neighbour and FDB entries
-// sent as batches of messages with one ACK each (the kernel's verdict per entry, with its extended
-// ACK message); dumps of the three tables filtered and flattened here, on a worker thread, with a
-// digest so that an unchanged kernel costs JavaScript nothing. Separate from the udp data path.
+// rtnetlink for the kernel tables the reconciler looks after (src/routes/netlink.ts is the typed
+// wrapper): one NETLINK_ROUTE socket opened in the node's network namespace (netns.h); routes
+// (unicast and blackhole), neighbours and FDB entries of both families sent as batches of messages
+// with one ACK each (the kernel's verdict per entry, with its extended ACK message); dumps of the
+// three tables filtered and flattened here, on a worker thread, with a digest so that an unchanged
+// kernel costs JavaScript nothing. Separate from the udp data path.
 #include <napi.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
+#include <linux/if_link.h>
 #include <linux/neighbour.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "netns.h"
 
 namespace {
 
@@ -35,10 +39,39 @@ namespace {
 #define NLMSGERR_ATTR_MSG 1
 #endif
 
-// One op, as src/routes/netlink.ts packs it: OP_WORDS uint32 each.
-constexpr size_t OP_WORDS = 8;
+// One op, as src/routes/netlink.ts packs it: OP_WORDS uint32 each —
+//   [flags | kind, ifindex, prefixLen, addr x4, gateway x4, macHi, macLo, protocol, metric]
+// Addresses are host-order 32-bit words, most significant first (an IPv4 address is the first word).
+// addr is the route's destination, the neighbour's address or the FDB entry's destination.
+constexpr size_t OP_WORDS = 15;
 constexpr int RECV_TIMEOUT_S = 10;
 enum Kind : uint32_t { FDB = 0, NEIGH = 1, ROUTE = 2 };
+enum OpFlag : uint32_t {
+  OP_DELETE = 1u << 8,
+  OP_V6 = 1u << 9,         // the address (and gateway) is IPv6
+  OP_BLACKHOLE = 1u << 10,  // routes: type blackhole, no device
+  OP_ONLINK = 1u << 11,
+  OP_GATEWAY = 1u << 12,
+  OP_PROTOCOL = 1u << 13,  // deletions: only the route of this protocol
+  OP_METRIC = 1u << 14,    // deletions: only the route of this metric
+};
+
+// Host-order words (most significant first) to network-order bytes: 4 or 16 of them.
+void addrBytes(const uint32_t* w, bool v6, unsigned char* out) {
+  for (int i = 0; i < (v6 ? 4 : 1); i++) {
+    uint32_t n = htonl(w[i]);
+    memcpy(out + 4 * i, &n, 4);
+  }
+}
+
+void addrWords(const void* data, size_t len, uint32_t* out) {
+  out[0] = out[1] = out[2] = out[3] = 0;
+  for (size_t i = 0; i < len / 4 && i < 4; i++) {
+    uint32_t n;
+    memcpy(&n, (const char*)data + 4 * i, 4);
+    out[i] = ntohl(n);
+  }
+}
 
 struct Socket {
   int fd = -1;
@@ -61,84 +94,75 @@ void addAttr(std::vector<char>& buf, size_t msgStart, uint16_t type, const void*
   n->nlmsg_len = NLMSG_ALIGN(n->nlmsg_len) + RTA_ALIGN(rta->rta_len);
 }
 
-// Appends the message for op `o` (host-order addresses) to buf, with sequence number seq.
+// Appends the message for op `o` to buf, with sequence number seq.
 void buildOp(std::vector<char>& buf, const uint32_t* o, uint32_t seq) {
   uint32_t kind = o[0] & 0xff;
-  bool del = (o[0] >> 8) & 1;
+  bool del = o[0] & OP_DELETE;
+  bool v6 = o[0] & OP_V6;
+  bool blackhole = o[0] & OP_BLACKHOLE;
+  uint16_t alen = v6 ? 16 : 4;
   uint32_t ifindex = o[1];
-  uint32_t ip = htonl(o[2]);
-  uint32_t prefixLen = o[3];
-  uint32_t gw = htonl(o[4]);
-  bool onlink = o[5] & 1;
-  unsigned char mac[6] = {(unsigned char)(o[6] >> 8), (unsigned char)o[6], (unsigned char)(o[7] >> 24),
-                          (unsigned char)(o[7] >> 16), (unsigned char)(o[7] >> 8), (unsigned char)o[7]};
+  uint32_t prefixLen = o[2];
+  unsigned char addr[16], gw[16];
+  addrBytes(&o[3], v6, addr);
+  addrBytes(&o[7], v6, gw);
+  unsigned char mac[6] = {(unsigned char)(o[11] >> 8), (unsigned char)o[11], (unsigned char)(o[12] >> 24),
+                          (unsigned char)(o[12] >> 16), (unsigned char)(o[12] >> 8), (unsigned char)o[12]};
   size_t start = buf.size();
   size_t body = kind == ROUTE ? sizeof(rtmsg) : sizeof(ndmsg);
   buf.resize(start + NLMSG_SPACE(body), 0);
   auto* n = reinterpret_cast<nlmsghdr*>(buf.data() + start);
   n->nlmsg_len = NLMSG_LENGTH(body);
   n->nlmsg_seq = seq;
-  n->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (del ? 0 : NLM_F_CREATE | NLM_F_REPLACE);
+  // A blackhole is added, never replaced: replacing would take over whatever route holds its
+  // destination (a bridge's own prefix route, say), as `ip route add blackhole` would not.
+  n->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (del ? 0 : blackhole ? NLM_F_CREATE | NLM_F_EXCL : NLM_F_CREATE | NLM_F_REPLACE);
   if (kind == ROUTE) {
     n->nlmsg_type = del ? RTM_DELROUTE : RTM_NEWROUTE;
     auto* r = reinterpret_cast<rtmsg*>(NLMSG_DATA(n));
-    r->rtm_family = AF_INET;
+    r->rtm_family = v6 ? AF_INET6 : AF_INET;
     r->rtm_dst_len = prefixLen;
     r->rtm_table = RT_TABLE_MAIN;
-    r->rtm_protocol = del ? 0 : RTPROT_BOOT;  // what `ip route replace` sets
+    r->rtm_protocol = del ? ((o[0] & OP_PROTOCOL) ? o[13] : 0) : RTPROT_BOOT;  // what `ip route replace` sets
     r->rtm_scope = del ? RT_SCOPE_NOWHERE : RT_SCOPE_UNIVERSE;
-    r->rtm_type = del ? 0 : RTN_UNICAST;
-    r->rtm_flags = onlink ? RTNH_F_ONLINK : 0;
-    addAttr(buf, start, RTA_DST, &ip, 4);
-    if (o[4] != 0) addAttr(buf, start, RTA_GATEWAY, &gw, 4);
-    addAttr(buf, start, RTA_OIF, &ifindex, 4);
+    r->rtm_type = blackhole ? RTN_BLACKHOLE : RTN_UNICAST;
+    r->rtm_flags = (o[0] & OP_ONLINK) ? RTNH_F_ONLINK : 0;
+    addAttr(buf, start, RTA_DST, addr, alen);
+    if (o[0] & OP_GATEWAY) addAttr(buf, start, RTA_GATEWAY, gw, alen);
+    if (ifindex != 0) addAttr(buf, start, RTA_OIF, &ifindex, 4);
+    if (del && (o[0] & OP_METRIC)) addAttr(buf, start, RTA_PRIORITY, &o[14], 4);
   } else {
     n->nlmsg_type = del ? RTM_DELNEIGH : RTM_NEWNEIGH;
     auto* nd = reinterpret_cast<ndmsg*>(NLMSG_DATA(n));
-    nd->ndm_family = kind == FDB ? AF_BRIDGE : AF_INET;
+    nd->ndm_family = kind == FDB ? AF_BRIDGE : v6 ? AF_INET6 : AF_INET;
     nd->ndm_ifindex = ifindex;
     nd->ndm_state = NUD_PERMANENT;
     if (kind == FDB) {
       nd->ndm_flags = NTF_SELF;
       addAttr(buf, start, NDA_LLADDR, mac, 6);
-      addAttr(buf, start, NDA_DST, &ip, 4);
+      addAttr(buf, start, NDA_DST, addr, alen);
     } else {
-      addAttr(buf, start, NDA_DST, &ip, 4);
+      addAttr(buf, start, NDA_DST, addr, alen);
       if (!del) addAttr(buf, start, NDA_LLADDR, mac, 6);
     }
   }
 }
 
-// Opens a NETLINK_ROUTE socket inside the namespace at `path` (empty: ours). The namespace is
-// entered only around socket(): a socket stays in the namespace it was created in.
+// Opens a NETLINK_ROUTE socket inside the namespace at `path` (empty: ours). A socket stays in the
+// namespace it was created in, so only socket() runs there (on a helper thread, netns.h).
 int openSocket(const std::string& path, std::string* error) {
-  int self = -1, target = -1;
-  if (!path.empty()) {
-    self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    target = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (self < 0 || target < 0 || setns(target, CLONE_NEWNET) < 0) {
-      *error = "cannot enter network namespace " + path + ": " + strerror(errno);
-      if (self >= 0) close(self);
-      if (target >= 0) close(target);
-      return -1;
-    }
-  }
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-  int saved = errno;
-  if (self >= 0) {
-    if (setns(self, CLONE_NEWNET) < 0) abort();  // never leave the JS thread in another namespace
-    close(self);
-    close(target);
-  }
-  if (fd < 0) {
-    *error = std::string("netlink socket: ") + strerror(saved);
-    return -1;
-  }
+  int fd = -1;
+  bool made = fl::runInNetns(path, [&fd](std::string* err) {
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) *err = std::string("netlink socket: ") + strerror(errno);
+    return fd >= 0;
+  }, error);
+  if (!made) return -1;
   int one = 1, rcv = 4 << 20;
   setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
   // The kernel answers every request; should it ever not, a call fails instead of holding the
-  // backend's kernel queue forever.
+  // reconciler's passes forever.
   timeval timeout{RECV_TIMEOUT_S, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   sockaddr_nl sa{};
@@ -250,39 +274,82 @@ uint64_t fnv(uint64_t h, const std::vector<uint32_t>& words) {
   return h;
 }
 
+// A prefix the dumped routes must lie inside: [family (4|6), prefixLen, addr x4].
+struct Root {
+  uint32_t family, prefixLen, addr[4];
+};
+
+bool inside(const Root& root, uint32_t family, uint32_t prefixLen, const uint32_t* dst) {
+  if (root.family != family || prefixLen < root.prefixLen) return false;
+  for (uint32_t bit = 0, i = 0; bit < root.prefixLen; bit += 32, i++) {
+    uint32_t n = std::min<uint32_t>(32, root.prefixLen - bit);
+    uint32_t mask = n == 32 ? 0xffffffffu : ~(0xffffffffu >> n);
+    if ((dst[i] & mask) != (root.addr[i] & mask)) return false;
+  }
+  return true;
+}
+
+uint32_t macHi(const unsigned char* m) { return ((uint32_t)m[0] << 8) | m[1]; }
+uint32_t macLo(const unsigned char* m) { return ((uint32_t)m[2] << 24) | ((uint32_t)m[3] << 16) | ((uint32_t)m[4] << 8) | m[5]; }
+
+// Reads the tables in scope (or, with linksOnly, only the links) on a worker thread. The links
+// (ifindex, name) name the devices of the entries; they are not part of the digest, whose entries
+// name devices by index. The digest is one FNV-1a per table (routes, neighbours, FDB), so that the
+// caller converts only the tables that changed since the dump it still holds.
 class DumpWorker : public Napi::AsyncWorker {
  public:
-  DumpWorker(Napi::Env env, std::shared_ptr<Socket> sock, uint32_t ifindex, std::string lastDigest)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), sock_(std::move(sock)), ifindex_(ifindex), last_(std::move(lastDigest)) {}
+  DumpWorker(Napi::Env env, std::shared_ptr<Socket> sock, std::vector<Root> roots, std::vector<std::string> devices, std::string lastDigest,
+             std::string heldDigest, bool linksOnly)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), sock_(std::move(sock)), roots_(std::move(roots)),
+        devices_(std::move(devices)), last_(std::move(lastDigest)), held_(std::move(heldDigest)), linksOnly_(linksOnly) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
 
-  // Routes: [dst, prefixLen, gateway, oif, protocol] for unicast main-table IPv4 routes.
-  // Neighbours on the device: [ip, state, macHi, macLo, hasMac]. FDB on the device: [macHi, macLo, dst, state].
+  // Routes: [family, type, prefixLen, dst x4, hasGateway, gateway x4, oif, protocol, flags, metric]
+  //   for unicast and blackhole main-table routes inside a root.
+  // Neighbours on the devices, with a link-layer address, not NOARP: [family, ifindex, ip x4, state, macHi, macLo].
+  // FDB entries on the devices, with a destination: [ifindex, macHi, macLo, family, dst x4, state].
   void Execute() override {
     std::lock_guard<std::mutex> lock(sock_->mu);
-    if (!dump(RTM_GETROUTE, AF_INET) || !dump(RTM_GETNEIGH, AF_INET) || !dump(RTM_GETNEIGH, AF_BRIDGE)) return;
-    uint64_t h = 14695981039346656037ull;
-    h = fnv(h, routes_);
-    h = fnv(h ^ 1, neighs_);
-    h = fnv(h ^ 2, fdb_);
-    char hex[17];
-    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+    if (!dump(RTM_GETLINK, AF_UNSPEC) || linksOnly_) return;
+    bool v4 = false, v6 = false;
+    for (const Root& r : roots_) (r.family == 6 ? v6 : v4) = true;
+    if (v4 && !dump(RTM_GETROUTE, AF_INET)) return;
+    if (v6 && !dump(RTM_GETROUTE, AF_INET6)) return;
+    if (!ifindexes_.empty() && (!dump(RTM_GETNEIGH, AF_UNSPEC) || !dump(RTM_GETNEIGH, AF_BRIDGE))) return;
+    const uint64_t basis = 14695981039346656037ull;
+    char hex[49];
+    snprintf(hex, sizeof hex, "%016llx%016llx%016llx", (unsigned long long)fnv(basis, routes_), (unsigned long long)fnv(basis ^ 1, neighs_),
+             (unsigned long long)fnv(basis ^ 2, fdb_));
     digest_ = hex;
   }
 
   void OnOK() override {
     Napi::Env env = Env();
+    auto links = Napi::Array::New(env, links_.size());
+    for (size_t i = 0; i < links_.size(); i++) {
+      auto pair = Napi::Array::New(env, 2);
+      pair.Set(0u, Napi::Number::New(env, links_[i].first));
+      pair.Set(1u, Napi::String::New(env, links_[i].second));
+      links.Set((uint32_t)i, pair);
+    }
+    if (linksOnly_) {
+      deferred_.Resolve(links);
+      return;
+    }
     auto result = Napi::Object::New(env);
     result.Set("digest", digest_);
+    result.Set("links", links);
     if (digest_ != last_) {
       auto copy = [&](const std::vector<uint32_t>& v) {
         auto a = Napi::Uint32Array::New(env, v.size());
         if (!v.empty()) memcpy(a.Data(), v.data(), v.size() * 4);
         return a;
       };
-      result.Set("routes", copy(routes_));
-      result.Set("neighs", copy(neighs_));
-      result.Set("fdb", copy(fdb_));
+      // A table whose part of the digest equals the one of the dump the caller holds is left out.
+      auto changed = [&](size_t part) { return held_.size() != digest_.size() || held_.compare(16 * part, 16, digest_, 16 * part, 16) != 0; };
+      if (changed(0)) result.Set("routes", copy(routes_));
+      if (changed(1)) result.Set("neighs", copy(neighs_));
+      if (changed(2)) result.Set("fdb", copy(fdb_));
     }
     deferred_.Resolve(result);
   }
@@ -295,13 +362,16 @@ class DumpWorker : public Napi::AsyncWorker {
       union {
         rtmsg r;
         ndmsg nd;
+        ifinfomsg ifi;
       };
     } req{};
-    req.n.nlmsg_len = NLMSG_LENGTH(type == RTM_GETROUTE ? sizeof(rtmsg) : sizeof(ndmsg));
+    size_t body = type == RTM_GETROUTE ? sizeof(rtmsg) : type == RTM_GETLINK ? sizeof(ifinfomsg) : sizeof(ndmsg);
+    req.n.nlmsg_len = NLMSG_LENGTH(body);
     req.n.nlmsg_type = type;
     req.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
     req.n.nlmsg_seq = sock_->seq++;
     if (type == RTM_GETROUTE) req.r.rtm_family = family;
+    else if (type == RTM_GETLINK) req.ifi.ifi_family = family;
     else req.nd.ndm_family = family;
     if (send(sock_->fd, &req, req.n.nlmsg_len, 0) < 0) {
       SetError(std::string("netlink dump: ") + strerror(errno));
@@ -325,74 +395,112 @@ class DumpWorker : public Napi::AsyncWorker {
           SetError(std::string("netlink dump: ") + strerror(-err));
           return false;
         }
-        if (type == RTM_GETROUTE) route(h);
-        else if (family == AF_INET) neigh(h);
-        else fdbEntry(h);
+        if (type == RTM_GETLINK) link(h);
+        else if (type == RTM_GETROUTE) route(h);
+        else if (family == AF_BRIDGE) fdbEntry(h);
+        else neigh(h);
       }
     }
+  }
+
+  void link(nlmsghdr* h) {
+    if (h->nlmsg_type != RTM_NEWLINK) return;
+    auto* ifi = reinterpret_cast<ifinfomsg*>(NLMSG_DATA(h));
+    int len = (int)IFLA_PAYLOAD(h);
+    for (auto* a = IFLA_RTA(ifi); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+      if (a->rta_type != IFLA_IFNAME) continue;
+      std::string name((const char*)RTA_DATA(a), strnlen((const char*)RTA_DATA(a), RTA_PAYLOAD(a)));
+      links_.emplace_back((uint32_t)ifi->ifi_index, name);
+      for (const std::string& d : devices_)
+        if (d == name) ifindexes_.push_back((uint32_t)ifi->ifi_index);
+    }
+  }
+
+  bool onDevice(int ifindex) const {
+    for (uint32_t i : ifindexes_)
+      if (i == (uint32_t)ifindex) return true;
+    return false;
   }
 
   void route(nlmsghdr* h) {
     auto* r = reinterpret_cast<rtmsg*>(NLMSG_DATA(h));
-    if (r->rtm_family != AF_INET || r->rtm_type != RTN_UNICAST) return;
-    uint32_t table = r->rtm_table, dst = 0, gw = 0, oif = 0;
+    if ((r->rtm_family != AF_INET && r->rtm_family != AF_INET6) || (r->rtm_type != RTN_UNICAST && r->rtm_type != RTN_BLACKHOLE)) return;
+    uint32_t family = r->rtm_family == AF_INET6 ? 6 : 4;
+    uint32_t table = r->rtm_table, oif = 0, metric = 0, hasGw = 0;
+    uint32_t dst[4] = {0, 0, 0, 0}, gw[4] = {0, 0, 0, 0};
     int len = (int)RTM_PAYLOAD(h);
     for (auto* a = RTM_RTA(r); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
       if (a->rta_type == RTA_TABLE) table = *(uint32_t*)RTA_DATA(a);
-      else if (a->rta_type == RTA_DST) dst = ntohl(*(uint32_t*)RTA_DATA(a));
-      else if (a->rta_type == RTA_GATEWAY) gw = ntohl(*(uint32_t*)RTA_DATA(a));
-      else if (a->rta_type == RTA_OIF) oif = *(uint32_t*)RTA_DATA(a);
+      else if (a->rta_type == RTA_DST) addrWords(RTA_DATA(a), RTA_PAYLOAD(a), dst);
+      else if (a->rta_type == RTA_GATEWAY) {
+        addrWords(RTA_DATA(a), RTA_PAYLOAD(a), gw);
+        hasGw = 1;
+      } else if (a->rta_type == RTA_OIF) oif = *(uint32_t*)RTA_DATA(a);
+      else if (a->rta_type == RTA_PRIORITY) metric = *(uint32_t*)RTA_DATA(a);
     }
     if (table != RT_TABLE_MAIN) return;
-    routes_.insert(routes_.end(), {dst, r->rtm_dst_len, gw, oif, r->rtm_protocol});
+    bool wanted = false;
+    for (const Root& root : roots_) wanted = wanted || inside(root, family, r->rtm_dst_len, dst);
+    if (!wanted) return;
+    routes_.insert(routes_.end(), {family, r->rtm_type, r->rtm_dst_len, dst[0], dst[1], dst[2], dst[3], hasGw, gw[0], gw[1], gw[2], gw[3],
+                                   oif, r->rtm_protocol, r->rtm_flags, metric});
   }
 
   void neigh(nlmsghdr* h) {
     auto* nd = reinterpret_cast<ndmsg*>(NLMSG_DATA(h));
-    if ((uint32_t)nd->ndm_ifindex != ifindex_) return;
-    uint32_t ip = 0, hi = 0, lo = 0, hasMac = 0;
+    if ((nd->ndm_family != AF_INET && nd->ndm_family != AF_INET6) || !onDevice(nd->ndm_ifindex)) return;
+    uint32_t ip[4] = {0, 0, 0, 0}, hi = 0, lo = 0;
+    bool hasIp = false, hasMac = false;
     int len = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof(ndmsg)));
     for (auto* a = (rtattr*)((char*)nd + NLMSG_ALIGN(sizeof(ndmsg))); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
-      if (a->rta_type == NDA_DST && RTA_PAYLOAD(a) == 4) ip = ntohl(*(uint32_t*)RTA_DATA(a));
-      else if (a->rta_type == NDA_LLADDR && RTA_PAYLOAD(a) == 6) {
-        auto* m = (unsigned char*)RTA_DATA(a);
-        hi = (m[0] << 8) | m[1];
-        lo = ((uint32_t)m[2] << 24) | (m[3] << 16) | (m[4] << 8) | m[5];
-        hasMac = 1;
+      if (a->rta_type == NDA_DST && (RTA_PAYLOAD(a) == 4 || RTA_PAYLOAD(a) == 16)) {
+        addrWords(RTA_DATA(a), RTA_PAYLOAD(a), ip);
+        hasIp = true;
+      } else if (a->rta_type == NDA_LLADDR && RTA_PAYLOAD(a) == 6) {
+        hi = macHi((unsigned char*)RTA_DATA(a));
+        lo = macLo((unsigned char*)RTA_DATA(a));
+        hasMac = true;
       }
     }
-    neighs_.insert(neighs_.end(), {ip, nd->ndm_state, hi, lo, hasMac});
+    // NOARP entries are the kernel's own (IPv6 multicast groups), never an entry of ours.
+    if (!hasIp || !hasMac || (nd->ndm_state & NUD_NOARP)) return;
+    neighs_.insert(neighs_.end(), {nd->ndm_family == AF_INET6 ? 6u : 4u, (uint32_t)nd->ndm_ifindex, ip[0], ip[1], ip[2], ip[3], nd->ndm_state, hi, lo});
   }
 
   void fdbEntry(nlmsghdr* h) {
     auto* nd = reinterpret_cast<ndmsg*>(NLMSG_DATA(h));
-    if ((uint32_t)nd->ndm_ifindex != ifindex_) return;
-    uint32_t dst = 0, hi = 0, lo = 0, hasDst = 0;
+    if (!onDevice(nd->ndm_ifindex)) return;
+    uint32_t dst[4] = {0, 0, 0, 0}, hi = 0, lo = 0, family = 0;
     int len = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof(ndmsg)));
     for (auto* a = (rtattr*)((char*)nd + NLMSG_ALIGN(sizeof(ndmsg))); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
-      if (a->rta_type == NDA_DST && RTA_PAYLOAD(a) == 4) {
-        dst = ntohl(*(uint32_t*)RTA_DATA(a));
-        hasDst = 1;
+      if (a->rta_type == NDA_DST && (RTA_PAYLOAD(a) == 4 || RTA_PAYLOAD(a) == 16)) {
+        addrWords(RTA_DATA(a), RTA_PAYLOAD(a), dst);
+        family = RTA_PAYLOAD(a) == 16 ? 6 : 4;
       } else if (a->rta_type == NDA_LLADDR && RTA_PAYLOAD(a) == 6) {
-        auto* m = (unsigned char*)RTA_DATA(a);
-        hi = (m[0] << 8) | m[1];
-        lo = ((uint32_t)m[2] << 24) | (m[3] << 16) | (m[4] << 8) | m[5];
+        hi = macHi((unsigned char*)RTA_DATA(a));
+        lo = macLo((unsigned char*)RTA_DATA(a));
       }
     }
-    if (hasDst) fdb_.insert(fdb_.end(), {hi, lo, dst, nd->ndm_state});
+    if (family == 0 || (hi == 0 && lo == 0)) return;  // no destination, or the all-zero default entry
+    fdb_.insert(fdb_.end(), {(uint32_t)nd->ndm_ifindex, hi, lo, family, dst[0], dst[1], dst[2], dst[3], nd->ndm_state});
   }
 
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<Socket> sock_;
-  uint32_t ifindex_;
-  std::string last_, digest_;
+  std::vector<Root> roots_;
+  std::vector<std::string> devices_;
+  std::string last_, held_, digest_;
+  bool linksOnly_;
+  std::vector<std::pair<uint32_t, std::string>> links_;
+  std::vector<uint32_t> ifindexes_;
   std::vector<uint32_t> routes_, neighs_, fdb_;
 };
 
 class RtNetlink : public Napi::ObjectWrap<RtNetlink> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "RtNetlink", {InstanceMethod("apply", &RtNetlink::Apply), InstanceMethod("dump", &RtNetlink::Dump), InstanceMethod("close", &RtNetlink::Close)});
+    return DefineClass(env, "RtNetlink", {InstanceMethod("apply", &RtNetlink::Apply), InstanceMethod("dump", &RtNetlink::Dump),
+                                          InstanceMethod("links", &RtNetlink::Links), InstanceMethod("close", &RtNetlink::Close)});
   }
 
   explicit RtNetlink(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RtNetlink>(info) {
@@ -417,7 +525,7 @@ class RtNetlink : public Napi::ObjectWrap<RtNetlink> {
     }
     auto ops = info[0].As<Napi::Uint32Array>();
     if (ops.ElementLength() % OP_WORDS != 0) {
-      Napi::TypeError::New(info.Env(), "ops length must be a multiple of 8").ThrowAsJavaScriptException();
+      Napi::TypeError::New(info.Env(), "ops length must be a multiple of " + std::to_string(OP_WORDS)).ThrowAsJavaScriptException();
       return info.Env().Undefined();
     }
     std::vector<uint32_t> copy(ops.Data(), ops.Data() + ops.ElementLength());
@@ -427,13 +535,44 @@ class RtNetlink : public Napi::ObjectWrap<RtNetlink> {
     return p;
   }
 
-  // dump(ifindex: number, lastDigest: string) → Promise<{ digest, routes?, neighs?, fdb? }>
+  // dump(roots: Uint32Array, devices: string[], lastDigest: string, heldDigest: string)
+  //   → Promise<{ digest, links: [ifindex, name][], routes?, neighs?, fdb? }>
+  // No table when the digest is lastDigest; otherwise each table whose part differs from heldDigest's.
   Napi::Value Dump(const Napi::CallbackInfo& info) {
-    if (!sock_ || info.Length() < 2 || !info[0].IsNumber() || !info[1].IsString()) {
-      Napi::TypeError::New(info.Env(), "dump(ifindex: number, lastDigest: string) on an open socket").ThrowAsJavaScriptException();
+    Napi::Env env = info.Env();
+    if (!sock_ || info.Length() < 4 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+        !info[1].IsArray() || !info[2].IsString() || !info[3].IsString()) {
+      Napi::TypeError::New(env, "dump(roots: Uint32Array, devices: string[], lastDigest: string, heldDigest: string) on an open socket")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    auto flat = info[0].As<Napi::Uint32Array>();
+    if (flat.ElementLength() % 6 != 0) {
+      Napi::TypeError::New(env, "roots length must be a multiple of 6").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    std::vector<Root> roots;
+    for (size_t i = 0; i < flat.ElementLength(); i += 6) roots.push_back(Root{flat[i], flat[i + 1], {flat[i + 2], flat[i + 3], flat[i + 4], flat[i + 5]}});
+    std::vector<std::string> devices;
+    auto list = info[1].As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Value v = list.Get(i);
+      if (v.IsString()) devices.push_back(v.As<Napi::String>().Utf8Value());
+    }
+    auto* w = new DumpWorker(env, sock_, std::move(roots), std::move(devices), info[2].As<Napi::String>().Utf8Value(), info[3].As<Napi::String>().Utf8Value(),
+                             false);
+    auto p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  // links() → Promise<[ifindex, name][]>
+  Napi::Value Links(const Napi::CallbackInfo& info) {
+    if (!sock_) {
+      Napi::TypeError::New(info.Env(), "links() on an open socket").ThrowAsJavaScriptException();
       return info.Env().Undefined();
     }
-    auto* w = new DumpWorker(info.Env(), sock_, info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::String>().Utf8Value());
+    auto* w = new DumpWorker(info.Env(), sock_, {}, {}, "", "", true);
     auto p = w->Promise();
     w->Queue();
     return p;

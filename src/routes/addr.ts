@@ -1,23 +1,18 @@
-// IPv4 addresses on a link.
-import { ipJson, type IpOptions } from './ip.js';
+// Addresses on a link, both families, through iproute2: the reader, and the lines that add or remove one.
+import type { Family } from './entries.js';
+import type { IpOptions } from './ip.js';
+import { type AddrEntry, readLinkState } from './link.js';
 import { cidrWord, deviceWord } from './words.js';
 
-export interface AddrEntry {
-  /** "a.b.c.d/len" */
-  cidr: string;
+/** The addresses on `dev` (both families, or one); an empty list when it does not exist. */
+export async function readAddrs(dev: string, opts: IpOptions = {}, family?: Family): Promise<AddrEntry[]> {
+  const addrs = (await readLinkState(dev, opts))?.addrs ?? [];
+  return family === undefined ? addrs : addrs.filter((a) => a.family === family);
 }
 
-interface RawAddrLink {
-  addr_info?: { family: string; local: string; prefixlen: number }[];
-}
-
-export async function listIp4Addrs(dev: string, opts: IpOptions = {}): Promise<AddrEntry[]> {
-  const links = await ipJson<RawAddrLink>(['-4', 'addr', 'show', 'dev', dev], opts);
-  return links.flatMap((l) => l.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => ({ cidr: `${a.local}/${a.prefixlen}` }));
-}
-
+/** Puts `cidr` on `dev`; an IPv6 address without duplicate address detection (it is ours alone). */
 export function addrReplaceCommand(dev: string, cidr: string): string[] {
-  return ['addr', 'replace', cidrWord(cidr), 'dev', deviceWord(dev)];
+  return ['addr', 'replace', cidrWord(cidr), 'dev', deviceWord(dev), ...(cidr.includes(':') ? ['nodad'] : [])];
 }
 
 export function addrDeleteCommand(dev: string, cidr: string): string[] {

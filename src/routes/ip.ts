@@ -1,16 +1,23 @@
-// Runs iproute2 (`ip`, and `bridge` for the vxlan FDB). Arguments are passed as an argv array (never through a shell), so lease data
-// from etcd can never be interpreted as shell syntax. Batches go through `ip -batch -` on stdin; every
-// batch word is checked (src/routes/words.ts) so that none can change how iproute2 splits a line.
-import { execFile, spawn } from 'node:child_process';
+// Runs iproute2 (`ip`, and `bridge` for the vxlan FDB). Arguments are passed as an argv array (never
+// through a shell), so lease data from etcd can never be interpreted as shell syntax. Batches go
+// through `ip -batch -` on stdin; every batch word is checked (src/routes/words.ts) so that none can
+// change how iproute2 splits a line. Every child gets a deadline: a hung `ip` fails its call (and is
+// killed) instead of holding the kernel work behind it.
+import { runProcessBytes } from '../common/child-process.js';
 import { assertSafeWord } from './words.js';
+
+/** How long one `ip`/`bridge` process may run (a batch of thousands of entries takes well under a second). */
+export const IP_TIMEOUT_MS = 30_000;
 
 export class IpCommandError extends Error {
   constructor(
     readonly args: readonly string[],
     readonly stderr: string,
     readonly code: number | null,
+    /** The process ran past its deadline and was killed. */
+    readonly timedOut = false,
   ) {
-    super(`ip ${args.join(' ')} failed (exit ${code}): ${stderr.trim()}`);
+    super(timedOut ? `ip ${args.join(' ')} did not finish in time and was killed` : `ip ${args.join(' ')} failed (exit ${code}): ${stderr.trim()}`);
     this.name = 'IpCommandError';
   }
 }
@@ -18,6 +25,8 @@ export class IpCommandError extends Error {
 export interface IpOptions {
   /** Run inside this named network namespace (ip -n NAME); default: the caller's own. */
   netns?: string;
+  /** Kill the process and fail after this long; default IP_TIMEOUT_MS. */
+  timeoutMs?: number;
 }
 
 function baseArgs(opts: IpOptions): string[] {
@@ -27,13 +36,7 @@ function baseArgs(opts: IpOptions): string[] {
 export type Tool = 'ip' | 'bridge';
 
 function runTool(tool: Tool, args: readonly string[], opts: IpOptions): Promise<string> {
-  const full = [...baseArgs(opts), ...args];
-  return new Promise((resolve, reject) => {
-    execFile(tool, full, { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) reject(new IpCommandError(tool === 'ip' ? full : [tool, ...full], String(stderr), typeof err.code === 'number' ? err.code : null));
-      else resolve(String(stdout));
-    });
-  });
+  return toolBytes(tool, args, opts).then((out) => out.toString());
 }
 
 async function runToolJson<T>(tool: Tool, args: readonly string[], opts: IpOptions): Promise<T[]> {
@@ -48,14 +51,13 @@ export function ip(args: readonly string[], opts: IpOptions = {}): Promise<strin
 }
 
 /** Runs `ip` or `bridge` and resolves with its stdout as bytes (a digest needs no decoding). */
-export function toolBytes(tool: Tool, args: readonly string[], opts: IpOptions = {}): Promise<Buffer> {
+export async function toolBytes(tool: Tool, args: readonly string[], opts: IpOptions = {}): Promise<Buffer> {
   const full = [...baseArgs(opts), ...args];
-  return new Promise((resolve, reject) => {
-    execFile(tool, full, { maxBuffer: 64 * 1024 * 1024, encoding: 'buffer' }, (err, stdout, stderr) => {
-      if (err) reject(new IpCommandError(tool === 'ip' ? full : [tool, ...full], stderr.toString(), typeof err.code === 'number' ? err.code : null));
-      else resolve(stdout);
-    });
+  const r = await runProcessBytes([tool, ...full], { timeoutMs: opts.timeoutMs ?? IP_TIMEOUT_MS }).catch((err: unknown) => {
+    throw new IpCommandError(tool === 'ip' ? full : [tool, ...full], (err as Error).message, null);
   });
+  if (r.code !== 0 || r.timedOut) throw new IpCommandError(tool === 'ip' ? full : [tool, ...full], r.stderr, r.timedOut ? null : r.code, r.timedOut);
+  return r.stdout;
 }
 
 /** Runs `bridge ARGS...` and resolves with stdout. */
@@ -121,7 +123,9 @@ export interface BatchOutcome {
  */
 export async function forceBatch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions = {}): Promise<BatchOutcome> {
   if (commands.length === 0) return { failed: new Map(), unknownFrom: -1 };
-  const { code, stderr } = await spawnBatch(tool, batchInput(commands), [...baseArgs(opts), '-force', '-batch', '-']);
+  const args = [...baseArgs(opts), '-force', '-batch', '-'];
+  const { code, stderr, timedOut } = await spawnBatch(tool, batchInput(commands), args, opts.timeoutMs ?? IP_TIMEOUT_MS);
+  if (timedOut) throw new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code, true);
   return parseBatchErrors(stderr, code);
 }
 
@@ -150,21 +154,15 @@ function batchInput(commands: readonly (readonly string[])[]): string {
   return commands.map((c) => c.map(assertSafeWord).join(' ')).join('\n') + '\n';
 }
 
-function spawnBatch(tool: Tool, input: string, args: string[]): Promise<{ code: number | null; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(tool, args, { stdio: ['pipe', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stderr }));
-    child.stdin.end(input);
-  });
+async function spawnBatch(tool: Tool, input: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stderr: string; timedOut: boolean }> {
+  const r = await runProcessBytes([tool, ...args], { input, timeoutMs });
+  return { code: r.code, stderr: r.stderr, timedOut: r.timedOut };
 }
 
 // async so that a refused word rejects the promise instead of throwing at the call site.
 async function batch(tool: Tool, commands: readonly (readonly string[])[], opts: IpOptions & { force?: boolean }): Promise<void> {
   if (commands.length === 0) return;
   const args = [...baseArgs(opts), ...(opts.force ? ['-force'] : []), '-batch', '-'];
-  const { code, stderr } = await spawnBatch(tool, batchInput(commands), args);
-  if (code !== 0) throw new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code);
+  const { code, stderr, timedOut } = await spawnBatch(tool, batchInput(commands), args, opts.timeoutMs ?? IP_TIMEOUT_MS);
+  if (code !== 0 || timedOut) throw new IpCommandError(tool === 'ip' ? args : [tool, ...args], stderr, code, timedOut);
 }

@@ -1,12 +1,40 @@
-// Links: create a vxlan device, read any link back from `ip -d -json link show`, set it up/MTU/MAC,
-// delete it. Builders return argv words for ip() or ipBatch(); readers parse iproute2's JSON.
+// Links: create a vxlan device (IPv4 or IPv6 underlay), read any link back from `ip -d -json link
+// show`, read its state and addresses (both families) from `ip -json addr show`, set it up/MTU/MAC, delete it.
+// Builders return argv words for ip() or ipBatch(); readers parse iproute2's JSON.
+import { parseIp4 } from '../common/ip4.js';
+import { parseIp6 } from '../common/ip6.js';
+import type { Family, IpAddr } from './entries.js';
 import { ipJson, IpCommandError, type IpOptions } from './ip.js';
 import { deviceWord, ipWord, macWord, numberWord } from './words.js';
+
+export interface AddrEntry {
+  family: Family;
+  ip: IpAddr;
+  prefixLen: number;
+  /** "addr/len" as the kernel prints it. */
+  cidr: string;
+  /** "global", "link" (IPv6 link-local), "host". */
+  scope: string;
+}
+
+interface RawAddrInfo {
+  family: string;
+  local: string;
+  prefixlen: number;
+  scope?: string;
+}
+
+/** An address of `ip -json addr show`, typed; null for another family (e.g. a link-layer one). */
+function parseAddrInfo(a: RawAddrInfo): AddrEntry | null {
+  if (a.family !== 'inet' && a.family !== 'inet6') return null;
+  const family = a.family === 'inet' ? 4 : 6;
+  return { family, ip: family === 4 ? parseIp4(a.local) : parseIp6(a.local), prefixLen: a.prefixlen, cidr: `${a.local}/${a.prefixlen}`, scope: a.scope ?? 'global' };
+}
 
 export interface VxlanSpec {
   name: string;
   vni: number;
-  /** Tunnel source address. */
+  /** Tunnel source address (IPv4 or IPv6: the device's family). */
   local: string;
   /** Underlay device the tunnel is bound to. */
   dev: string;
@@ -22,6 +50,7 @@ export interface VxlanSpec {
 /** A vxlan device's attributes as the kernel reports them. */
 export interface VxlanAttrs {
   vni: number;
+  /** The tunnel source, IPv4 or IPv6. */
   local: string | null;
   dev: string | null;
   port: number;
@@ -74,9 +103,11 @@ export function linkDeleteCommand(name: string): string[] {
 }
 
 function parseVxlan(data: Record<string, unknown>): VxlanAttrs {
+  // iproute2 prints an IPv6 tunnel source as "local6".
+  const local = data['local'] ?? data['local6'];
   return {
     vni: Number(data['id']),
-    local: typeof data['local'] === 'string' ? data['local'] : null,
+    local: typeof local === 'string' ? local : null,
     dev: typeof data['link'] === 'string' ? data['link'] : null,
     port: Number(data['port'] ?? 0),
     learning: data['learning'] === true,
@@ -97,25 +128,39 @@ function parseLink(raw: RawLink): LinkInfo {
   };
 }
 
+function missing(err: unknown): boolean {
+  return err instanceof IpCommandError && /does not exist|Cannot find device/.test(err.stderr);
+}
+
 /** The named link with its details, or null when it does not exist. */
 export async function readLink(name: string, opts: IpOptions = {}): Promise<LinkInfo | null> {
   try {
-    const [raw] = await ipJson<RawLink>(['-d', 'link', 'show', 'dev', name], opts);
+    const [raw] = await ipJson<RawLink>(['-d', 'link', 'show', 'dev', deviceWord(name)], opts);
     return raw ? parseLink(raw) : null;
   } catch (err) {
-    if (err instanceof IpCommandError && /does not exist|Cannot find device/.test(err.stderr)) return null;
+    if (missing(err)) return null;
     throw err;
   }
 }
 
-/** The named link's state and its IPv4 addresses ("a.b.c.d/len") from one `ip addr show`; null when it does not exist. */
-export async function readLinkAddrs(name: string, opts: IpOptions = {}): Promise<{ ifindex: number; up: boolean; ip4: string[] } | null> {
+export interface LinkState {
+  ifindex: number;
+  up: boolean;
+  mtu: number;
+  /** Its MAC, lower case. */
+  mac: string;
+  addrs: AddrEntry[];
+}
+
+/** The named link's state, MAC and addresses (both families) from one `ip addr show`; null when it does not exist. */
+export async function readLinkState(name: string, opts: IpOptions = {}): Promise<LinkState | null> {
   try {
-    const [raw] = await ipJson<RawLink & { addr_info?: { family: string; local: string; prefixlen: number }[] }>(['addr', 'show', 'dev', deviceWord(name)], opts);
+    const [raw] = await ipJson<RawLink & { addr_info?: RawAddrInfo[] }>(['addr', 'show', 'dev', deviceWord(name)], opts);
     if (!raw) return null;
-    return { ifindex: raw.ifindex, up: raw.flags?.includes('UP') ?? false, ip4: (raw.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`) };
+    const addrs = (raw.addr_info ?? []).map(parseAddrInfo).filter((a): a is AddrEntry => a !== null);
+    return { ifindex: raw.ifindex, up: raw.flags?.includes('UP') ?? false, mtu: raw.mtu, mac: (raw.address ?? '').toLowerCase(), addrs };
   } catch (err) {
-    if (err instanceof IpCommandError && /does not exist|Cannot find device/.test(err.stderr)) return null;
+    if (missing(err)) return null;
     throw err;
   }
 }

@@ -1,47 +1,44 @@
-// IPv4 neighbour (ARP) entries.
-import { ip, ipJson, parseLines, type IpOptions } from './ip.js';
+// Neighbour entries of both families through iproute2: the batch lines, the parser of `ip neigh show`
+// text and the reader of a device's neighbours.
+import { parseIp4 } from '../common/ip4.js';
+import { parseIp6 } from '../common/ip6.js';
+import { type NeighEntry, formatIp, neighKey } from './entries.js';
+import { ip, parseLines, type IpOptions } from './ip.js';
 import { deviceWord, ipWord, macWord } from './words.js';
 
-export interface NeighEntry {
-  ip: string;
-  mac: string | null;
-  permanent: boolean;
+/** A permanent entry: never aged out, never re-resolved (vxlan peers answer no ARP or ND). */
+export function neighSetCommand(n: NeighEntry): string[] {
+  return ['neigh', 'replace', ipWord(formatIp(n.ip)), 'lladdr', macWord(n.mac), 'dev', deviceWord(n.dev), 'nud', 'permanent'];
 }
 
-interface RawNeigh {
-  dst: string;
-  lladdr?: string;
-  state?: string[];
+export function neighDeleteCommand(n: NeighEntry): string[] {
+  return ['neigh', 'del', ipWord(formatIp(n.ip)), 'dev', deviceWord(n.dev)];
 }
 
-/** A permanent entry: never aged out, never re-resolved (vxlan peers answer no ARP). */
-export function neighReplaceCommand(dev: string, ip: string, mac: string): string[] {
-  return ['neigh', 'replace', ipWord(ip), 'lladdr', macWord(mac), 'dev', deviceWord(dev), 'nud', 'permanent'];
-}
-
-export function neighDeleteCommand(dev: string, ip: string): string[] {
-  return ['neigh', 'del', ipWord(ip), 'dev', deviceWord(dev)];
-}
-
-export async function listNeighbours(dev: string, opts: IpOptions = {}): Promise<NeighEntry[]> {
-  const raw = await ipJson<RawNeigh>(['-4', 'neigh', 'show', 'dev', dev, 'nud', 'all'], opts);
-  return raw.map((n) => ({ ip: n.dst, mac: n.lladdr?.toLowerCase() ?? null, permanent: n.state?.includes('PERMANENT') ?? false }));
-}
-
-/** One line of `ip -4 neigh show dev D nud all`, e.g. "198.19.22.0 lladdr f6:bd:17:d2:cf:1b PERMANENT". */
-export function parseNeighLine(line: string): NeighEntry | null {
+/**
+ * One line of `ip neigh show dev D nud all`, e.g. "198.19.22.0 lladdr f6:bd:17:d2:cf:1b PERMANENT" or
+ * "2001:2:1:5:: lladdr ... PERMANENT"; null for an entry without a link-layer address, and for the
+ * NOARP ones the kernel derives itself (IPv6 multicast groups on an IPv6-capable device).
+ */
+export function parseNeighLine(line: string, dev: string): NeighEntry | null {
   const w = line.split(' ').filter((x) => x !== '');
-  if (w.length < 2 || w[0] === '') return null;
   const at = w.indexOf('lladdr');
-  return { ip: w[0]!, mac: at >= 0 ? (w[at + 1] ?? '').toLowerCase() || null : null, permanent: w.includes('PERMANENT') };
+  if (w.length < 3 || at < 0 || !w[at + 1] || w.includes('NOARP')) return null;
+  let addr;
+  try {
+    addr = w[0]!.includes(':') ? parseIp6(w[0]!) : parseIp4(w[0]!);
+  } catch {
+    return null;
+  }
+  return { kind: 'neigh', key: neighKey(dev, formatIp(addr)), dev, ip: addr, mac: w[at + 1]!.toLowerCase(), permanent: w.includes('PERMANENT') };
 }
 
-/** The `ip` arguments of the text dump of a device's IPv4 neighbours. */
+/** The `ip` arguments of the text dump of a device's neighbours (both families). */
 export function neighboursArgs(dev: string): string[] {
-  return ['-4', 'neigh', 'show', 'dev', deviceWord(dev), 'nud', 'all'];
+  return ['neigh', 'show', 'dev', deviceWord(dev), 'nud', 'all'];
 }
 
-/** The device's IPv4 neighbours, from the text dump. */
+/** The device's neighbours that have a link-layer address, both families. */
 export async function readNeighbours(dev: string, opts: IpOptions = {}): Promise<NeighEntry[]> {
-  return parseLines(await ip(neighboursArgs(dev), opts), parseNeighLine);
+  return parseLines(await ip(neighboursArgs(dev), opts), (line) => parseNeighLine(line, dev));
 }

@@ -13,7 +13,7 @@ export interface VxlanBackendConfig {
   port: number;
   gbp: boolean;
   directRouting: boolean;
-  /** Explicit device MTU; null means underlay MTU - 50. */
+  /** Backend.MTU as upstream defines it: the MTU the encapsulation is taken from (the devices get MTU - 50); null: the underlay's. */
   mtu: number | null;
 }
 

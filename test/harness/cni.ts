@@ -7,8 +7,8 @@
 //               it is compiled) runs the standalone plugin: the path of a node whose flanneld is down.
 import { chmodSync, copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { run } from './netns.js';
-import { repoPath } from './repo.js';
+import { run } from '../../testbed/netns.js';
+import { repoPath } from '../../testbed/repo.js';
 
 export type CniPath = 'daemon' | 'standalone';
 export const CNI_PATHS: readonly CniPath[] = ['daemon', 'standalone'];

@@ -7,11 +7,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Cluster, ClusterNode } from './cluster.js';
-import { killPid } from './cluster.js';
-import { waitEtcdHealthy } from './etcd.js';
-import { spawnFlanneldIn } from './flanneld.js';
-import { netnsPids, run } from './netns.js';
+import type { Cluster, ClusterNode } from '../../testbed/cluster.js';
+import { killPid } from '../../testbed/cluster.js';
+import { waitEtcdHealthy } from '../../testbed/etcd.js';
+import { spawnFlanneldIn } from '../../testbed/flanneld.js';
+import { netnsPids, run } from '../../testbed/netns.js';
 
 export interface TlsClientFiles {
   ca: string;

@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync, writeFileSync, mkdirSync, chmodSync, closeSync, openSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { repoPath } from './repo.js';
+import { repoPath } from '../../testbed/repo.js';
 
 export type KubeObject = Record<string, unknown> & { apiVersion: string; kind: string; metadata: { name: string; namespace?: string } };
 

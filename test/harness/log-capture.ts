@@ -1,9 +1,9 @@
-// A logger that keeps its lines as objects, for assertions on what was said and how often.
+// A logger whose lines tests can read back as objects, for assertions on what was said and how often.
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import type { Logger } from '../../src/common/log.js';
 
-export function capturingLogger(): { log: Logger; lines: Record<string, unknown>[] } {
+export function capturingLogger(level = 'debug'): { log: Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, done) {
@@ -11,5 +11,5 @@ export function capturingLogger(): { log: Logger; lines: Record<string, unknown>
       done();
     },
   });
-  return { log: pino({ level: 'debug' }, sink), lines };
+  return { log: pino({ level }, sink), lines };
 }

@@ -1,7 +1,7 @@
 // What upstream flanneld v0.28.9's e2e script (e2e/run-e2e-tests.sh: check_iptables, check_nftables)
 // reads from a node and expects there, with our network and lease in place of its 10.42.0.0/16 and pod
 // CIDR: the listings are read with the same commands and written out in the same order.
-import { run } from './netns.js';
+import { run } from '../../testbed/netns.js';
 
 /** `iptables -t nat -S POSTROUTING | grep FLANNEL` and `iptables -t nat -S FLANNEL-POSTRTG`, as check_iptables reads them. */
 export async function natListing(ns: string, bin: 'iptables' | 'ip6tables'): Promise<string> {

@@ -3,13 +3,14 @@
 // JSON log, and its resident memory.
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { listFdb } from '../../src/routes/fdb.js';
-import { listNeighbours } from '../../src/routes/neigh.js';
-import { listRoutes } from '../../src/routes/route.js';
+import { RTPROT_KERNEL, formatIp } from '../../src/routes/entries.js';
+import { readFdb } from '../../src/routes/fdb.js';
+import { readNeighbours } from '../../src/routes/neigh.js';
+import { readRoutesWithin } from '../../src/routes/route.js';
 import { LEVEL_VALUES } from '../../src/common/log.js';
 import { Ip4Net } from '../../src/common/ip4.js';
-import type { Cluster, ClusterNode } from './cluster.js';
-import { run, sleep } from './netns.js';
+import { type Cluster, type ClusterNode, subnetOf } from '../../testbed/cluster.js';
+import { run, sleep } from '../../testbed/netns.js';
 
 export interface PingResult {
   /** Highest sequence number seen + 1 (replies only tell us what was answered). */
@@ -74,11 +75,11 @@ export interface VxlanTables {
 
 export async function vxlanTables(node: ClusterNode, device = 'flannel.1'): Promise<VxlanTables> {
   const opts = { netns: node.ns };
-  const [routes, neighs, fdb] = await Promise.all([listRoutes({ dev: device }, opts), listNeighbours(device, opts), listFdb(device, opts)]);
+  const [routes, neighs, fdb] = await Promise.all([readRoutesWithin(Ip4Net.parse('0.0.0.0/0'), opts), readNeighbours(device, opts), readFdb(device, opts)]);
   return {
-    routes: new Map(routes.filter((r) => r.protocol !== 'kernel').map((r) => [r.dst, r.gateway])),
-    neighs: new Map(neighs.filter((n) => n.permanent && n.mac).map((n) => [n.ip, n.mac!])),
-    fdb: new Map(fdb.filter((e) => e.permanent).map((e) => [e.mac, e.dst])),
+    routes: new Map(routes.filter((r) => r.dev === device && r.protocol !== RTPROT_KERNEL).map((r) => [r.dst.toString(), r.via === null ? null : formatIp(r.via)])),
+    neighs: new Map(neighs.filter((n) => n.permanent).map((n) => [formatIp(n.ip), n.mac])),
+    fdb: new Map(fdb.filter((e) => e.permanent).map((e) => [e.mac, formatIp(e.dst)])),
   };
 }
 
@@ -102,6 +103,13 @@ export function diffTables(have: VxlanTables, want: VxlanTables): string[] {
     for (const [k, v] of have[kind]) if (!want[kind].has(k)) out.push(`${kind}: stale ${k} -> ${v}`);
   }
   return out;
+}
+
+/** A node's kernel tables against every well-formed vxlan lease in etcd but its own; '' when they match. */
+export async function kernelVsEtcd(cluster: Cluster, node: ClusterNode, prefix = '/coreos.com/network'): Promise<string> {
+  const values = parseEtcdctlJson(await cluster.etcdctl(['get', '--prefix', `${prefix}/subnets/`, '-w', 'json']));
+  const want = expectedVxlanTables(vxlanLeasesFrom(values, (await subnetOf(node)).toString()));
+  return diffTables(await vxlanTables(node), want).join('; ');
 }
 
 /** `etcdctl get --prefix <prefix>/subnets/ -w json` output → subnet CIDR → raw value (unparsed). */
@@ -193,13 +201,6 @@ export async function waitForLog(file: string, pred: (l: LogLine) => boolean, ti
   }
 }
 
-/** Resident memory of a process in KiB (VmRSS). */
-export function rssKiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
-  return Number(m[1]);
-}
-
 /** Prints a measured figure in one greppable line (collected into docs/reliability.md). */
 export function report(what: string, figures: Record<string, unknown>): void {
   console.log(`[resilience] ${what}: ${JSON.stringify(figures)}`);
@@ -218,18 +219,6 @@ export function freeSubnets(values: Map<string, string>, count: number): string[
   }
   if (out.length < count) throw new Error(`only ${out.length} free subnets, ${count} wanted`);
   return out;
-}
-
-/** The subnet a node's env file names (FLANNEL_SUBNET is the bridge address: host bits cleared here). */
-export async function subnetOf(node: ClusterNode): Promise<Ip4Net> {
-  return Ip4Net.parse((await node.env())['FLANNEL_SUBNET']!, true);
-}
-
-/** A node's vxlan tables against every well-formed vxlan lease in etcd but its own: '' when they match. */
-export async function kernelVsEtcd(cluster: Cluster, node: ClusterNode, prefix = '/coreos.com/network'): Promise<string> {
-  const values = parseEtcdctlJson(await cluster.etcdctl(['get', '--prefix', `${prefix}/subnets/`, '-w', 'json']));
-  const want = expectedVxlanTables(vxlanLeasesFrom(values, (await subnetOf(node)).toString()));
-  return diffTables(await vxlanTables(node), want).join('; ');
 }
 
 /** Cuts a node off from etcd (tcp/2379 dropped both ways in its namespace), or heals the cut. */

@@ -4,7 +4,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run } from './netns.js';
+import { run } from '../../testbed/netns.js';
 
 export interface CertPair {
   cert: string;

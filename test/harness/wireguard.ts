@@ -4,7 +4,7 @@
 // inside its network namespace and a mount namespace of its own with a tmpfs on /run/wireguard;
 // commands that need both (wg, wireguard-go) run under `enter`, an nsenter prefix into the holder.
 import { spawn } from 'node:child_process';
-import { killPid } from './cluster.js';
+import { killPid } from '../../testbed/cluster.js';
 
 export interface WireguardRoom {
   /** argv prefix: nsenter into the node's network namespace and its private mount namespace. */

@@ -2,13 +2,17 @@
 // underlay MTU - 28), one route for the whole Network through it, and each IP packet sent whole
 // as one UDP datagram (port 8285 by default) to the PublicIP of the lease covering its
 // destination. The forwarding runs in the native addon's threads (src/native/); this class keeps
-// its table in step with the leases. See docs/udp.md.
-import { SerialQueue } from '../../common/serial-queue.js';
+// its table in step with the leases (table swaps on a Scheduler, spaced), and flannel0's route
+// through the kernel reconciler, whose periodic pass also repairs the device. See docs/udp.md.
 import { performance } from 'node:perf_hooks';
 import type { Backend, BackendAnnouncement, BackendContext } from '../backend.js';
 import { kernelMetrics } from '../../common/metrics.js';
-import { addrDeleteCommand, addrReplaceCommand, listIp4Addrs } from '../../routes/addr.js';
-import { ip, ipBatch } from '../../routes/ip.js';
+import { Scheduler } from '../../common/scheduler.js';
+import { addrDeleteCommand, addrReplaceCommand, readAddrs } from '../../routes/addr.js';
+import { type KernelEntry, RTPROT_KERNEL, unicastRoute } from '../../routes/entries.js';
+import { ipBatch } from '../../routes/ip.js';
+import { openKernelPath } from '../../routes/path.js';
+import { KernelReconciler } from '../../routes/reconciler.js';
 import type { UdpBackendConfig } from '../../subnet/config.js';
 import { formatIp4, isIp4, parseIp4 } from '../../common/ip4.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
@@ -17,7 +21,10 @@ import { UdpForwarder, type ForwarderFeatures, type ForwarderRoute } from './nat
 /** IPv4 header (20) + UDP header (8): what encapsulation adds to each packet. */
 export const UDP_ENCAP_OVERHEAD = 28;
 export const UDP_DEVICE = 'flannel0';
-/** A swap closer than this many times its own cost to the last one is deferred and shared. */
+/**
+ * A swap copies the whole table, so the next one starts no sooner than this many times the last
+ * one's cost after it: during a burst of watch responses, swapping takes at most a fifth of the time.
+ */
 const SWAP_SPACING = 4;
 
 export interface UdpBackendOptions {
@@ -27,6 +34,8 @@ export interface UdpBackendOptions {
   workers?: number;
   /** How often flannel0, its address and the Network route are checked and repaired; default 5 s. */
   resyncIntervalMs?: number;
+  /** How the route reaches the kernel: rtnetlink from the addon (default when it is built) or `ip -batch`. */
+  kernelPath?: 'netlink' | 'iproute2';
 }
 
 export class UdpBackend implements Backend {
@@ -35,19 +44,17 @@ export class UdpBackend implements Backend {
   private own: Lease | null = null;
   /** Remote udp leases by subnet key, as forwarding-table rows; the table is rebuilt from these on a swap. */
   private readonly remotes = new Map<string, ForwarderRoute>();
-  /** A table swap scheduled for the next turn of the event loop: every change until then joins it. */
-  private swap: Promise<void> | null = null;
   /** Table rows changed since the last swap (for the changes metric). */
   private changedSinceSwap = 0;
-  private swaps = 0;
-  private lastSwapEnd = -Infinity;
-  private lastSwapCost = 0;
+  private swapCount = 0;
   /** Leases we cannot use, by subnet key, so that each is reported once, not at every renewal. */
   private readonly ignored = new Set<string>();
   private synced = false;
-  private resyncTimer: NodeJS.Timeout | null = null;
-  /** Serialises kernel changes (lease handling vs. the periodic repair). */
-  private readonly serial = new SerialQueue();
+  private readonly stop = new AbortController();
+  /** Table swaps: requests before a swap starts share it; swaps are spaced by their cost. */
+  private readonly swaps: Scheduler<'leases'>;
+  /** flannel0's Network route, and the periodic repair of the device. */
+  private readonly kernel: KernelReconciler;
 
   constructor(
     readonly ctx: BackendContext,
@@ -55,6 +62,27 @@ export class UdpBackend implements Backend {
     private readonly options: UdpBackendOptions = {},
   ) {
     this.mtu = ctx.extIface.mtu - UDP_ENCAP_OVERHEAD;
+    this.swaps = new Scheduler<'leases'>({
+      signal: this.stop.signal,
+      spacing: SWAP_SPACING,
+      pass: async () => this.pushTable(),
+      onError: (err) => ctx.log.error({ err }, 'udp backend: table swap failed; the next lease change retries it'),
+    });
+    this.kernel = new KernelReconciler({
+      name: 'udp',
+      log: ctx.log,
+      path: openKernelPath(options.kernelPath ?? 'netlink', options.netns, ctx.log),
+      scope: () => ({
+        routeRoots: [ctx.network.network],
+        devices: [],
+        owns: (e: KernelEntry) => e.kind === 'route' && e.dev === UDP_DEVICE && e.type === 'unicast' && e.protocol !== RTPROT_KERNEL,
+      }),
+      signal: this.stop.signal,
+      resyncIntervalMs: options.resyncIntervalMs ?? 5000,
+      beforePass: async (reasons) => (reasons.has('resync') ? this.repair() : 0),
+    });
+    // One route for the whole Network via flannel0 (scope global, as upstream), whatever holds it now.
+    this.kernel.set('network', [unicastRoute(ctx.network.network, UDP_DEVICE)]);
   }
 
   private get ipOpts(): { netns?: string } {
@@ -66,14 +94,12 @@ export class UdpBackend implements Backend {
       throw new Error(`udp backend: ${this.ctx.extIface.name} MTU ${this.ctx.extIface.mtu} leaves ${this.mtu} for ${UDP_DEVICE}, below the IPv4 minimum of 68`);
     }
     if (!isIp4(this.ctx.extIface.ifaceIP)) throw new Error(`udp backend: interface address "${this.ctx.extIface.ifaceIP}" is not IPv4`);
-    await this.exclusive(async () => {
+    await this.kernel.exclusive(async () => {
       if (!this.forwarder) this.startForwarder();
-      await this.ensureNetworkRoute();
     });
-    if (!this.resyncTimer) {
-      this.resyncTimer = setInterval(() => void this.exclusive(() => this.resync()), this.options.resyncIntervalMs ?? 5000);
-      this.resyncTimer.unref();
-    }
+    // The wanted route is all there is from the start: the periodic repair may run at once.
+    this.kernel.startPeriodic();
+    await this.kernel.request();
     return { backend: { type: 'udp' }, mtu: this.mtu };
   }
 
@@ -81,17 +107,16 @@ export class UdpBackend implements Backend {
     this.own = lease;
     this.remotes.delete(lease.subnet.toKey());
     this.pushTable();
-    await this.exclusive(() => this.addressDevice());
+    await this.kernel.exclusive(() => this.addressDevice());
     this.ctx.log.info({ device: UDP_DEVICE, address: this.ownAddress(), subnet: lease.subnet.toString() }, 'udp backend: own lease set');
   }
 
   /**
-   * Updates the table rows and swaps the table into the forwarder. Each swap copies the whole table,
-   * so swaps are coalesced: none when nothing changed; calls before the next turn of the event loop
-   * share one; and a call within SWAP_SPACING × (the last swap's cost) of the last swap joins a
-   * swap deferred to the end of that spell and returns without waiting — during a burst of watch
-   * responses at thousands of leases, swapping then takes at most about a fifth of the time. Other
-   * calls resolve once their swap is done. `settled()` waits for a deferred swap.
+   * Updates the table rows and asks for a table swap. Each swap copies the whole table, so swaps are
+   * coalesced: none when nothing changed; calls made before the swap starts share it; and the next
+   * swap starts no sooner than SWAP_SPACING × (the last swap's cost) after the last one ended. The
+   * first call resolves once its table is in the forwarder; later ones once their events are in the
+   * table rows. `settled()` waits for the swap.
    */
   async handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void> {
     const first = !this.synced;
@@ -132,50 +157,31 @@ export class UdpBackend implements Backend {
     }
     if (events.length > 20) this.ctx.log.info({ events: events.length, leases: this.remotes.size }, 'udp backend: lease batch');
     if (!first && this.changedSinceSwap === 0) return;
-    const wait = this.lastSwapEnd + SWAP_SPACING * this.lastSwapCost - performance.now();
-    const swapped = this.scheduleSwap(wait);
-    if (first || wait <= 0) await swapped;
+    const swapped = this.swaps.request('leases');
+    if (first) await swapped;
   }
 
   /** Resolves once every lease handed over so far is in the forwarder's table. */
   async settled(): Promise<void> {
-    await this.swap;
-  }
-
-  private scheduleSwap(waitMs: number): Promise<void> {
-    this.swap ??= new Promise<void>((resolve) => {
-      const swapNow = (): void => {
-        this.swap = null;
-        this.pushTable();
-        resolve();
-      };
-      if (waitMs > 0) setTimeout(swapNow, waitMs);
-      else setImmediate(swapNow);
-    });
-    return this.swap;
+    await this.swaps.idle();
   }
 
   stats(): Record<string, number> {
-    return this.forwarder ? { ...this.forwarder.stats(), leases: this.remotes.size, tableSwaps: this.swaps } : {};
+    return this.forwarder ? { ...this.forwarder.stats(), leases: this.remotes.size, tableSwaps: this.swapCount } : {};
   }
 
   async close(): Promise<void> {
-    if (this.resyncTimer) clearInterval(this.resyncTimer);
-    this.resyncTimer = null;
-    await this.exclusive(async () => {
-      // Joins the forwarding threads; closing the TUN removes flannel0 and its route, as upstream.
-      this.forwarder?.close();
-      this.forwarder = null;
-    });
+    this.stop.abort();
+    await this.swaps.idle();
+    await this.kernel.close();
+    // Joins the forwarding threads; closing the TUN removes flannel0 and its route, as upstream.
+    this.forwarder?.close();
+    this.forwarder = null;
   }
 
   /** One repair pass now (the periodic one, on demand): flannel0, its address and the Network route. */
-  resyncNow(): Promise<void> {
-    return this.exclusive(() => this.resync());
-  }
-
-  private exclusive<T>(work: () => Promise<T>): Promise<T> {
-    return this.serial.run(work);
+  async resyncNow(): Promise<void> {
+    await this.kernel.resync();
   }
 
   private startForwarder(): void {
@@ -196,21 +202,19 @@ export class UdpBackend implements Backend {
     this.pushTable();
   }
 
-  /** Rebuilds the data path if flannel0 went away, and puts back its address and route. */
-  private async resync(): Promise<void> {
-    if (!this.resyncTimer) return; // closed meanwhile
-    try {
-      const failure = this.forwarder ? this.forwarder.failure() : 'not running';
-      if (failure) {
-        this.ctx.log.warn({ device: UDP_DEVICE, failure }, 'udp backend: data path down; recreating flannel0');
-        this.forwarder?.close();
-        this.forwarder = null;
-        this.startForwarder();
-      }
-      await this.addressDevice();
-    } catch (err) {
-      this.ctx.log.error({ err: err instanceof Error ? err.message : String(err) }, 'udp backend: repair failed; retrying later');
+  /** Rebuilds the data path if flannel0 went away, and puts back its address (the pass puts back the route). */
+  private async repair(): Promise<number> {
+    let repairs = 0;
+    const failure = this.forwarder ? this.forwarder.failure() : 'not running';
+    if (failure) {
+      this.ctx.log.warn({ device: UDP_DEVICE, failure }, 'udp backend: data path down; recreating flannel0');
+      this.forwarder?.close();
+      this.forwarder = null;
+      this.startForwarder();
+      repairs++;
     }
+    if (await this.addressDevice()) repairs++;
+    return repairs;
   }
 
   private ownAddress(): string | null {
@@ -219,17 +223,15 @@ export class UdpBackend implements Backend {
     return this.own ? `${formatIp4(this.own.subnet.ip)}/32` : null;
   }
 
-  /** flannel0 carries exactly our address, and the Network route points at it. */
-  private async addressDevice(): Promise<void> {
+  /** flannel0 carries exactly our address; returns whether it had to be changed. */
+  private async addressDevice(): Promise<boolean> {
     const want = this.ownAddress();
-    if (want) {
-      const have = (await listIp4Addrs(UDP_DEVICE, this.ipOpts)).map((a) => a.cidr);
-      const stale = have.filter((a) => a !== want);
-      if (stale.length > 0 || !have.includes(want)) {
-        await ipBatch([...stale.map((a) => addrDeleteCommand(UDP_DEVICE, a)), addrReplaceCommand(UDP_DEVICE, want)], this.ipOpts);
-      }
-    }
-    await this.ensureNetworkRoute();
+    if (!want) return false;
+    const have = (await readAddrs(UDP_DEVICE, this.ipOpts, 4)).map((a) => a.cidr);
+    const stale = have.filter((a) => a !== want);
+    if (stale.length === 0 && have.includes(want)) return false;
+    await ipBatch([...stale.map((a) => addrDeleteCommand(UDP_DEVICE, a)), addrReplaceCommand(UDP_DEVICE, want)], this.ipOpts);
+    return true;
   }
 
   private unusable(lease: Lease): string | null {
@@ -249,17 +251,11 @@ export class UdpBackend implements Backend {
       icmpSource: this.own ? this.ctx.network.network.ip : null,
       routes: [...this.remotes.values()],
     });
-    this.swaps++;
-    this.lastSwapEnd = performance.now();
-    this.lastSwapCost = this.lastSwapEnd - started;
-    kernelMetrics.applySeconds.observe({ reason: 'event' }, this.lastSwapCost / 1000);
+    this.swapCount++;
+    kernelMetrics.applySeconds.observe({ reason: 'event' }, (performance.now() - started) / 1000);
     kernelMetrics.peers.set({ backend: 'udp' }, this.remotes.size);
     if (this.changedSinceSwap > 0) kernelMetrics.changes.inc({ kind: 'udp-route' }, this.changedSinceSwap);
     this.changedSinceSwap = 0;
   }
 
-  /** One route for the whole Network via flannel0 (scope global, as upstream), added even if one exists. */
-  private async ensureNetworkRoute(): Promise<void> {
-    await ip(['route', 'replace', this.ctx.network.network.toString(), 'dev', UDP_DEVICE, 'scope', 'global'], this.ipOpts);
-  }
 }

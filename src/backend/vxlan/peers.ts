@@ -1,26 +1,45 @@
-// Remote vxlan leases as peers: which VTEP MAC a lease names, and the route a peer needs. The
-// tables built from peers live in model.ts.
-import type { RouteSpec } from '../../routes/route.js';
-import { formatIp4, type Ip4Net } from '../../common/ip4.js';
+// Remote vxlan leases as kernel entries, per family, as upstream flannel programs them: a route to the
+// peer's subnet via the subnet's network address (onlink) on our device, a permanent neighbour entry
+// resolving that address to the peer's VTEP MAC, and a permanent FDB entry sending that MAC to the
+// peer's public address. A DirectRouting peer (on a link of ours) gets a route via its public address
+// instead, and nothing else: its packets go unencapsulated.
+import { parseIp4 } from '../../common/ip4.js';
+import { parseIp6 } from '../../common/ip6.js';
+import { type Family, type IpAddr, type IpNet, type KernelEntry, permanentFdb, permanentNeighbour, unicastRoute } from '../../routes/entries.js';
 import type { Lease } from '../../subnet/lease.js';
 
-export interface Peer {
-  subnet: Ip4Net;
-  publicIP: string;
-  vtepMac: string;
-  /** DirectRouting: the peer shares our L2 segment, so its subnet is routed via its PublicIP unencapsulated. */
-  direct: { dev: string } | null;
+/** What a lease says about one family of its node's vxlan side. */
+export interface VxlanSide {
+  family: Family;
+  subnet: IpNet;
+  publicIP: IpAddr;
+  mac: string;
 }
 
-/** The VtepMAC of a vxlan lease (decoded and checked with the lease), or why the lease is not one. */
-export function leaseVtepMac(lease: Lease): { mac: string } | { error: string } {
+/**
+ * The sides of a vxlan lease: IPv4 always; IPv6 when `ipv6` and the lease has an IPv6 subnet, a
+ * PublicIPv6 and BackendV6Data. `missingV6` says why a lease with an IPv6 subnet has no IPv6 side.
+ */
+export function vxlanSides(lease: Lease, ipv6: boolean): { sides: VxlanSide[]; missingV6: string | null } | { error: string } {
   const { backend } = lease.attrs;
   if (backend.type !== 'vxlan') return { error: `backend type is ${backend.type}, not vxlan` };
-  return { mac: backend.vtep.mac };
+  const sides: VxlanSide[] = [{ family: 4, subnet: lease.subnet, publicIP: parseIp4(lease.attrs.publicIP), mac: backend.vtep.mac }];
+  let missingV6: string | null = null;
+  const v6Subnet = lease.ipv6Subnet ?? null;
+  if (ipv6 && v6Subnet) {
+    if (!lease.attrs.publicIPv6) missingV6 = 'no PublicIPv6';
+    else if (!backend.vtepV6) missingV6 = 'no BackendV6Data.VtepMAC';
+    else sides.push({ family: 6, subnet: v6Subnet, publicIP: parseIp6(lease.attrs.publicIPv6), mac: backend.vtepV6.mac });
+  }
+  return { sides, missingV6 };
 }
 
-export function peerRoute(peer: Peer, device: string): RouteSpec {
-  const dst = peer.subnet.toString();
-  if (peer.direct) return { dst, via: peer.publicIP, dev: peer.direct.dev };
-  return { dst, via: formatIp4(peer.subnet.ip), dev: device, onlink: true };
+/** The entries one side needs on `device`; `directDev` (DirectRouting) routes it unencapsulated instead. */
+export function sideEntries(side: VxlanSide, device: string, directDev: string | null): KernelEntry[] {
+  if (directDev !== null) return [unicastRoute(side.subnet, directDev, side.publicIP)];
+  return [
+    permanentFdb(device, side.mac, side.publicIP),
+    permanentNeighbour(device, side.subnet.ip, side.mac),
+    unicastRoute(side.subnet, device, side.subnet.ip, { onlink: true }),
+  ];
 }

@@ -1,5 +1,5 @@
 // Starts bin/flanneld inside a network namespace, its output appended to a log file: the one place the
-// harness spawns the daemon (cluster nodes, and daemons pointed at other etcd topologies).
+// testbed spawns the daemon (cluster nodes, and daemons pointed at other etcd topologies).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { join } from 'node:path';

@@ -1,4 +1,4 @@
-// Where the repository is, for the harness's paths to bin/ and build/.
+// Where the repository is, for the testbed's paths to bin/ and build/.
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -1,7 +1,7 @@
 // Small traffic probes for the udp backend's tests: Node snippets run inside a namespace (so they
 // use that namespace's addresses), and kernel counters read with nstat.
 import { spawn } from 'node:child_process';
-import { udpStatSeries } from '../../src/daemon/metrics-daemon.js';
+import { udpStatSeries } from '../src/daemon/metrics-daemon.js';
 import { run } from './netns.js';
 
 export interface NodeScript {

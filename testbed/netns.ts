@@ -1,6 +1,6 @@
 // Network-namespace helpers for tests, benches and the demo: run a command (optionally inside a
 // namespace), create and delete namespaces. Commands are argv arrays; nothing goes through a shell.
-import { runProcess } from '../../src/common/child-process.js';
+import { runProcess } from '../src/common/child-process.js';
 import { randomBytes } from 'node:crypto';
 
 /** A short random id, so that names made by concurrent runs on this machine never clash. */

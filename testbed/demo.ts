@@ -1,6 +1,6 @@
 // The demo: a 3-node vxlan cluster in network namespaces, left running for a person to explore.
-//   npx tsx test/harness/demo.ts up    (scripts/demo.sh does the setup and build first)
-//   npx tsx test/harness/demo.ts down  removes everything recorded in .demo/
+//   npx tsx testbed/demo.ts up    (scripts/demo.sh does the setup and build first)
+//   npx tsx testbed/demo.ts down  removes everything recorded in .demo/
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createCluster, destroyFromState, ETCD_ENDPOINT, repoPath, type Cluster } from './cluster.js';

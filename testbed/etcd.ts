@@ -1,6 +1,6 @@
 // Starts a real etcd server (Debian's etcd-server) on loopback or inside a network namespace, with a
 // throw-away data dir, and stops it by PID. Ports are chosen per instance so test files can run
-// while another harness instance is up.
+// while another testbed is up.
 import { spawn } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';

@@ -12,11 +12,11 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { ipBatch } from '../../src/routes/ip.js';
-import { parseEnvText } from '../../src/subnet/envfile.js';
+import { ipBatch } from '../src/routes/ip.js';
+import { parseEnvText } from '../src/subnet/envfile.js';
 import { cniSocketPath, spawnFlanneldIn } from './flanneld.js';
-import { Ip4Net, formatIp4 } from '../../src/common/ip4.js';
-import { Ip6Net, formatIp6 } from '../../src/common/ip6.js';
+import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
+import { Ip6Net, formatIp6 } from '../src/common/ip6.js';
 import { startEtcd, type EtcdServer } from './etcd.js';
 import { addNetns, delNetns, run, runId, sleep, waitFor } from './netns.js';
 
@@ -92,6 +92,11 @@ export interface Cluster {
   ping(from: Pod, toIp: string, opts?: { count?: number; timeoutS?: number }): Promise<boolean>;
   /** Last lines of a node's daemon log. */
   logTail(node: ClusterNode, chars?: number): string;
+  /**
+   * Deletes the node's underlay interface (eth0, and with it its end in the hub and whatever the kernel
+   * bound to it) and makes it again, with its MAC and addresses, as when a NIC's driver is reloaded.
+   */
+  replaceUnderlay(node: ClusterNode): Promise<void>;
   /** Kills every PID it started, deletes every namespace and temp dir. Safe to call twice. */
   destroy(): Promise<void>;
 }
@@ -120,6 +125,13 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Resident memory of a process in KiB (VmRSS). */
+export function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]);
 }
 
 /** SIGTERM (or `signal`), then SIGKILL after `graceMs`; resolves once the process is gone. */
@@ -356,9 +368,31 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
     if (errors.length > 0) throw new AggregateError(errors, `cluster ${id}: cleanup failed: ${errors.map(String).join('; ')}`);
   };
 
+  /** eth0 of a node: a veth into the hub's bridge of its segment, with the node's addresses (and `mac`, when given). */
+  async function connectUnderlay(node: ClusterNode, mac?: string): Promise<void> {
+    await ipBatch([
+      ['link', 'add', `v${node.index}`, 'type', 'veth', 'peer', 'name', 'eth0', ...(mac ? ['address', mac] : []), 'netns', node.ns],
+      ['link', 'set', `v${node.index}`, 'master', node.segment === 1 ? 'br0' : 'br1', 'up'],
+    ], { netns: hubNs });
+    // Two segments: each node's prefixes cover its own segment only; the hub (etcd) stays on link.
+    const [len4, len6] = offLink === 0 ? [24, 64] : node.segment === 1 ? [25, 80] : [26, 80];
+    await ipBatch([
+      ['addr', 'add', `${node.ip}/${len4}`, 'dev', 'eth0'],
+      ...(node.ip6 ? [['addr', 'add', `${node.ip6}/${len6}`, 'dev', 'eth0', 'nodad']] : []),
+      ['link', 'set', 'eth0', 'up'],
+      ...(offLink > 0 ? [['route', 'add', `${HUB_IP}/32`, 'dev', 'eth0']] : []),
+    ], { netns: node.ns });
+  }
+
+  async function replaceUnderlay(node: ClusterNode): Promise<void> {
+    const mac = /link\/ether (\S+)/.exec((await run(['ip', '-n', node.ns, 'link', 'show', 'dev', 'eth0'])).stdout)?.[1];
+    await run(['ip', '-n', node.ns, 'link', 'del', 'eth0']);
+    await connectUnderlay(node, mac);
+  }
+
   const cluster: Cluster = {
     id, hubNs, etcdEndpoint: ETCD_ENDPOINT, nodes, tmpDir,
-    etcdctl, startDaemon, stopDaemon, addPod, removePod, ping, logTail, destroy,
+    etcdctl, startDaemon, stopDaemon, addPod, removePod, ping, logTail, replaceUnderlay, destroy,
   };
 
   try {
@@ -383,18 +417,7 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
     await etcdctl(['put', '/coreos.com/network/config', JSON.stringify(opts.config)]);
     for (const node of nodes) {
       await newNetns(node.ns);
-      await ipBatch([
-        ['link', 'add', `v${node.index}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', node.ns],
-        ['link', 'set', `v${node.index}`, 'master', node.segment === 1 ? 'br0' : 'br1', 'up'],
-      ], { netns: hubNs });
-      // Two segments: each node's prefixes cover its own segment only; the hub (etcd) stays on link.
-      const [len4, len6] = offLink === 0 ? [24, 64] : node.segment === 1 ? [25, 80] : [26, 80];
-      await ipBatch([
-        ['addr', 'add', `${node.ip}/${len4}`, 'dev', 'eth0'],
-        ...(node.ip6 ? [['addr', 'add', `${node.ip6}/${len6}`, 'dev', 'eth0', 'nodad']] : []),
-        ['link', 'set', 'eth0', 'up'],
-        ...(offLink > 0 ? [['route', 'add', `${HUB_IP}/32`, 'dev', 'eth0']] : []),
-      ], { netns: node.ns });
+      await connectUnderlay(node);
       await run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1'], { netns: node.ns });
       if (node.ip6) await run(['sysctl', '-q', '-w', 'net.ipv6.conf.all.forwarding=1'], { netns: node.ns });
     }
@@ -435,6 +458,11 @@ export async function unreachablePodPairs(
     }
   }
   return failed;
+}
+
+/** A node's subnet, from its env file (FLANNEL_SUBNET is the bridge's address: host bits cleared). */
+export async function subnetOf(node: ClusterNode): Promise<Ip4Net> {
+  return Ip4Net.parse((await node.env())['FLANNEL_SUBNET']!, true);
 }
 
 /** A dual-stack node's two subnets, from its env file (FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET, host bits cleared). */

@@ -1,9 +1,9 @@
-// The cluster harness's topology without etcd or daemons, for the udp data-path tests and the
+// The testbed cluster's topology without etcd or daemons, for the udp data-path tests and the
 // throughput bench: a hub namespace with bridge br0 (198.18.0.254/24), node namespaces with eth0
 // 198.18.0.<i>/24 and a bridge cni0 holding the node's subnet, and one pod namespace per node.
 // The overlay device (flannel0 from our forwarder, or a hand-made VXLAN) is added by the caller.
-import { ipBatch } from '../../src/routes/ip.js';
-import { Ip4Net, formatIp4 } from '../../src/common/ip4.js';
+import { ipBatch } from '../src/routes/ip.js';
+import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 import { addNetns, delNetns, run, runId } from './netns.js';
 
 export const OVERLAY = Ip4Net.parse('198.19.0.0/16');
