@@ -21,7 +21,7 @@
 // npm run bench:cni -- [--rounds=20] [--warmup=2] [--burst-sizes=1,10,20,40] [--bursts=3] [--no-write]
 import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { buildDelegateConf } from '../src/cni/delegate.js';
 import { parseFlannelNetConf } from '../src/cni/netconf.js';
@@ -182,7 +182,7 @@ async function main(): Promise<void> {
     writeFileSync(join(root, 'docs', 'img', 'cni-burst-cpu.svg'), svgCpu);
     const section = [
       '<!-- cni:begin (written by bench/cni.ts; edit the text around it, not inside) -->',
-      `Measured ${date} at commit \`${commit}\`${dirty ? ' (with uncommitted changes)' : ''} (\`npm run bench:cni\`; 2 shared cores, other agents' work running), ` +
+      `Measured ${date} at commit \`${commit}\`${dirty ? ' (with uncommitted changes)' : ''} (\`npm run bench:cni\`; 2 shared cores, load average ${loadavg()[0]!.toFixed(1)} at the start), ` +
         `driven by ${cnitool ? '`cnitool`' : 'the conflist\'s plugins executed directly (no `cnitool` on PATH)'}; ` +
         `${ROUNDS} ADD+DEL pairs per variant, bursts repeated ${BURSTS} times (medians).` +
         (upstream ? '' : " Upstream's Go plugin was not found: its row is missing."),

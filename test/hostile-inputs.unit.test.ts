@@ -1,4 +1,4 @@
-// Our own inputs and what we print (issue 11), without root or etcd: --public-ip / --iface checks,
+// Our own inputs and what we print, without root or etcd: --public-ip / --iface checks,
 // subnet.env values read back, printable() and the flannelctl lease table.
 import { describe, expect, it } from 'vitest';
 import { hasControlChars, printable, quoted, terminalSafeJson } from '../src/common/printable.js';

@@ -1,4 +1,4 @@
-// Strict validation of leases written by anyone with access to the prefix (issue 11). Pure
+// Strict validation of leases written by anyone with access to the prefix. Pure
 // functions: the registry decodes every key and value with them, the lease manager adds the checks
 // that need the network config (checkLeaseSubnet) and counts rejections by reason.
 //

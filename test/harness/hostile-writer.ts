@@ -1,4 +1,4 @@
-// Writes malformed and hostile leases into a cluster's etcd (issue 11), as someone with write access
+// Writes malformed and hostile leases into a cluster's etcd, as someone with write access
 // to the prefix could. Run inside the hub namespace (where etcd listens):
 //   tsx test/harness/hostile-writer.ts <endpoint> seed            (the standing set, before daemons start)
 //   tsx test/harness/hostile-writer.ts <endpoint> stream <ms> <seed>   (a stream of changes for <ms>)
