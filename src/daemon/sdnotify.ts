@@ -7,7 +7,7 @@
 // as root (flanneld always is), it puts our PID in the message's SCM_CREDENTIALS, so systemd
 // attributes the message to this process even after the short-lived helper has exited, and it waits
 // (BARRIER=1, systemd 246+) until systemd has processed the message.
-import { execFile } from 'node:child_process';
+import { runProcess } from '../common/child-process.js';
 import { loadBuiltAddon } from '../common/addon.js';
 
 export interface NotifyOptions {
@@ -45,14 +45,8 @@ export async function notifySystemd(state: string, opts: NotifyOptions = {}): Pr
   if (assignments.length === 0 || assignments.some((a) => !/^[A-Z_][A-Z0-9_]*=/.test(a))) return false;
   const sender = opts.command === undefined ? nativeSender() : null;
   if (sender) return sender.send(socket, assignments.join('\n') + '\n') === 0;
-  return new Promise((resolve) => {
-    execFile(
-      opts.command ?? 'systemd-notify',
-      [`--pid=${process.pid}`, ...assignments],
-      { timeout: opts.timeoutMs ?? 5_000, env: process.env },
-      (err) => resolve(!err),
-    );
-  });
+  const result = await runProcess([opts.command ?? 'systemd-notify', `--pid=${process.pid}`, ...assignments], { timeoutMs: opts.timeoutMs ?? 5_000 }).catch(() => null);
+  return result !== null && result.code === 0 && !result.timedOut;
 }
 
 /**
