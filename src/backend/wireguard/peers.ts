@@ -1,4 +1,5 @@
-// Remote wireguard leases as WireGuard peers, as upstream flannel v0.28.9 programs them, per Mode:
+// What our lease says of our devices, and remote wireguard leases as WireGuard peers, as upstream
+// flannel v0.28.9 programs them, per Mode:
 // - separate: a peer on flannel-wg for the node's IPv4 subnet, at PublicIP and its BackendData.Port,
 //   and (dual stack) a peer on flannel-wg-v6 for its IPv6 subnet, at PublicIPv6 and BackendV6Data.Port;
 // - ipv4, ipv6, auto: one peer on flannel-wg for both subnets, at PublicIP (ipv4), PublicIPv6 (ipv6),
@@ -9,10 +10,21 @@ import { Ip4Net, parseIp4 } from '../../common/ip4.js';
 import { Ip6Net, parseIp6 } from '../../common/ip6.js';
 import { type IpNet, type WgPeerEntry, wgPeer } from '../../routes/entries.js';
 import type { WireguardBackendConfig } from '../../subnet/config.js';
-import type { Lease } from '../../subnet/lease.js';
+import type { Lease, LeaseBackend } from '../../subnet/lease.js';
 
 export const WG_DEVICE = 'flannel-wg';
 export const WG_DEVICE_V6 = 'flannel-wg-v6';
+
+/**
+ * Our lease's BackendData (flannel-wg) and, in a dual-stack network, BackendV6Data: our public key and
+ * the port to reach us at over each family. In separate mode that is flannel-wg-v6's ListenPortV6; in a
+ * single-device mode the one device's ListenPort (upstream writes ListenPortV6 there too, where no device
+ * of ours would listen: docs/wireguard.md).
+ */
+export function ownLeaseData(config: WireguardBackendConfig, publicKey: string, ipv6: boolean): LeaseBackend {
+  const portV6 = config.mode === 'separate' ? config.listenPortV6 : config.listenPort;
+  return { type: 'wireguard', peer: { publicKey, port: config.listenPort }, peerV6: ipv6 ? { publicKey, port: portV6 } : null };
+}
 
 /** What the peers of every lease are made with. */
 export interface PeerContext {

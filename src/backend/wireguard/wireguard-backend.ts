@@ -26,7 +26,7 @@ import { WIREGUARD_OVERHEAD, type WireguardBackendConfig } from '../../subnet/co
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
 import { WireguardDevice } from './device.js';
 import { type NodeKey, keyFilePath, loadOrCreateKey } from './keys.js';
-import { WG_DEVICE, WG_DEVICE_V6, leasePeers } from './peers.js';
+import { WG_DEVICE, WG_DEVICE_V6, leasePeers, ownLeaseData } from './peers.js';
 
 /** Above this many peers added in one batch, each is logged at debug and the batch once at info. */
 const LOG_EACH_UP_TO = 20;
@@ -151,15 +151,8 @@ export class WireguardBackend implements Backend {
         }));
       }
     }
-    // In a single-device mode that one device serves both families: its port is the one to reach it at
-    // over IPv6 too (upstream publishes ListenPortV6 there, where nothing listens).
-    const portV6 = this.names.includes(WG_DEVICE_V6) ? config.listenPortV6 : config.listenPort;
     return {
-      backend: {
-        type: 'wireguard',
-        peer: { publicKey: key.publicKey, port: config.listenPort },
-        peerV6: ctx.network.ipv6 ? { publicKey: key.publicKey, port: portV6 } : null,
-      },
+      backend: ownLeaseData(config, key.publicKey, !!ctx.network.ipv6),
       mtu: this.mtu,
     };
   }
