@@ -4,7 +4,8 @@
 // throughput, then the mean ping round trip. The two alternate round by round, and which goes first
 // alternates too, so that drift in the machine's load hits both alike. The CPU that wireguard-go used
 // on both nodes during its iperf3 runs is read from /proc.
-// Writes docs/benchmarks.md (the section between the wireguard markers) and docs/img/wireguard.svg.
+// Writes docs/benchmarks.md (the section between the wireguard markers), docs/img/wireguard.svg
+// (throughput) and docs/img/wireguard-rtt.svg (round trip).
 // Run: npm run bench:wireguard [-- --seconds=8 --rounds=4 --pings=100 --no-write]
 import { readFileSync } from 'node:fs';
 import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
@@ -82,9 +83,9 @@ try {
     clusters.set(kind, await createCluster({ nodes: 2, config: { Network: NETWORK, Backend: { Type: kind } } }));
   }
   const wg = clusters.get('wireguard')!;
-  const implementation = /running wireguard-go/.test(readFileSync(wg.nodes[0]!.logFile, 'utf8')) ? 'wireguard-go' : 'kernel module';
+  const implementation = /running wireguard-go/.test(readFileSync(wg.nodes[0]!.logFile, 'utf8')) ? 'wireguard-go' : 'the kernel module';
   const mtu = { vxlan: (await clusters.get('vxlan')!.nodes[0]!.env())['FLANNEL_MTU'], wireguard: (await wg.nodes[0]!.env())['FLANNEL_MTU'] };
-  console.log(`  wireguard runs on the ${implementation}; pod MTU: vxlan ${mtu.vxlan}, wireguard ${mtu.wireguard}`);
+  console.log(`  the wireguard backend runs ${implementation}; pod MTU: vxlan ${mtu.vxlan}, wireguard ${mtu.wireguard}`);
   const rounds: Round[] = [];
   for (let round = 1; round <= ROUNDS; round++) {
     const order: Kind[] = round % 2 === 1 ? ['vxlan', 'wireguard'] : ['wireguard', 'vxlan'];
@@ -102,13 +103,23 @@ try {
   if (WRITE) {
     const { date, commit } = benchStamp();
     writeBenchImage('wireguard.svg', lineChart({
-      title: `Pod → pod iperf3 TCP, wireguard (${implementation}) and vxlan (${date}, ${commit})`,
+      title: `Pod → pod iperf3 TCP, wireguard and vxlan (${date}, ${commit})`,
       xLabel: 'round (the two alternate)',
       yLabel: 'Mbit/s',
       xScale: 'linear',
       series: [
         { name: 'vxlan', points: vx.map((r) => ({ x: r.round, y: Math.round(r.mbps) })), color: '#1f77b4' },
-        { name: `wireguard (${implementation})`, points: wgr.map((r) => ({ x: r.round, y: Math.round(r.mbps) })), color: '#d62728' },
+        { name: implementation === 'wireguard-go' ? 'wireguard (wireguard-go)' : 'wireguard (kernel)', points: wgr.map((r) => ({ x: r.round, y: Math.round(r.mbps) })), color: '#d62728' },
+      ],
+    }));
+    writeBenchImage('wireguard-rtt.svg', lineChart({
+      title: `Pod → pod ping round trip, wireguard and vxlan (${date}, ${commit})`,
+      xLabel: 'round (the two alternate)',
+      yLabel: `ms (mean of ${PINGS})`,
+      xScale: 'linear',
+      series: [
+        { name: 'vxlan', points: vx.map((r) => ({ x: r.round, y: +r.rttMs.toFixed(3) })), color: '#1f77b4' },
+        { name: implementation === 'wireguard-go' ? 'wireguard (wireguard-go)' : 'wireguard (kernel)', points: wgr.map((r) => ({ x: r.round, y: +r.rttMs.toFixed(3) })), color: '#d62728' },
       ],
     }));
     const rows = [...Array(ROUNDS).keys()].map((i) => {
@@ -116,16 +127,16 @@ try {
       return `| ${i + 1} | ${v.mbps.toFixed(0)} | ${v.rttMs.toFixed(3)} | ${w.mbps.toFixed(0)} | ${w.rttMs.toFixed(3)} | ${w.cores === null ? '–' : `${(w.cores * 100).toFixed(0)} %`} | ${(w.mbps / v.mbps).toFixed(3)} |`;
     });
     writeBenchSection('wireguard', 'bench/wireguard-throughput.ts', [
-      `Measured ${date} at commit \`${commit}\` (\`npm run bench:wireguard\`: ${ROUNDS} rounds, iperf3 ${SECONDS} s and ${PINGS} pings per run; wireguard on the ${implementation}; pod MTU vxlan ${mtu.vxlan}, wireguard ${mtu.wireguard}; 2 shared cores, other test runs sharing the machine).`,
+      `Measured ${date} at commit \`${commit}\` (\`npm run bench:wireguard\`: ${ROUNDS} rounds, iperf3 ${SECONDS} s and ${PINGS} pings per run; the wireguard backend ran ${implementation}; pod MTU vxlan ${mtu.vxlan}, wireguard ${mtu.wireguard}; 2 shared cores, other test runs sharing the machine).`,
       '',
       '| round | vxlan (Mbit/s) | vxlan RTT (ms) | wireguard (Mbit/s) | wireguard RTT (ms) | wireguard-go CPU (both nodes) | wireguard / vxlan |',
       '|---|---|---|---|---|---|---|',
       ...rows,
       `| mean | ${mean(vx.map((r) => r.mbps)).toFixed(0)} | ${mean(vx.map((r) => r.rttMs)).toFixed(3)} | ${mean(wgr.map((r) => r.mbps)).toFixed(0)} | ${mean(wgr.map((r) => r.rttMs)).toFixed(3)} | ${cores.length ? `${(mean(cores) * 100).toFixed(0)} %` : '–'} | ${ratio.toFixed(3)} |`,
       '',
-      '![wireguard and vxlan throughput per round](img/wireguard.svg)',
+      '![wireguard and vxlan throughput per round](img/wireguard.svg) ![wireguard and vxlan round trip per round](img/wireguard-rtt.svg)',
     ]);
-    console.log(`wrote docs/benchmarks.md and docs/img/wireguard.svg (${commit})`);
+    console.log(`wrote docs/benchmarks.md, docs/img/wireguard.svg and docs/img/wireguard-rtt.svg (${commit})`);
   }
 } finally {
   await cleanup();

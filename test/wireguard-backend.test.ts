@@ -2,7 +2,8 @@
 // /run/wireguard; wireguard-go where the kernel has no module), leases handed over by hand, no etcd:
 // what its one kernel reconciler does with WireGuard peers beside routes —
 //  - the first batch programs the devices' key and port, every peer, the Network's route and our address;
-//  - a lease changed rewrites its own peer alone (one op), and the other peer's session goes on;
+//  - a lease changed rewrites its own peer alone (one op), and the other peer's session goes on; a new key
+//    replaces its old peer;
 //  - an unchanged kernel costs no compare (the dump's digest); what others change (a peer removed, one
 //    rewritten, one added by hand, the port, the route, the address) is put back by the next full pass;
 //  - a lease removed takes its peer alone;
@@ -154,6 +155,17 @@ describe('incremental', () => {
     expect(await peers(a)).toEqual([line(b.lease), line(c)].sort());
     expect(await podsTalk(a, b)).toBe(true);
     expect(await a.backend.resync()).toBe(0);
+  });
+
+  test('a node with a new key (its key file lost): its old peer goes, the new one comes, in one pass', async () => {
+    const from = a.lines.length;
+    const before = c;
+    c = leaseOf(c.subnet, '198.18.0.78', publicKeyOf(generatePrivateKey()), 51999);
+    await a.backend.handleLeaseEvents([added(c)]);
+    await a.backend.settled();
+    expect(batches(a, from)).toEqual([['event', 2]]);
+    expect(await peers(a)).toEqual([line(b.lease), line(c)].sort());
+    expect((await peers(a)).some((l) => l.startsWith((before.attrs.backend as { peer: { publicKey: string } }).peer.publicKey))).toBe(false);
   });
 
   test('a lease removed takes its peer alone', async () => {

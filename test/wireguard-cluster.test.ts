@@ -196,6 +196,8 @@ describe('three nodes started at once', () => {
       expect(metric(text, 'flannel_backend_peers{backend="wireguard"}')).toBe(2);
       const check = await run(['promtool', 'check', 'metrics'], { input: text, allowFail: true });
       expect(check.code, check.stdout + check.stderr).toBe(0);
+      // Nothing refused, and the periodic full passes found nothing to repair: what was programmed stays as it is.
+      expect(readLog(n.logFile).filter((l) => /kernel refused|resync repaired|kernel update failed/.test(l.msg)).map((l) => l.msg), `node ${n.index}`).toEqual([]);
     }
   });
 });

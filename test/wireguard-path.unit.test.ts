@@ -72,3 +72,23 @@ describe('a refused batch is split until the refused peer stands alone', () => {
     expect(device.calls.length).toBe(1);
   });
 });
+
+describe('the dump', () => {
+  test('the digest is of what a reconcile compares: the order wireguard-go lists peers in, and handshakes and byte counts, do not change it', async () => {
+    const peer = (n: number, handshake: number | null, rx: number) => ({
+      publicKey: Buffer.alloc(32, n).toString('base64'), hasPresharedKey: false, presharedKeyId: null, endpoint: `198.18.0.${n}:51820`,
+      allowedIPs: [`198.19.${n}.0/24`, `2001:2:1:${n}::/64`], latestHandshake: handshake === null ? null : new Date(handshake), rxBytes: rx, txBytes: rx, persistentKeepalive: 0,
+    });
+    const listed = (order: number[], seen: number) => new (class extends WgClient {
+      override async showIfPresent(): Promise<WgDeviceState> {
+        return { publicKey: Buffer.alloc(32, 9).toString('base64'), listenPort: 51820, peers: order.map((n) => ({ ...peer(n, seen, seen), allowedIPs: seen % 2 ? peer(n, 0, 0).allowedIPs.reverse() : peer(n, 0, 0).allowedIPs })) };
+      }
+    })();
+    const first = await new WireguardPath(listed([1, 2, 3], 1000), secrets).dump(['flannel-wg'], '');
+    const again = await new WireguardPath(listed([3, 1, 2], 2001), secrets).dump(['flannel-wg'], first.digest);
+    expect(again).toEqual({ digest: first.digest });
+    expect(first.entries!.map((e) => e.kind)).toEqual(['wgdev', 'wgpeer', 'wgpeer', 'wgpeer']);
+    const moved = await new WireguardPath(listed([1, 2], 1000), secrets).dump(['flannel-wg'], first.digest);
+    expect(moved.digest).not.toBe(first.digest);
+  });
+});

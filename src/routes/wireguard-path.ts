@@ -150,12 +150,14 @@ export class WireguardPath implements WgPath {
   }
 }
 
-/** What a reconcile compares of a device, as one text: its settings and its peers' (no counters, no times). */
+/**
+ * What a reconcile compares of a device, as one text: its settings and its peers' (no counters, no
+ * times), peers and their allowed IPs sorted — wireguard-go lists peers in no particular order.
+ */
 function describeState(dev: string, state: WgDeviceState | null): string {
   if (state === null) return `${dev} absent\n`;
-  const lines = [`${dev} ${state.publicKey ?? '-'} ${state.listenPort}`];
-  for (const p of state.peers) lines.push(`${p.publicKey} ${p.presharedKeyId ?? '-'} ${p.endpoint ?? '-'} ${p.allowedIPs.join(',')} ${p.persistentKeepalive}`);
-  return lines.join('\n') + '\n';
+  const peers = state.peers.map((p) => `${p.publicKey} ${p.presharedKeyId ?? '-'} ${p.endpoint ?? '-'} ${[...p.allowedIPs].sort().join(',')} ${p.persistentKeepalive}`).sort();
+  return [`${dev} ${state.publicKey ?? '-'} ${state.listenPort}`, ...peers].join('\n') + '\n';
 }
 
 /** A device's state as entries: its settings, and each peer. */
