@@ -9,7 +9,8 @@
 //  - a node restarted keeps its public key; its peers resume, and no other node changes anything;
 //  - a wrong PSK, then none, on one node: that node is cut off, the others talk as before;
 //  - a lease with another node's public key is refused on every node (the older key keeps it);
-//  - a node leaving takes its peers with it on every node.
+//  - a node leaving takes its peers with it on every node;
+// and on a second, 2-node cluster, Mode ipv6: one device for both families, nodes reached over IPv6.
 // Needs `npm run build`.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -40,8 +41,8 @@ const pod = (n: ClusterNode): Pod => n.pods[0]!;
 const publicKey = (n: ClusterNode): string => loadOrCreateKey(wireguardKeyPath(n.logFile)).publicKey;
 
 /** Every lease in etcd: key name → value. */
-async function leases(): Promise<Map<string, string>> {
-  const res = JSON.parse(await cluster.etcdctl(['get', '--prefix', `${PREFIX}/subnets/`, '-w', 'json'])) as { kvs?: { key: string; value: string }[] };
+async function leases(of: Cluster = cluster): Promise<Map<string, string>> {
+  const res = JSON.parse(await of.etcdctl(['get', '--prefix', `${PREFIX}/subnets/`, '-w', 'json'])) as { kvs?: { key: string; value: string }[] };
   return new Map((res.kvs ?? []).map((kv) => [Buffer.from(kv.key, 'base64').toString().slice(`${PREFIX}/subnets/`.length), Buffer.from(kv.value, 'base64').toString()]));
 }
 
@@ -312,5 +313,35 @@ describe('identity', () => {
     }
     expect(await talk(n1, n2)).toBe(true);
     expect(await talk(n2, n1)).toBe(true);
+  });
+});
+
+describe('Mode ipv6: one device for both families', () => {
+  let single: Cluster;
+
+  beforeAll(async () => {
+    single = await createCluster({ nodes: 2, ipv6: true, config: { ...CONFIG, Backend: { Type: 'wireguard', PSK, Mode: 'ipv6' } } });
+  }, 120_000);
+
+  afterAll(async () => {
+    await single?.destroy();
+  });
+
+  test('pods ping over both families through flannel-wg alone, each node a peer with both subnets reached at its IPv6 address and ListenPort', async () => {
+    const [a, b] = single.nodes as [ClusterNode, ClusterNode];
+    for (const [x, y] of [[a, b], [b, a]] as const) {
+      for (const dst of [y.pods[0]!.ip, y.pods[0]!.ip6!]) expect(await waitFor(() => single.ping(x.pods[0]!, dst, { timeoutS: 1 }), 20_000, 0), `${x.index} -> ${dst}`).toBe(true);
+    }
+    for (const [x, y] of [[a, b], [b, a]] as const) {
+      expect(await daemonDevice(x, 'flannel-wg-v6')).toBeNull();
+      const { v4, v6 } = await dualSubnetsOf(y);
+      expect(peerLines(await daemonDevice(x, 'flannel-wg'))).toEqual([
+        `${publicKey(y)} psk=${wgKeyFingerprint(PSK)} endpoint=[${y.ip6}]:51820 allowed=${v4},${v6} keepalive=0`,
+      ]);
+      expect((await run(['ip', '-6', 'route', 'show', '2001:2:1::/48'], { netns: x.ns })).stdout).toMatch(/^2001:2:1::\/48 dev flannel-wg /);
+    }
+    // The lease names the one device's port for IPv6 too: the port it listens on.
+    const value = (await leases(single)).get(`${(await dualSubnetsOf(a)).v4.toKey()}&${(await dualSubnetsOf(a)).v6.toKey()}`);
+    expect(value).toContain(`"BackendV6Data":{"PublicKey":"${publicKey(a)}","Port":51820}`);
   });
 });

@@ -2,9 +2,8 @@
 // /run/wireguard): which implementation runs (on a kernel without the module, wireguard-go, and the
 // log says so), the key file, peers set and removed one at a time through wg(8) (allowed IPs,
 // endpoint, PSK, keepalive), pod traffic through the tunnel, a wrong PSK, wireguard-go dying and
-// being started again, and a clean stop. What the backend will do with leases (addresses, routes,
-// peers from leases) is not here yet: the test programs addresses and routes by hand, as that code
-// will.
+// being started again, and a clean stop. The test programs addresses and routes by hand: what the
+// backend makes of leases is in test/wireguard-backend.test.ts and test/wireguard-cluster.test.ts.
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -199,7 +198,7 @@ describe('wireguard-go supervision', () => {
     const state = await a.wg.show(DEV);
     expect(state.peers).toEqual([]);
     expect(state.publicKey).toBeNull(); // no key yet: the backend applies everything again
-    // Applying it again restores traffic: what the backend will do on onRecreated.
+    // Applying it again restores traffic (the backend does it with a full pass on onRecreated).
     await a.wg.setInterface(DEV, a.key.privateKey, PORT);
     await a.wg.setPeers(DEV, [peerOf(b)]);
     await ipBatch(
