@@ -8,11 +8,11 @@
 // Rounds alternate the set-ups so that drift in the machine's load hits all alike. Ratios = ours / raw
 // and ours / by hand.
 // Run: npm run bench:hostgw [-- --seconds=8 --rounds=3]
-import { spawn } from 'node:child_process';
 import { ipBatch } from '../src/routes/ip.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
 import { createCluster, type Cluster, type ClusterNode } from '../testbed/cluster.js';
+import { iperfMbps } from '../testbed/iperf.js';
 import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
 
 const arg = (name: string, fallback: number): number => {
@@ -34,22 +34,6 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     console.error(`\n${signal}: removing the bench namespaces`);
     void cleanup().finally(() => process.exit(130));
   });
-}
-
-/** iperf3 TCP from namespace `fromNs` to `dst` (served in `toNs`), in Mbit/s as received. */
-async function iperf(fromNs: string, toNs: string, dst: string): Promise<number> {
-  const server = spawn('ip', ['netns', 'exec', toNs, 'iperf3', '-s', '-1', '--forceflush', '-B', dst], { stdio: ['ignore', 'pipe', 'pipe'] });
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.stdout.on('data', (d: Buffer) => d.toString().includes('Server listening') && resolve());
-      server.once('exit', (code) => reject(new Error(`iperf3 server exited ${code}`)));
-    });
-    const res = await run(['iperf3', '-c', dst, '-t', String(SECONDS), '-O', '1', '-J'], { netns: fromNs, timeoutMs: (SECONDS + 20) * 1000 });
-    const report = JSON.parse(res.stdout) as { end: { sum_received: { bits_per_second: number } } };
-    return report.end.sum_received.bits_per_second / 1e6;
-  } finally {
-    server.kill('SIGKILL');
-  }
 }
 
 const reachable = (ns: string, dst: string): Promise<boolean> =>
@@ -96,19 +80,19 @@ try {
   for (let round = 1; round <= ROUNDS; round++) {
     if (round > 1) for (const node of cluster.nodes) await cluster.startDaemon(node); // replaces the hand-made routes with its own
     if (!(await reachable(p1.ns, p2.ip)) || !(await reachable(p1.ns, p2.ip6!))) throw new Error('pods cannot reach each other through flanneld host-gw');
-    results.ours4.push(await iperf(p1.ns, p2.ns, p2.ip));
+    results.ours4.push(await iperfMbps(p1.ns, p2.ns, p2.ip, SECONDS));
     show(`round ${round}: host-gw IPv4`, results.ours4.at(-1)!);
-    results.raw4.push(await iperf(ra, rb, '198.19.250.2'));
+    results.raw4.push(await iperfMbps(ra, rb, '198.19.250.2', SECONDS));
     show(`round ${round}: raw veth IPv4`, results.raw4.at(-1)!);
-    results.ours6.push(await iperf(p1.ns, p2.ns, p2.ip6!));
+    results.ours6.push(await iperfMbps(p1.ns, p2.ns, p2.ip6!, SECONDS));
     show(`round ${round}: host-gw IPv6`, results.ours6.at(-1)!);
-    results.raw6.push(await iperf(ra, rb, '2001:2:1:fa::2'));
+    results.raw6.push(await iperfMbps(ra, rb, '2001:2:1:fa::2', SECONDS));
     show(`round ${round}: raw veth IPv6`, results.raw6.at(-1)!);
     await routesByHand(cluster);
     if (!(await reachable(p1.ns, p2.ip)) || !(await reachable(p1.ns, p2.ip6!))) throw new Error('pods cannot reach each other through the hand-made routes');
-    results.hand4.push(await iperf(p1.ns, p2.ns, p2.ip));
+    results.hand4.push(await iperfMbps(p1.ns, p2.ns, p2.ip, SECONDS));
     show(`round ${round}: routes by hand IPv4`, results.hand4.at(-1)!);
-    results.hand6.push(await iperf(p1.ns, p2.ns, p2.ip6!));
+    results.hand6.push(await iperfMbps(p1.ns, p2.ns, p2.ip6!, SECONDS));
     show(`round ${round}: routes by hand IPv6`, results.hand6.at(-1)!);
   }
   for (const fam of ['4', '6'] as const) {

@@ -9,8 +9,7 @@
 // Writes docs/benchmarks.md (the section between the scale markers) and docs/img/scale.svg.
 // Run: npm run bench:scale [-- --sizes=100,1000,5000] [--burst=1000] [--no-write]
 import { udpStatsFromMetrics } from '../testbed/udp-probes.js';
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -25,6 +24,7 @@ import type { Lease } from '../src/subnet/lease.js';
 import { createCluster, repoRoot, rssKiB, type Cluster, type ClusterNode } from '../testbed/cluster.js';
 import { addLoneNodeNetns, delNetns, run, runId, sleep } from '../testbed/netns.js';
 import { nodeScript } from '../testbed/udp-probes.js';
+import { benchStamp, writeBenchImage, writeBenchSection } from './docs-section.js';
 import { lineChart } from './svg-plot.js';
 
 const argValue = (name: string): string | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
@@ -252,8 +252,7 @@ async function main(): Promise<void> {
     }
   }
   if (!WRITE) return;
-  const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repoRoot() }).toString().trim();
-  const date = new Date().toISOString().slice(0, 10);
+  const { date, commit } = benchStamp();
   const svg = lineChart({
     title: `A node joining N existing leases (${date}, ${commit})`,
     xLabel: 'existing leases N (log scale)',
@@ -265,14 +264,11 @@ async function main(): Promise<void> {
     ],
     marks: [{ y: 1000, label: 'goal: start → all 5,000 ≤ 1 s' }, { y: 2000, label: 'goal: burst → all ≤ 2 s' }],
   });
-  const root = repoRoot();
-  mkdirSync(join(root, 'docs', 'img'), { recursive: true });
-  writeFileSync(join(root, 'docs', 'img', 'scale.svg'), svg);
+  writeBenchImage('scale.svg', svg);
 
   const rows = joins.map((j) => `| ${j.kind} | ${j.n.toLocaleString('en-US')} | ${fmt(j.envMs)} | ${fmt(j.allMs)} | ${j.rssMiB.toFixed(0)} | ${fmt(j.burstMs)} | ${fmt(j.putsMs)} | ${j.rssAfterBurstMiB.toFixed(0)} |`);
   const resyncRows = resyncs.map((r) => `| ${r.label} | ${r.n.toLocaleString('en-US')} | ${r.state === 'unchanged' ? 'kernel unchanged' : 'one route deleted by hand'} | ${fmt(r.loopMs)} | ${fmt(r.cpuMs)} | ${fmt(r.wallMs)} | ${fmt(r.longestTurnMs)} |`);
-  const section = [
-    '<!-- scale:begin (written by bench/scale.ts; edit the text around it, not inside) -->',
+  writeBenchSection('scale', 'bench/scale.ts', [
     `Measured ${date} at commit \`${commit}\` (\`npm run bench:scale\`; 2 shared cores, other test runs sharing the machine).`,
     '',
     `| backend | existing leases N | start → env file (ms) | start → all N programmed (ms) | RSS then (MiB) | burst of ${BURST.toLocaleString('en-US')} → all programmed (ms) | of which etcd acknowledging the puts (ms) | RSS after the burst (MiB) |`,
@@ -286,14 +282,7 @@ async function main(): Promise<void> {
     ...resyncRows,
     '',
     '![time against N](img/scale.svg)',
-    '<!-- scale:end -->',
-  ].join('\n');
-  const page = join(root, 'docs', 'benchmarks.md');
-  const text = existsSync(page) ? readFileSync(page, 'utf8') : '# Benchmarks\n\n## Control plane at scale\n\n<!-- scale:begin -->\n<!-- scale:end -->\n';
-  const begin = text.indexOf('<!-- scale:begin');
-  const end = text.indexOf('<!-- scale:end -->');
-  if (begin < 0 || end < 0) throw new Error(`${page} has no scale markers`);
-  writeFileSync(page, text.slice(0, begin) + section + text.slice(end + '<!-- scale:end -->'.length));
+  ]);
   console.log(`wrote docs/benchmarks.md and docs/img/scale.svg (${commit})`);
 }
 

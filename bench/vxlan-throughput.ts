@@ -3,13 +3,13 @@
 //      torn down and the same kernel VXLAN set up by hand; then flanneld again. Ratio = ours / hand.
 //   2. Convergence: from a new node's daemon start until a pod on another node pings its pod (median).
 // Run: npm run build && npx tsx bench/vxlan-throughput.ts [--seconds=8] [--rounds=2] [--samples=10]
-import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { bridgeBatch, ipBatch } from '../src/routes/ip.js';
 import { readLink } from '../src/routes/link.js';
 import { readRoutesWithin } from '../src/routes/route.js';
 import { Ip4Net, formatIp4 } from '../src/common/ip4.js';
 import { createCluster, type Cluster, type ClusterNode, type Pod } from '../testbed/cluster.js';
+import { iperfMbps } from '../testbed/iperf.js';
 import { run, sleep, waitFor } from '../testbed/netns.js';
 
 const arg = (name: string, fallback: number): number => {
@@ -31,22 +31,6 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 const subnetOf = async (node: ClusterNode): Promise<Ip4Net> => Ip4Net.parse((await node.env())['FLANNEL_SUBNET']!, true);
-
-/** iperf3 TCP from `from` to `to`, in Mbit/s as received. */
-async function iperf(from: Pod, to: Pod): Promise<number> {
-  const server = spawn('ip', ['netns', 'exec', to.ns, 'iperf3', '-s', '-1', '--forceflush', '-B', to.ip], { stdio: ['ignore', 'pipe', 'pipe'] });
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.stdout.on('data', (d: Buffer) => d.toString().includes('Server listening') && resolve());
-      server.once('exit', (code) => reject(new Error(`iperf3 server exited ${code}`)));
-    });
-    const res = await run(['iperf3', '-c', to.ip, '-t', String(SECONDS), '-O', '1', '-J'], { netns: from.ns, timeoutMs: (SECONDS + 20) * 1000 });
-    const report = JSON.parse(res.stdout) as { end: { sum_received: { bits_per_second: number } } };
-    return report.end.sum_received.bits_per_second / 1e6;
-  } finally {
-    server.kill('SIGKILL');
-  }
-}
 
 async function reachable(from: Pod, to: Pod): Promise<boolean> {
   return waitFor(() => run(['ping', '-n', '-c', '1', '-w', '2', '-i', '0.05', to.ip], { netns: from.ns, allowFail: true }).then((r) => r.code === 0), 10_000, 0);
@@ -102,13 +86,13 @@ async function throughput(): Promise<void> {
         for (const node of cluster.nodes) await cluster.startDaemon(node);
       }
       if (!(await reachable(p1, p2))) throw new Error('pods cannot reach each other through flanneld');
-      ours.push(await iperf(p1, p2));
+      ours.push(await iperfMbps(p1.ns, p2.ns, p2.ip, SECONDS));
       console.log(`  round ${round}: flanneld vxlan        ${ours.at(-1)!.toFixed(0).padStart(7)} Mbit/s`);
 
       await tearDownFlannel(cluster);
       await setUpByHand(cluster);
       if (!(await reachable(p1, p2))) throw new Error('pods cannot reach each other through the hand-made VXLAN');
-      hand.push(await iperf(p1, p2));
+      hand.push(await iperfMbps(p1.ns, p2.ns, p2.ip, SECONDS));
       console.log(`  round ${round}: kernel VXLAN by hand  ${hand.at(-1)!.toFixed(0).padStart(7)} Mbit/s`);
     }
     const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;

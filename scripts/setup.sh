@@ -8,6 +8,7 @@ APT_PACKAGES=(etcd-server etcd-client iproute2 iputils-ping iperf3 iptables nfta
   openssl procps curl python3 make g++ ca-certificates
   prometheus  # promtool and a real Prometheus server for the /metrics tests
   wireguard-tools wireguard-go  # wg(8); userspace WireGuard where the kernel has no wireguard module
+  tcpdump  # the wireguard tests capture the underlay to show that pod packets never cross it in clear
   podman runc debootstrap)  # the container image (scripts/build-image.sh) and the tests that run it
 # Debian starts these services when it installs their packages; the tests and the demo start their own.
 SERVICES_OF_PACKAGES=(etcd-server:etcd prometheus:prometheus)

@@ -175,3 +175,57 @@ describe('known leases, VTEP MACs and our own PublicIP', () => {
     expect(Object.fromEntries(known.refusedByReason)).toEqual({ duplicate_vtep_mac: 2, duplicate_public_ip: 1 });
   });
 });
+
+describe('known leases, WireGuard public keys', () => {
+  const wg = parseNetworkConfig('{"Network":"198.19.0.0/16","SubnetLen":29,"EnableIPv6":true,"IPv6Network":"2001:2:1::/48","Backend":{"Type":"wireguard"}}');
+  const key = (n: number): string => Buffer.alloc(32, n).toString('base64');
+  /** A wireguard lease of `name` with public key `k` on both devices (as upstream writes it). */
+  const wgPut = (name: string, publicIP: string, k: string, createRevision?: string): LeaseChange => {
+    const { record } = put(name, publicIP, createRevision) as { record: LeaseRecord };
+    return { type: 'put', record: { ...record, attrs: { ...record.attrs, backend: { type: 'wireguard', peer: { publicKey: k, port: 51820 }, peerV6: { publicKey: k, port: 51821 } } } } };
+  };
+  const own = { publicIP: '198.18.0.1', publicIPv6: null, backend: { type: 'wireguard' as const, peer: { publicKey: key(1), port: 51820 }, peerV6: { publicKey: key(1), port: 51821 } } };
+  const used = (k: KnownLeases) => k.snapshot().map((l) => `${l.subnet} ${l.attrs.publicIP}`).sort();
+  const ownLease = (k: KnownLeases) => k.setOwn(Ip4Net.parse('198.19.0.0/29'), Ip6Net.parse('2001:2:1::/64'), own);
+
+  it('of two leases with one public key the older keeps it, whatever the order and after a restart; the newer is refused, counted per change, said once', () => {
+    const older = wgPut('198.19.1.0-29&2001:2:1:1::-64', '198.18.0.2', key(2), '10');
+    const newer = wgPut('198.19.2.0-29&2001:2:1:2::-64', '198.18.0.3', key(2), '20');
+    for (const order of [[older, newer], [newer, older]]) {
+      const seen: Record<string, unknown>[] = [];
+      const log = { warn: (fields: Record<string, unknown>, msg: string) => seen.push({ ...fields, msg }), info: () => undefined, debug: () => undefined, error: () => undefined } as unknown as import('../src/common/log.js').Logger;
+      const known = new KnownLeases(wg, log);
+      ownLease(known);
+      for (const change of order) known.apply([change]);
+      expect(used(known)).toEqual(['198.19.1.0/29 198.18.0.2']);
+      for (let i = 0; i < 3; i++) known.apply([wgPut('198.19.2.0-29&2001:2:1:2::-64', '198.18.0.3', key(2), '20')]);
+      expect(known.refusedByReason.get('duplicate_public_key')).toBe(4);
+      const said = seen.filter((l) => l['code'] === 'duplicate_public_key');
+      expect(said).toHaveLength(1);
+      expect(said[0]).toMatchObject({ msg: 'skipping a lease whose WireGuard public key belongs to another node', reason: `WireGuard public key ${key(2)} belongs to the older key /p/198.19.1.0-29&2001:2:1:1::-64` });
+      // A node starting now (a listing) decides the same.
+      const fresh = new KnownLeases(wg, silentLogger);
+      ownLease(fresh);
+      fresh.replaceAll({ records: [newer, older].map((c) => (c as { record: LeaseRecord }).record), invalid: [], revision: '30' });
+      expect(used(fresh)).toEqual(['198.19.1.0/29 198.18.0.2']);
+      // The older goes: the key is the newer's now.
+      const events = known.apply([{ type: 'delete', key: '/p/198.19.1.0-29&2001:2:1:1::-64', subnet: Ip4Net.parse('198.19.1.0/29'), revision: String(++revision) }]);
+      expect(events.map((e) => `${e.type} ${e.lease.subnet}`).sort()).toEqual(['added 198.19.2.0/29', 'removed 198.19.1.0/29']);
+    }
+  });
+
+  it('refuses a lease carrying our own public key, on either device; other backends\' leases never contest a key', () => {
+    const known = new KnownLeases(wg, silentLogger);
+    ownLease(known);
+    const v6Only = wgPut('198.19.3.0-29&2001:2:1:3::-64', '198.18.0.4', key(3));
+    const { record } = v6Only as { record: LeaseRecord };
+    known.apply([
+      wgPut('198.19.1.0-29&2001:2:1:1::-64', '198.18.0.2', key(1)),
+      { type: 'put', record: { ...record, attrs: { ...record.attrs, backend: { type: 'wireguard', peer: { publicKey: key(3), port: 51820 }, peerV6: { publicKey: key(1), port: 51821 } } } } },
+      wgPut('198.19.4.0-29&2001:2:1:4::-64', '198.18.0.5', key(4)),
+      put('198.19.5.0-29&2001:2:1:5::-64', '198.18.0.6'),
+    ]);
+    expect(used(known)).toEqual(['198.19.4.0/29 198.18.0.5', '198.19.5.0/29 198.18.0.6']);
+    expect(Object.fromEntries(known.refusedByReason)).toEqual({ duplicate_public_key: 2 });
+  });
+});

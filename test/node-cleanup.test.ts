@@ -2,15 +2,18 @@
 // (dual stack) with iptables rules, then host-gw in nftables mode, each with --ip-masq, stopped the way a
 // node is stopped (SIGTERM leaves the kernel state in place). nftables mode removes the iptables rules
 // at start, so iptables rules are then written again by the daemon's own iptables writer (as a daemon
-// stopped halfway through a switch of modes leaves them); wireguard-go's devices and the CNI plugin's
-// installation are made here as they would be. After the cleanup, `ip link`, `ip route`, `bridge fdb`, `iptables-save`,
+// stopped halfway through a switch of modes leaves them); a wireguard-go left running on flannel-wg (as
+// one outliving whatever started it would be), a TUN device named flannel-wg-v6, and the CNI plugin's
+// installation are made here as they would be. After the cleanup, the wireguard-go has exited and `ip link`, `ip route`, `bridge fdb`, `iptables-save`,
 // `ip6tables-save`, `nft list ruleset` and the file system show nothing of ours, the operator's own
 // routes are still there, the node's lease is gone from etcd, and a second run finds nothing.
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCluster, repoPath, type Cluster, type ClusterNode } from '../testbed/cluster.js';
-import { run, waitFor } from '../testbed/netns.js';
+import { netnsPids, run, waitFor } from '../testbed/netns.js';
+import { alive } from '../testbed/cluster.js';
+import { type WireguardRoom, wireguardRoom } from './harness/wireguard.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
 import { ruleWriter } from '../src/netfilter/index.js';
@@ -27,6 +30,8 @@ const OPERATOR_ROUTES = [['198.19.200.0/24', '198.18.0.254'], ['198.19.64.0/25',
 let cluster: Cluster;
 let node: ClusterNode;
 let cni: { bin: string; conf: string; data: string };
+let room: WireguardRoom;
+let wireguardGo: number;
 
 async function inNode(argv: string[]): Promise<string> {
   return (await run(argv, { netns: node.ns })).stdout;
@@ -77,9 +82,16 @@ beforeAll(async () => {
 
   // The pods' bridge, on node 1's subnet (the CNI bridge delegate's cni0), with a pod on it.
   await cluster.addPod(node);
-  // What other parts of flanneld make, made the way they make it: wireguard-go's devices (TUN devices of
-  // those names), the CNI installation.
-  for (const dev of ['flannel-wg', 'flannel-wg-v6']) await inNode(['ip', 'tuntap', 'add', 'dev', dev, 'mode', 'tun']);
+  // What other parts of flanneld make, made the way they make it: a wireguard-go serving flannel-wg, left
+  // running in the background (its UAPI socket in a /run/wireguard of the node's own), a TUN device
+  // named flannel-wg-v6, the CNI installation.
+  room = await wireguardRoom(node.ns);
+  await run([...room.enter, 'env', 'WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1', 'wireguard-go', 'flannel-wg']);
+  const pids = await netnsPids(node.ns);
+  const comms = pids.map((pid) => { try { return readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { return ''; } });
+  wireguardGo = pids.find((_, i) => comms[i] === 'wireguard-go')!;
+  expect(wireguardGo).toBeGreaterThan(0);
+  await inNode(['ip', 'tuntap', 'add', 'dev', 'flannel-wg-v6', 'mode', 'tun']);
   for (const [dst, via] of OPERATOR_ROUTES) await inNode(['ip', 'route', 'add', dst, 'via', via, 'dev', 'eth0']);
   const root = join(cluster.tmpDir, 'node1-host');
   cni = { bin: join(root, 'opt/cni/bin'), conf: join(root, 'etc/cni/net.d'), data: join(root, 'var/lib/cni/flannel') };
@@ -93,6 +105,7 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
+  await room?.close();
   await cluster?.destroy();
 });
 
@@ -108,6 +121,8 @@ describe('flannelctl node cleanup', () => {
     expect(await inNode(['nft', 'list', 'ruleset'])).toContain('flannel-ipv6');
     expect(existsSync(node.subnetFile)).toBe(true);
     expect(await cluster.etcdctl(['get', '--prefix', '/coreos.com/network/subnets/', '--keys-only'])).toMatch(/subnets\/198\.19/);
+    expect(alive(wireguardGo)).toBe(true);
+    expect((await run([...room.enter, 'ls', '/run/wireguard'])).stdout.trim()).toBe('flannel-wg.sock');
   });
 
   it('removes it all, says what it removed, leaves the operator\'s routes and the other node\'s lease', async () => {
@@ -117,6 +132,9 @@ describe('flannelctl node cleanup', () => {
     expect(res.code, res.stdout + res.stderr).toBe(0);
     expect(res.stdout).toContain('removed device flannel.1 (vxlan)');
     expect(res.stdout).toContain('removed device flannel-wg (tun)');
+    // The wireguard-go serving it exits with its device, and takes its socket with it.
+    expect(await waitFor(() => !alive(wireguardGo), 5000)).toBe(true);
+    expect((await run([...room.enter, 'ls', '/run/wireguard'])).stdout.trim()).toBe('');
     expect(res.stdout).toContain('removed bridge cni0');
     expect(res.stdout).toMatch(/^removed route 198\.19\.\d+\.0\/24 via 198\.18\.0\.2 dev eth0$/m);
     expect(res.stdout).toContain('removed nftables tables ip flannel-ipv4 and ip6 flannel-ipv6');

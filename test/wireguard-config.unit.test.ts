@@ -1,9 +1,9 @@
 // The wireguard backend's network config keys, with upstream v0.28.9's defaults (RegisterNetwork:
 // ListenPort 51820, ListenPortV6 51821, MTU = the underlay's, no PSK, keepalive 0, Mode separate) and
-// an error naming the field for each bad value. Until the backend runs, a config naming it is refused
-// by Backend.Type — after its keys were checked.
+// an error naming the field for each bad value; a config naming it is a network config like any other,
+// and `flannelctl config validate` prints it back in upstream's keys.
 import { describe, expect, test } from 'vitest';
-import { ConfigError, checkNetworkConfig, parseWireguardBackend } from '../src/subnet/config.js';
+import { ConfigError, checkNetworkConfig, formatNetworkConfig, parseNetworkConfig, parseWireguardBackend } from '../src/subnet/config.js';
 
 const PSK = 'FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE=';
 
@@ -69,10 +69,20 @@ describe('in a network config', () => {
     });
   });
 
-  test('a valid wireguard config is refused by Backend.Type until the backend runs', () => {
-    expect(refusal(() => checkNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'wireguard', PSK } })))).toEqual({
+  // The backend runs now: a valid config was refused by Backend.Type while it did not.
+  test('a valid wireguard config is accepted, and printed back in upstream\'s keys (the PSK as stored, so that it can be set again)', () => {
+    const { config, unknownKeys } = checkNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'wireguard', PSK } }));
+    expect(unknownKeys).toEqual([]);
+    expect(config.backend).toEqual({ type: 'wireguard', listenPort: 51820, listenPortV6: 51821, mtu: null, psk: PSK, persistentKeepaliveInterval: 0, mode: 'separate' });
+    const printed = formatNetworkConfig(config);
+    expect(printed['Backend']).toEqual({ Type: 'wireguard', PSK, ListenPort: 51820, ListenPortV6: 51821, PersistentKeepaliveInterval: 0, Mode: 'separate' });
+    expect(parseNetworkConfig(JSON.stringify(printed))).toEqual(config);
+  });
+
+  test('an unknown backend names wireguard among those supported', () => {
+    expect(refusal(() => checkNetworkConfig(JSON.stringify({ Network: '198.19.0.0/16', Backend: { Type: 'ipsec' } })))).toEqual({
       field: 'Backend.Type',
-      reason: 'the wireguard backend is not available in this version yet (supported: udp, vxlan, host-gw)',
+      reason: 'unknown backend "ipsec" (supported: udp, vxlan, host-gw, wireguard)',
     });
   });
 });

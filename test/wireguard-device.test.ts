@@ -2,22 +2,21 @@
 // /run/wireguard): which implementation runs (on a kernel without the module, wireguard-go, and the
 // log says so), the key file, peers set and removed one at a time through wg(8) (allowed IPs,
 // endpoint, PSK, keepalive), pod traffic through the tunnel, a wrong PSK, wireguard-go dying and
-// being started again, and a clean stop. What the backend will do with leases (addresses, routes,
-// peers from leases) is not here yet: the test programs addresses and routes by hand, as that code
-// will.
+// being started again, and a clean stop. The test programs addresses and routes by hand: what the
+// backend makes of leases is in test/wireguard-backend.test.ts and test/wireguard-cluster.test.ts.
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { WireguardDevice, type WireguardImplementation } from '../src/backend/wireguard/device.js';
 import { type NodeKey, generatePrivateKey, loadOrCreateKey, publicKeyOf } from '../src/backend/wireguard/keys.js';
-import { WgClient, type WgPeerConfig } from '../src/backend/wireguard/wg.js';
+import { WgClient, type WgPeerConfig } from '../src/routes/wg.js';
 import { formatIp4 } from '../src/common/ip4.js';
-import { IpCommandError, ip, ipBatch } from '../src/routes/ip.js';
+import { ip, ipBatch } from '../src/routes/ip.js';
 import { capturingLogger } from './harness/log-capture.js';
-import { addNetns, delNetns, run, runId, waitFor } from '../testbed/netns.js';
+import { run, waitFor } from '../testbed/netns.js';
 import { createTopology, type TopoNode, type Topology } from '../testbed/udp-topology.js';
-import { type WireguardRoom, wireguardRoom } from './harness/wireguard.js';
+import { type WireguardRoom, probeKernelWireguard, wireguardRoom } from './harness/wireguard.js';
 
 const DEV = 'flannel-wg';
 const PORT = 51820;
@@ -39,20 +38,6 @@ let a: WgNode;
 let b: WgNode;
 /** What `ip link add type wireguard` does on this machine's kernel, probed in a scratch namespace. */
 let expected: WireguardImplementation;
-
-async function probeKernel(): Promise<WireguardImplementation> {
-  const ns = `wgprobe-${runId()}`;
-  await addNetns(ns);
-  try {
-    await ip(['link', 'add', 'dev', 'wgprobe0', 'type', 'wireguard'], { netns: ns });
-    return 'kernel';
-  } catch (err) {
-    if (err instanceof IpCommandError && /Unknown device type|not supported/i.test(err.stderr)) return 'wireguard-go';
-    throw err;
-  } finally {
-    await delNetns(ns);
-  }
-}
 
 async function openNode(topoNode: TopoNode): Promise<WgNode> {
   const room = await wireguardRoom(topoNode.ns);
@@ -91,7 +76,7 @@ async function podsTalk(from: WgNode = a, to: WgNode = b, timeoutS = 1): Promise
 }
 
 beforeAll(async () => {
-  expected = await probeKernel();
+  expected = await probeKernelWireguard();
   keyDir = mkdtempSync(join(tmpdir(), 'flannel-wgkeys-'));
   topo = await createTopology({ nodes: 2, podMtu: MTU, prefix: 'wgdev' });
   a = await openNode(topo.nodes[0]!);
@@ -213,7 +198,7 @@ describe('wireguard-go supervision', () => {
     const state = await a.wg.show(DEV);
     expect(state.peers).toEqual([]);
     expect(state.publicKey).toBeNull(); // no key yet: the backend applies everything again
-    // Applying it again restores traffic: what the backend will do on onRecreated.
+    // Applying it again restores traffic (the backend does it with a full pass on onRecreated).
     await a.wg.setInterface(DEV, a.key.privateKey, PORT);
     await a.wg.setPeers(DEV, [peerOf(b)]);
     await ipBatch(

@@ -3,6 +3,8 @@
 // by encoding/json with v0.28.9's wireguardLeaseAttrs {PublicKey string; Port uint16} as BackendData
 // (and v0.20.2's, without Port), for PublicIP 198.18.0.1, PublicIPv6 2001:2::1, ports 51820/51821.
 import { describe, expect, test } from 'vitest';
+import { ownLeaseData } from '../src/backend/wireguard/peers.js';
+import { parseWireguardBackend } from '../src/subnet/config.js';
 import { LeaseRejected } from '../src/subnet/lease-reject.js';
 import { type LeaseAttrs, decodeLeaseAttrs, encodeLeaseAttrs, sameLeaseAttrs } from '../src/subnet/lease.js';
 
@@ -86,4 +88,20 @@ test('sameLeaseAttrs tells a changed key or port apart', () => {
   expect(sameLeaseAttrs(V4, { ...V4, backend: { type: 'wireguard', peer: { publicKey: KEY, port: 51822 }, peerV6: null } })).toBe(false);
   expect(sameLeaseAttrs(V4, DUAL)).toBe(false);
   expect(sameLeaseAttrs(DUAL, decodeLeaseAttrs(UPSTREAM_DUAL))).toBe(true);
+});
+
+describe('our own lease', () => {
+  const own = (raw: Record<string, unknown>, ipv6: boolean, publicIPv6: string | null): string =>
+    encodeLeaseAttrs({ publicIP: '198.18.0.1', publicIPv6, backend: ownLeaseData(parseWireguardBackend(raw, ipv6), KEY, ipv6) });
+
+  test('upstream\'s bytes: IPv4, and dual stack in separate mode (each device\'s port)', () => {
+    expect(own({}, false, null)).toBe(UPSTREAM_V4);
+    expect(own({}, true, '2001:2::1')).toBe(UPSTREAM_DUAL);
+  });
+
+  test('a single-device mode names the one device\'s port in BackendV6Data too (upstream names ListenPortV6, where nothing listens)', () => {
+    for (const Mode of ['auto', 'ipv4', 'ipv6']) {
+      expect(own({ Mode }, true, '2001:2::1')).toBe(UPSTREAM_DUAL.replace('"Port":51821', '"Port":51820'));
+    }
+  });
 });

@@ -1,9 +1,10 @@
 // What the wg(8) client writes and reads, without a device: the peer configuration text (every value
 // checked, so that none can add a line of its own), `wg show dump` parsing (the private key dropped),
 // and which `ip link add` failures mean "no kernel WireGuard here".
+import { createHash } from 'node:crypto';
 import { describe, expect, test } from 'vitest';
 import { kernelLacksWireguard } from '../src/backend/wireguard/device.js';
-import { type WgPeerConfig, formatEndpoint, parseDump, peersConfigText } from '../src/backend/wireguard/wg.js';
+import { type WgPeerConfig, formatEndpoint, parseDump, peersConfigText } from '../src/routes/wg.js';
 
 const KEY = 'HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=';
 const PSK = 'FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE=';
@@ -48,14 +49,17 @@ describe('parseDump', () => {
     ['GtpimdrwKRrP33aiLLA0QiFVuf/TS3GmJ87bBWw7vH8=', '(none)', '(none)', '(none)', '0', '0', '0', 'off'].join('\t'),
   ].join('\n') + '\n';
 
-  test('the device and each peer; the private key and the PSK are not kept', () => {
+  // The PSK's fingerprint: the first 16 hex digits of the SHA-256 of its 32 bytes.
+  const PSK_ID = createHash('sha256').update(Buffer.from(PSK, 'base64')).digest('hex').slice(0, 16);
+
+  test('the device and each peer; the private key and the PSK are not kept, only the PSK\'s fingerprint', () => {
     const state = parseDump(dump);
     expect(state).toEqual({
       publicKey: 'phf0AHPqvDJ3wRTbGPI/1tB2HXpMd68LU1V2stsdD1Y=',
       listenPort: 51820,
       peers: [
-        { publicKey: KEY, hasPresharedKey: true, endpoint: '198.18.0.2:51820', allowedIPs: ['198.19.12.0/24', '198.19.13.0/24'], latestHandshake: new Date(1796184002_000), rxBytes: 1234, txBytes: 5678, persistentKeepalive: 25 },
-        { publicKey: 'GtpimdrwKRrP33aiLLA0QiFVuf/TS3GmJ87bBWw7vH8=', hasPresharedKey: false, endpoint: null, allowedIPs: [], latestHandshake: null, rxBytes: 0, txBytes: 0, persistentKeepalive: 0 },
+        { publicKey: KEY, hasPresharedKey: true, presharedKeyId: PSK_ID, endpoint: '198.18.0.2:51820', allowedIPs: ['198.19.12.0/24', '198.19.13.0/24'], latestHandshake: new Date(1796184002_000), rxBytes: 1234, txBytes: 5678, persistentKeepalive: 25 },
+        { publicKey: 'GtpimdrwKRrP33aiLLA0QiFVuf/TS3GmJ87bBWw7vH8=', hasPresharedKey: false, presharedKeyId: null, endpoint: null, allowedIPs: [], latestHandshake: null, rxBytes: 0, txBytes: 0, persistentKeepalive: 0 },
       ],
     });
     expect(JSON.stringify(state)).not.toContain('kMlEYa8Tas7aomBi8lk0nS2sieYDuL3');

@@ -31,6 +31,22 @@ export interface BackendAnnouncement {
   mtu: number;
 }
 
+/** One WireGuard device as /metrics shows it. */
+export interface WireguardDeviceStats {
+  device: string;
+  peers: number;
+  /** Peers without a completed handshake in the last 3 minutes (or ever). */
+  staleHandshakes: number;
+  /** Summed over the device's peers. */
+  rxBytes: number;
+  txBytes: number;
+}
+
+/** What a backend reads from its data path when /metrics is scraped. */
+export interface BackendScrape {
+  wireguard?: WireguardDeviceStats[];
+}
+
 export interface Backend {
   readonly config: BackendConfig;
   /** Creates or repairs this node's device(s) before a lease is claimed. */
@@ -51,6 +67,8 @@ export interface Backend {
   settled?(): Promise<void>;
   /** Data-path counters (packets, bytes, drops by reason) for /metrics and flannelctl; optional. */
   stats?(): Record<string, number>;
+  /** Data-path figures that must be read from outside the daemon (a process, a device) at scrape time: cheap and bounded; optional. */
+  scrape?(): Promise<BackendScrape>;
   /** Stops threads and timers. Kernel state is left in place so traffic keeps flowing across a restart. */
   close(): Promise<void>;
 }

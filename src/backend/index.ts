@@ -3,6 +3,7 @@ import type { Backend, BackendContext } from './backend.js';
 import { HostGwBackend } from './hostgw/hostgw-backend.js';
 import { UdpBackend } from './udp/udp-backend.js';
 import { VxlanBackend } from './vxlan/vxlan-backend.js';
+import { WireguardBackend } from './wireguard/wireguard-backend.js';
 
 export function createBackend(ctx: BackendContext): Backend {
   const cfg = ctx.network.backend;
@@ -13,5 +14,7 @@ export function createBackend(ctx: BackendContext): Backend {
       return new UdpBackend(ctx, cfg);
     case 'host-gw':
       return new HostGwBackend(ctx, cfg);
+    case 'wireguard':
+      return new WireguardBackend(ctx, cfg);
   }
 }

@@ -1,6 +1,7 @@
 // WireGuard keys (private, public, preshared) as wg(8) and upstream flannel write them: the standard
 // base64 of 32 bytes, 44 characters ending in one '='. The one parser for that format: lease values
 // (a peer's PublicKey), the network config (PSK) and the key file all go through it.
+import { createHash } from 'node:crypto';
 
 export const WG_KEY_BYTES = 32;
 
@@ -28,4 +29,12 @@ export function parseWgKey(text: unknown): Buffer {
 export function formatWgKey(bytes: Uint8Array): string {
   if (bytes.length !== WG_KEY_BYTES) throw new Error(`a WireGuard key is ${WG_KEY_BYTES} bytes, got ${bytes.length}`);
   return Buffer.from(bytes).toString('base64');
+}
+
+/**
+ * A short name for a secret key (a preshared key): the first 16 hex digits of its SHA-256. It tells two
+ * keys apart in comparisons and logs without the key itself ever leaving the place that holds it.
+ */
+export function wgKeyFingerprint(key: string): string {
+  return createHash('sha256').update(parseWgKey(key)).digest('hex').slice(0, 16);
 }

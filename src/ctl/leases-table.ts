@@ -25,11 +25,21 @@ export function vtepMacOf(record: LeaseRecord): string {
   return backend.type === 'vxlan' ? backend.vtep.mac : '-';
 }
 
+/** A wireguard lease's public key (its devices share one), or null. */
+export function publicKeyOf(record: LeaseRecord): string | null {
+  const { backend } = record.attrs;
+  return backend.type === 'wireguard' ? backend.peer.publicKey : null;
+}
+
 export function renderLeaseTable(rows: LeaseRow[], invalid: InvalidLeaseKey[], now = new Date()): string {
   // Dual stack: two more columns, only when some lease has an IPv6 subnet (IPv4-only output is unchanged).
   const dual = rows.some((r) => r.record.ipv6Subnet);
   const v6 = (...cells: string[]): string[] => (dual ? cells : []);
-  const header = ['SUBNET', ...v6('IPV6 SUBNET'), 'PUBLIC IP', ...v6('PUBLIC IPV6'), 'BACKEND', 'VTEP MAC', 'EXPIRES'];
+  // The backend's identity of a node: vxlan's VTEP MAC, wireguard's public key (the column says which).
+  const keys = rows.some((r) => r.record.attrs.backend.type === 'wireguard');
+  const macs = !keys || rows.some((r) => r.record.attrs.backend.type === 'vxlan');
+  const identity = [...(macs ? ['VTEP MAC'] : []), ...(keys ? ['PUBLIC KEY'] : [])].join(' / ');
+  const header = ['SUBNET', ...v6('IPV6 SUBNET'), 'PUBLIC IP', ...v6('PUBLIC IPV6'), 'BACKEND', identity, 'EXPIRES'];
   const sorted = [...rows].sort((a, b) => a.record.subnet.ip - b.record.subnet.ip);
   const lines = sorted.map(({ record, ttlSeconds }) => [
     record.subnet.toString(),
@@ -37,7 +47,7 @@ export function renderLeaseTable(rows: LeaseRow[], invalid: InvalidLeaseKey[], n
     printable(record.attrs.publicIP, 40),
     ...v6(printable(record.attrs.publicIPv6 ?? '-', 60)),
     record.attrs.backend.type,
-    vtepMacOf(record),
+    publicKeyOf(record) ?? vtepMacOf(record),
     ttlSeconds === null
       ? 'reserved'
       : `${new Date(now.getTime() + ttlSeconds * 1000).toISOString().replace(/\.\d+Z$/, 'Z')} (in ${formatDuration(ttlSeconds)})`,

@@ -12,7 +12,7 @@ import { dockerOptsCommand } from './docker-opts.js';
 import { RELEASE_TTL_SECONDS, deleteLease, deleteOwnLeases, leaseToDelete, parseSubnetArg, releaseLease, reserveLease } from './lease-admin.js';
 import { DEFAULT_SUBNET_FILE } from '../subnet/envfile.js';
 import { cleanupNode, localAddresses } from './node-cleanup.js';
-import { renderLeaseTable, vtepMacOf } from './leases-table.js';
+import { publicKeyOf, renderLeaseTable, vtepMacOf } from './leases-table.js';
 import { withRegistry } from './session.js';
 import { collectStatus, leaseRows, renderStatus } from './status.js';
 
@@ -101,6 +101,7 @@ await withEtcdFlags(yargs([...fromEnv.args, ...argv]))
           publicIP: record.attrs.publicIP,
           backendType: record.attrs.backend.type,
           vtepMAC: vtepMacOf(record) === '-' ? null : vtepMacOf(record),
+          ...(publicKeyOf(record) !== null ? { publicKey: publicKeyOf(record) } : {}),
           ttlSeconds,
           reserved: ttlSeconds === null,
         }));

@@ -19,7 +19,11 @@ import { parseEnvText } from '../subnet/envfile.js';
 import { Ip4Net } from '../common/ip4.js';
 import { Ip6Net } from '../common/ip6.js';
 
-/** The devices the backends create: vxlan (IPv4 and IPv6), udp's TUN, wireguard's (kernel or wireguard-go's TUN). */
+/**
+ * The devices the backends create: vxlan (IPv4 and IPv6), udp's TUN, wireguard's (kernel or wireguard-go's
+ * TUN). A wireguard-go still serving its device (flanneld stops its own, but one may have been left by
+ * other means) exits when the device is deleted, and removes its UAPI socket as it goes.
+ */
 export const FLANNEL_DEVICES: readonly { pattern: RegExp; kinds: readonly string[] }[] = [
   { pattern: /^flannel\.\d+$/, kinds: ['vxlan'] },
   { pattern: /^flannel-v6\.\d+$/, kinds: ['vxlan'] },

@@ -4,7 +4,7 @@ import { request } from 'node:http';
 import type { EtcdRegistry, InvalidLeaseKey, LeaseRecord } from '../etcd/registry.js';
 import { type NetworkConfig, parseNetworkConfig } from '../subnet/config.js';
 import { checkLeaseSubnet } from '../subnet/lease-validation.js';
-import { type LeaseRow, formatDuration, vtepMacOf } from './leases-table.js';
+import { type LeaseRow, formatDuration, publicKeyOf, vtepMacOf } from './leases-table.js';
 
 export type Readiness = 'ready' | 'not ready' | 'unreachable' | 'not checked';
 
@@ -13,6 +13,8 @@ export interface NodeStatus {
   publicIP: string;
   backendType: string;
   vtepMAC: string | null;
+  /** A wireguard node's public key (absent for other backends). */
+  publicKey?: string;
   /** Seconds left on the etcd lease; null for a reservation. */
   ttlSeconds: number | null;
   reserved: boolean;
@@ -73,6 +75,7 @@ export async function collectStatus(registry: EtcdRegistry, healthzPort: number,
         publicIP: record.attrs.publicIP,
         backendType: record.attrs.backend.type,
         vtepMAC: mac === '-' ? null : mac,
+        ...(publicKeyOf(record) !== null ? { publicKey: publicKeyOf(record)! } : {}),
         ttlSeconds,
         reserved: ttlSeconds === null,
         ...probe,

@@ -86,6 +86,7 @@ export class Daemon {
           return { subnet: own.subnet.toString(), network: this.network.network.toString(), backend: own.attrs.backend.type, publicIP: own.attrs.publicIP, expiration: own.expiration };
         },
         backendStats: () => this.backend?.stats?.() ?? {},
+        backendScrape: () => this.backend?.scrape?.() ?? Promise.resolve({}),
       });
     }
     this.underlay = await underlayAddresses(extIface, this.opts.etcd.endpoints);

@@ -1,8 +1,11 @@
 // Metrics read from the running daemon when /metrics is scraped: readiness, this node's lease, build
 // info, the udp data path's counters (kept by the native forwarder, so read at scrape time rather than
-// mirrored on every packet), and prom-client's standard process_* and nodejs_* metrics. The metrics
+// mirrored on every packet), the wireguard devices' peers, handshakes and bytes (kept by WireGuard,
+// read from `wg show dump` at scrape time, bounded by the backend), and prom-client's standard
+// process_* and nodejs_* metrics. The metrics
 // components update as events happen live in src/common/metrics.ts; all of them share one registry.
 import { Counter, Gauge, collectDefaultMetrics } from 'prom-client';
+import type { BackendScrape, WireguardDeviceStats } from '../backend/backend.js';
 import { metricsRegistry } from '../common/metrics.js';
 import { VERSION } from '../common/version.js';
 
@@ -22,6 +25,8 @@ export interface ScrapeSource {
   lease?(): LeaseInfo | null;
   /** The backend's data-path counters (the udp forwarder's stats()); {} when it has none. */
   backendStats?(): Record<string, number>;
+  /** What the backend reads at scrape time (the wireguard devices); {} when it reads nothing. */
+  backendScrape?(): Promise<BackendScrape>;
 }
 
 let source: ScrapeSource | null = null;
@@ -123,6 +128,25 @@ export function udpStatSeries(): Record<string, string> {
   return out;
 }
 
+/** The wireguard devices, once per scrape for the four metrics (the backend bounds and caches the read). */
+async function wireguardDevices(): Promise<WireguardDeviceStats[]> {
+  try {
+    return (await source?.backendScrape?.())?.wireguard ?? [];
+  } catch {
+    return [];
+  }
+}
+
+function wireguardGauge(name: string, help: string, value: (d: WireguardDeviceStats) => number): void {
+  new Gauge({
+    name, help, labelNames: ['device'], registers,
+    async collect(this: Gauge<string>) {
+      this.reset();
+      for (const d of await wireguardDevices()) this.set({ device: d.device }, value(d));
+    },
+  });
+}
+
 let registered = false;
 
 /** Defines the scrape-time metrics once per process, and points them at `next`. */
@@ -180,4 +204,23 @@ export function serveDaemonMetrics(next: ScrapeSource): void {
   udpScalar('gauge', 'flannel_udp_routes', "Remote subnets in the udp forwarder's table.", 'leases');
   udpScalar('counter', 'flannel_udp_table_swaps_total', "Times the udp forwarder's subnet table was replaced (lease changes are coalesced into few swaps).", 'tableSwaps');
   udpScalar('gauge', 'flannel_udp_rx_max_datagram_bytes', 'Largest datagram the udp backend has received.', 'rxMaxDatagram');
+  wireguardGauge('flannel_wireguard_peers', 'WireGuard peers on each device of the wireguard backend.', (d) => d.peers);
+  wireguardGauge(
+    'flannel_wireguard_peers_handshake_stale',
+    'WireGuard peers whose latest handshake is older than 3 minutes, or who never completed one (an idle peer without keepalive has none).',
+    (d) => d.staleHandshakes,
+  );
+  new Counter({
+    name: 'flannel_wireguard_bytes_total',
+    help: "Bytes through each WireGuard device, summed over its peers, by direction (rx from peers, tx to peers); resets when the device is made again.",
+    labelNames: ['device', 'direction'],
+    registers,
+    async collect(this: Counter<string>) {
+      this.reset();
+      for (const d of await wireguardDevices()) {
+        this.inc({ device: d.device, direction: 'rx' }, d.rxBytes);
+        this.inc({ device: d.device, direction: 'tx' }, d.txBytes);
+      }
+    },
+  });
 }

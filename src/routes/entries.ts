@@ -1,5 +1,5 @@
-// Kernel table entries, typed once for both families: routes (unicast, or blackhole), neighbours and
-// vxlan FDB entries. Addresses are numbers (IPv4) or bigints (IPv6), MACs are canonical (lower-case
+// Kernel table entries, typed once for both families: routes (unicast, or blackhole), neighbours,
+// vxlan FDB entries, and WireGuard devices' settings and peers. Addresses are numbers (IPv4) or bigints (IPv6), MACs are canonical (lower-case
 // colon form), devices are named. Every entry carries its table key — what makes two entries the
 // same slot in the kernel — computed when it is made, so that diffs are Map lookups. The builders
 // here make the entries the daemon wants; the readers (netlink.ts, iproute2.ts) make the same types
@@ -54,13 +54,54 @@ export interface FdbEntry {
   readonly permanent: boolean;
 }
 
-export type KernelEntry = RouteEntry | NeighEntry | FdbEntry;
-export type EntryKind = KernelEntry['kind'];
+/**
+ * A WireGuard peer on a device (kernel module or wireguard-go), keyed by device and public key: who may
+ * send what into the device (its allowed IPs), and where its packets go (its endpoint).
+ */
+export interface WgPeerEntry {
+  readonly kind: 'wgpeer';
+  readonly key: string;
+  readonly dev: string;
+  readonly publicKey: string;
+  /** The addresses routed to the peer inside the device, and accepted from it; sorted by their text. */
+  readonly allowedIPs: readonly IpNet[];
+  /** Its underlay address and UDP port; null leaves the device's as it is (a roaming peer). */
+  readonly endpoint: { readonly ip: IpAddr; readonly port: number } | null;
+  /** Seconds between keepalives when idle; 0: off. */
+  readonly keepalive: number;
+  /**
+   * Which preshared key (its fingerprint, wgKeyFingerprint); null for none. The key itself never travels
+   * in an entry: the path that writes it holds it.
+   */
+  readonly psk: string | null;
+}
 
-/** One change for the kernel: put `entry` in (replacing what holds its key), or delete it. */
+/** A WireGuard device's own settings: the key pair it answers with (named by its public key) and its UDP port. */
+export interface WgDeviceEntry {
+  readonly kind: 'wgdev';
+  readonly key: string;
+  readonly dev: string;
+  /** Null on a device with no private key (wireguard-go as it starts). */
+  readonly publicKey: string | null;
+  readonly listenPort: number;
+}
+
+/** An entry of the kernel's own tables, written through rtnetlink or iproute2. */
+export type KernelEntry = RouteEntry | NeighEntry | FdbEntry;
+/** A WireGuard device's configuration, written through wg(8) (the kernel module, or wireguard-go in user space). */
+export type WgEntry = WgPeerEntry | WgDeviceEntry;
+/** Everything a reconciler keeps: kernel table entries and WireGuard configuration. */
+export type ReconciledEntry = KernelEntry | WgEntry;
+export type EntryKind = ReconciledEntry['kind'];
+
+export function isKernelEntry(e: ReconciledEntry): e is KernelEntry {
+  return e.kind === 'route' || e.kind === 'neigh' || e.kind === 'fdb';
+}
+
+/** One change for the kernel (or a WireGuard device): put `entry` in (replacing what holds its key), or delete it. */
 export interface KernelOp {
   readonly action: 'replace' | 'delete';
-  readonly entry: KernelEntry;
+  readonly entry: ReconciledEntry;
   /** Who wants the entry (for logs: a backend's owner key, e.g. the peer's subnet); null for a deletion. */
   readonly owner: string | null;
 }
@@ -105,6 +146,14 @@ export function fdbKey(dev: string, mac: string): string {
   return `fdb ${dev} ${mac}`;
 }
 
+export function wgPeerKey(dev: string, publicKey: string): string {
+  return `wgpeer ${dev} ${publicKey}`;
+}
+
+export function wgDeviceKey(dev: string): string {
+  return `wgdev ${dev}`;
+}
+
 /** A unicast route through `dev`, via `via` when given. */
 export function unicastRoute(dst: IpNet, dev: string, via: IpAddr | null = null, opts: { onlink?: boolean } = {}): RouteEntry {
   return { kind: 'route', key: routeKey('unicast', dst.toString()), dst, type: 'unicast', via, dev, onlink: opts.onlink ?? false };
@@ -125,8 +174,23 @@ export function permanentFdb(dev: string, mac: string, dst: IpAddr): FdbEntry {
   return { kind: 'fdb', key: fdbKey(dev, mac), dev, mac, dst, permanent: true };
 }
 
+/** A WireGuard peer on `dev`; its allowed IPs are put in their one order. */
+export function wgPeer(dev: string, publicKey: string, p: { allowedIPs: readonly IpNet[]; endpoint: WgPeerEntry['endpoint']; keepalive: number; psk: string | null }): WgPeerEntry {
+  const allowedIPs = [...p.allowedIPs].sort((a, b) => (a.toString() < b.toString() ? -1 : a.toString() > b.toString() ? 1 : 0));
+  return { kind: 'wgpeer', key: wgPeerKey(dev, publicKey), dev, publicKey, allowedIPs, endpoint: p.endpoint, keepalive: p.keepalive, psk: p.psk };
+}
+
+/** A WireGuard device's key pair (by its public key) and port. */
+export function wgDevice(dev: string, publicKey: string | null, listenPort: number): WgDeviceEntry {
+  return { kind: 'wgdev', key: wgDeviceKey(dev), dev, publicKey, listenPort };
+}
+
+function sameNets(a: readonly IpNet[], b: readonly IpNet[]): boolean {
+  return a.length === b.length && a.every((n, i) => sameNet(n, b[i]!));
+}
+
 /** Two entries of one key hold the same (what the kernel reports beyond that, protocol and metric, aside). */
-export function sameEntry(a: KernelEntry, b: KernelEntry): boolean {
+export function sameEntry(a: ReconciledEntry, b: ReconciledEntry): boolean {
   switch (a.kind) {
     case 'route':
       return b.kind === 'route' && a.type === b.type && a.via === b.via && a.dev === b.dev && a.onlink === b.onlink;
@@ -134,11 +198,23 @@ export function sameEntry(a: KernelEntry, b: KernelEntry): boolean {
       return b.kind === 'neigh' && a.mac === b.mac && a.permanent === b.permanent;
     case 'fdb':
       return b.kind === 'fdb' && a.dst === b.dst && a.permanent === b.permanent;
+    case 'wgpeer':
+      return (
+        b.kind === 'wgpeer' && a.keepalive === b.keepalive && a.psk === b.psk && sameNets(a.allowedIPs, b.allowedIPs)
+        && (a.endpoint === null ? b.endpoint === null : b.endpoint !== null && a.endpoint.ip === b.endpoint.ip && a.endpoint.port === b.endpoint.port)
+      );
+    case 'wgdev':
+      return b.kind === 'wgdev' && a.publicKey === b.publicKey && a.listenPort === b.listenPort;
   }
 }
 
+/** "ip:port", or "[ip6]:port". */
+export function endpointText(endpoint: { ip: IpAddr; port: number }): string {
+  return typeof endpoint.ip === 'bigint' ? `[${formatIp6(endpoint.ip)}]:${endpoint.port}` : `${formatIp4(endpoint.ip)}:${endpoint.port}`;
+}
+
 /** The entry as `ip`/`bridge` would print it, for logs. */
-export function describeEntry(e: KernelEntry): string {
+export function describeEntry(e: ReconciledEntry): string {
   switch (e.kind) {
     case 'route':
       if (e.type === 'blackhole') return `blackhole ${e.dst}`;
@@ -147,11 +223,18 @@ export function describeEntry(e: KernelEntry): string {
       return `${formatIp(e.ip)} lladdr ${e.mac} dev ${e.dev}${e.permanent ? ' permanent' : ''}`;
     case 'fdb':
       return `${e.mac} dev ${e.dev} dst ${formatIp(e.dst)}${e.permanent ? ' permanent' : ''}`;
+    case 'wgpeer':
+      return `peer ${e.publicKey} dev ${e.dev} allowed-ips ${e.allowedIPs.join(',') || '(none)'}${e.endpoint ? ` endpoint ${endpointText(e.endpoint)}` : ''}${e.keepalive ? ` keepalive ${e.keepalive}` : ''}${e.psk ? ' psk' : ''}`;
+    case 'wgdev':
+      return `${e.dev} public-key ${e.publicKey ?? '(none)'} listen-port ${e.listenPort}`;
   }
 }
 
-/** Which family an entry belongs to (an FDB entry: its underlay destination's). */
-export function entryFamily(e: KernelEntry): Family {
+/**
+ * Which family an entry belongs to (an FDB entry: its underlay destination's; a WireGuard peer: its
+ * endpoint's, else its first allowed IP's; a WireGuard device's settings: counted as IPv4).
+ */
+export function entryFamily(e: ReconciledEntry): Family {
   switch (e.kind) {
     case 'route':
       return netFamily(e.dst);
@@ -159,5 +242,9 @@ export function entryFamily(e: KernelEntry): Family {
       return familyOf(e.ip);
     case 'fdb':
       return familyOf(e.dst);
+    case 'wgpeer':
+      return e.endpoint ? familyOf(e.endpoint.ip) : e.allowedIPs[0] ? netFamily(e.allowedIPs[0]) : 4;
+    case 'wgdev':
+      return 4;
   }
 }

@@ -23,6 +23,8 @@ export function opCommand(op: KernelOp): string[] {
       return del ? neighDeleteCommand(e) : neighSetCommand(e);
     case 'fdb':
       return del ? fdbDeleteCommand(e) : fdbSetCommand(e);
+    default:
+      throw new Error(`a ${e.kind} entry is not written through iproute2`);
   }
 }
 

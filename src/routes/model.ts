@@ -4,7 +4,7 @@
 // peers as at 5,000. A full reconcile replaces the programmed side with what the kernel holds and
 // compares every key once — Map lookups, linear in the table sizes. No I/O here: the reconciler runs
 // the plans (reconciler.ts).
-import { type EntryKind, type Family, type KernelEntry, type KernelOp, entryFamily, sameEntry } from './entries.js';
+import { type EntryKind, type Family, type ReconciledEntry, type KernelOp, entryFamily, sameEntry } from './entries.js';
 
 /**
  * Owners wanting one key. Usually one; when several want it (two leases naming one VtepMAC), the owner
@@ -12,9 +12,9 @@ import { type EntryKind, type Family, type KernelEntry, type KernelOp, entryFami
  */
 interface Claim {
   owner: string;
-  entry: KernelEntry;
+  entry: ReconciledEntry;
   /** Every owner and what it wants, once a second owner has claimed the key. */
-  contested: Map<string, KernelEntry> | null;
+  contested: Map<string, ReconciledEntry> | null;
   /** The last reset that found the key in the kernel. */
   seen: number;
 }
@@ -23,28 +23,32 @@ interface Claim {
 const RANK: Record<`${EntryKind} ${KernelOp['action']}`, number> = {
   'fdb delete': 0,
   'fdb replace': 1,
-  'route delete': 2,
-  'neigh delete': 3,
-  'neigh replace': 4,
-  'route replace': 5,
+  'wgdev delete': 2,
+  'wgdev replace': 3,
+  'wgpeer delete': 4,
+  'route delete': 5,
+  'neigh delete': 6,
+  'neigh replace': 7,
+  'wgpeer replace': 8,
+  'route replace': 9,
 };
-const RANKS = 6;
+const RANKS = 10;
 
-const KINDS: readonly EntryKind[] = ['route', 'neigh', 'fdb'];
+const KINDS: readonly EntryKind[] = ['route', 'neigh', 'fdb', 'wgpeer', 'wgdev'];
 
 /** An entry's place in the counts: its kind, and its family. */
-function slot(e: KernelEntry): number {
-  return (e.kind === 'route' ? 0 : e.kind === 'neigh' ? 1 : 2) + (entryFamily(e) === 6 ? 3 : 0);
+function slot(e: ReconciledEntry): number {
+  return KINDS.indexOf(e.kind) + (entryFamily(e) === 6 ? KINDS.length : 0);
 }
 
 export class KernelModel {
   private readonly claims = new Map<string, Claim>();
-  private readonly byOwner = new Map<string, readonly KernelEntry[]>();
+  private readonly byOwner = new Map<string, readonly ReconciledEntry[]>();
   /** What we believe the kernel holds, by key: what it held at the last full pass, plus what we changed since. */
-  private readonly programmed = new Map<string, KernelEntry>();
+  private readonly programmed = new Map<string, ReconciledEntry>();
   private readonly dirty = new Set<string>();
   /** Programmed entries by kind and family (slot()), kept as they change (for gauges). */
-  private readonly counts = [0, 0, 0, 0, 0, 0];
+  private readonly counts: number[] = new Array<number>(KINDS.length * 2).fill(0);
   /** Bumped by every change to what is wanted. */
   version = 0;
   private resets = 0;
@@ -66,17 +70,17 @@ export class KernelModel {
   /** Programmed entries of one kind (and family). */
   programmedCount(kind: EntryKind, family?: Family): number {
     const k = KINDS.indexOf(kind);
-    if (family !== undefined) return this.counts[k + (family === 6 ? 3 : 0)]!;
-    return this.counts[k]! + this.counts[k + 3]!;
+    if (family !== undefined) return this.counts[k + (family === 6 ? KINDS.length : 0)]!;
+    return this.counts[k]! + this.counts[k + KINDS.length]!;
   }
 
   /** The programmed entry of a key (tests, logs). */
-  programmedEntry(key: string): KernelEntry | undefined {
+  programmedEntry(key: string): ReconciledEntry | undefined {
     return this.programmed.get(key);
   }
 
   /** Every programmed entry. */
-  programmedEntries(): IterableIterator<KernelEntry> {
+  programmedEntries(): IterableIterator<ReconciledEntry> {
     return this.programmed.values();
   }
 
@@ -84,7 +88,7 @@ export class KernelModel {
    * Sets what `owner` wants (replacing what it wanted before). Returns false when that is what it
    * already wanted: nothing is marked then.
    */
-  set(owner: string, entries: readonly KernelEntry[]): boolean {
+  set(owner: string, entries: readonly ReconciledEntry[]): boolean {
     const old = this.byOwner.get(owner);
     if (old && sameEntries(old, entries)) return false;
     if (old) for (const e of old) this.release(e.key, owner);
@@ -105,7 +109,7 @@ export class KernelModel {
     return true;
   }
 
-  private claim(e: KernelEntry, owner: string): void {
+  private claim(e: ReconciledEntry, owner: string): void {
     this.dirty.add(e.key);
     const c = this.claims.get(e.key);
     if (!c) {
@@ -144,8 +148,9 @@ export class KernelModel {
 
   /**
    * The kernel changes for every marked key, in a safe order: FDB first (deletions, then
-   * replacements), then route deletions, neighbour deletions, neighbour replacements and route
-   * replacements last — a route never points at a next hop that cannot be resolved and delivered.
+   * replacements), then WireGuard devices' settings and peer deletions, route deletions, neighbour
+   * deletions, neighbour replacements, WireGuard peer replacements, and route replacements last — a
+   * route never points at a next hop (or into a tunnel) that cannot be resolved and delivered.
    * Clears the marks; the caller reports each op the kernel accepted with `applied`.
    */
   plan(): KernelOp[] {
@@ -175,7 +180,7 @@ export class KernelModel {
    * destinations) keeps the wanted destination; the others that are ours are returned as deletions,
    * to run first.
    */
-  resetFromKernel(entries: Iterable<KernelEntry>, owns: (e: KernelEntry) => boolean): KernelOp[] {
+  resetFromKernel<E extends ReconciledEntry>(entries: Iterable<E>, owns: (e: E) => boolean): KernelOp[] {
     const { programmed, claims, counts, dirty } = this;
     const reset = ++this.resets;
     programmed.clear();
@@ -202,12 +207,13 @@ export class KernelModel {
         continue;
       }
       // A key seen twice: keep the entry that is wanted.
-      let drop = e;
+      let drop: ReconciledEntry = e;
       if (c && sameEntry(c.entry, e) && !sameEntry(c.entry, seen)) {
         this.setProgrammed(e.key, e);
         drop = seen;
       }
-      if (drop.kind === 'fdb' && owns(drop)) extra.push({ action: 'delete', entry: drop, owner: null });
+      // (Both are of this listing: the programmed side was cleared above.)
+      if (drop.kind === 'fdb' && owns(drop as E)) extra.push({ action: 'delete', entry: drop, owner: null });
     }
     // Wanted keys the kernel does not hold at all.
     claims.forEach((c, key) => {
@@ -216,7 +222,7 @@ export class KernelModel {
     return extra;
   }
 
-  private setProgrammed(key: string, e: KernelEntry): void {
+  private setProgrammed(key: string, e: ReconciledEntry): void {
     const old = this.programmed.get(key);
     if (old) this.count(old, -1);
     this.programmed.set(key, e);
@@ -230,12 +236,12 @@ export class KernelModel {
     this.count(old, -1);
   }
 
-  private count(e: KernelEntry, by: number): void {
+  private count(e: ReconciledEntry, by: number): void {
     this.counts[slot(e)]! += by;
   }
 }
 
-function sameEntries(a: readonly KernelEntry[], b: readonly KernelEntry[]): boolean {
+function sameEntries(a: readonly ReconciledEntry[], b: readonly ReconciledEntry[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i]!.key !== b[i]!.key || !sameEntry(a[i]!, b[i]!)) return false;
   return true;

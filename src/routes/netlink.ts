@@ -12,7 +12,9 @@ import {
   type KernelOp,
   type NeighEntry,
   type RouteEntry,
+  type KernelEntry,
   fdbKey,
+  isKernelEntry,
   neighKey,
   netFamily,
   routeKey,
@@ -140,8 +142,10 @@ export class NetlinkPath implements KernelPath {
     const flat = new Uint32Array(which.length * OP_WORDS);
     const sent: number[] = [];
     for (const i of which) {
-      const dev = ops[i]!.entry.dev;
-      if (dev !== null && !this.indexes.has(dev)) verdicts[i] = `no device ${dev}`;
+      const { entry } = ops[i]!;
+      const dev = entry.dev;
+      if (!isKernelEntry(entry)) verdicts[i] = `a ${entry.kind} entry is not written through rtnetlink`;
+      else if (dev !== null && !this.indexes.has(dev)) verdicts[i] = `no device ${dev}`;
       else {
         this.encode(ops[i]!, flat, sent.length * OP_WORDS);
         sent.push(i);
@@ -154,7 +158,7 @@ export class NetlinkPath implements KernelPath {
   }
 
   private encode(op: KernelOp, out: Uint32Array, at: number): void {
-    const e = op.entry;
+    const e = op.entry as KernelEntry;
     let flags = KIND[e.kind] | (op.action === 'delete' ? OP.delete : 0);
     switch (e.kind) {
       case 'route':

@@ -14,23 +14,23 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from '../common/log.js';
 import { kernelMetrics } from '../common/metrics.js';
 import { Scheduler } from '../common/scheduler.js';
-import { describeEntry, type EntryKind, type Family, type KernelEntry, type KernelOp } from './entries.js';
+import { describeEntry, type EntryKind, type Family, type ReconciledEntry, type KernelOp } from './entries.js';
 import { KernelModel } from './model.js';
-import type { DumpScope, KernelPath } from './path.js';
+import type { DumpScope, EntryPath } from './path.js';
 
 /** 'event': send what changed; 'resync': a full pass against what the kernel holds. */
 export type PassReason = 'event' | 'resync';
 
 export interface KernelScope extends DumpScope {
   /** Whether an entry read from the kernel, that nobody wants, is ours to remove. */
-  owns(e: KernelEntry): boolean;
+  owns(e: ReconciledEntry): boolean;
 }
 
 export interface ReconcilerOptions {
   /** Names the reconciler's owner in logs ("vxlan", "host-gw", ...). */
   name: string;
   log: Logger;
-  path: KernelPath;
+  path: EntryPath;
   /** What a full pass reads and may remove; asked at every full pass (it may change with our lease). */
   scope: () => KernelScope;
   /** Stops the periodic pass and every pass not yet started. */
@@ -72,12 +72,12 @@ export class KernelReconciler {
     });
   }
 
-  get path(): KernelPath {
+  get path(): EntryPath {
     return this.opts.path;
   }
 
   /** Sets what `owner` wants (replacing what it wanted before); returns whether anything changed. Sent by the next pass. */
-  set(owner: string, entries: readonly KernelEntry[]): boolean {
+  set(owner: string, entries: readonly ReconciledEntry[]): boolean {
     return this.model.set(owner, entries);
   }
 

@@ -27,7 +27,6 @@ export interface HostGwBackendConfig {
   type: 'host-gw';
 }
 
-export type BackendConfig = VxlanBackendConfig | UdpBackendConfig | HostGwBackendConfig;
 
 /** Upstream's wireguard modes: one device per family, or one device for both (endpoint by family or chosen). */
 export const WIREGUARD_MODES = ['separate', 'auto', 'ipv4', 'ipv6'] as const;
@@ -48,6 +47,8 @@ export interface WireguardBackendConfig {
   persistentKeepaliveInterval: number;
   mode: WireguardMode;
 }
+
+export type BackendConfig = VxlanBackendConfig | UdpBackendConfig | HostGwBackendConfig | WireguardBackendConfig;
 
 export interface NetworkConfig {
   network: Ip4Net;
@@ -91,6 +92,8 @@ const BACKEND_KEYS: Record<string, readonly string[]> = {
   'host-gw': ['Type'],
   wireguard: ['Type', 'PSK', 'ListenPort', 'ListenPortV6', 'MTU', 'PersistentKeepaliveInterval', 'Mode'],
 };
+
+const SUPPORTED = Object.keys(BACKEND_KEYS).join(', ');
 
 /** WireGuard's overhead per packet, as upstream counts it: IPv6 header 40, UDP 8, its own 32. */
 export const WIREGUARD_OVERHEAD = 80;
@@ -172,7 +175,7 @@ function parseBackend(backend: unknown, unknown: string[], ipv6: boolean): Backe
   const type = canonicalKeys(backend, ['Type'], '').fields['Type'] ?? 'udp';
   if (typeof type !== 'string') throw new ConfigError('Backend.Type', 'must be a string');
   const keys = BACKEND_KEYS[type.toLowerCase()];
-  if (keys === undefined) throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan, host-gw)`);
+  if (keys === undefined) throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: ${SUPPORTED})`);
   const { fields: raw, unknown: extra } = canonicalKeys(backend, keys, 'Backend.');
   unknown.push(...extra);
   switch (type.toLowerCase()) {
@@ -190,11 +193,9 @@ function parseBackend(backend: unknown, unknown: string[], ipv6: boolean): Backe
     case 'host-gw':
       return { type: 'host-gw' };
     case 'wireguard':
-      // Its keys are checked (an operator preparing a config sees their errors) but no node runs it yet.
-      parseWireguardBackend(raw, ipv6);
-      throw new ConfigError('Backend.Type', 'the wireguard backend is not available in this version yet (supported: udp, vxlan, host-gw)');
+      return parseWireguardBackend(raw, ipv6);
     default:
-      throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: udp, vxlan, host-gw)`);
+      throw new ConfigError('Backend.Type', `unknown backend "${type}" (supported: ${SUPPORTED})`);
   }
 }
 
@@ -286,7 +287,13 @@ export function formatNetworkConfig(c: NetworkConfig): Record<string, unknown> {
       ? { Type: 'udp', Port: b.port }
       : b.type === 'host-gw'
         ? { Type: 'host-gw' }
-        : { Type: 'vxlan', VNI: b.vni, Port: b.port, GBP: b.gbp, DirectRouting: b.directRouting, ...(b.mtu === null ? {} : { MTU: b.mtu }) };
+        : b.type === 'vxlan'
+          ? { Type: 'vxlan', VNI: b.vni, Port: b.port, GBP: b.gbp, DirectRouting: b.directRouting, ...(b.mtu === null ? {} : { MTU: b.mtu }) }
+          : {
+              // The PSK as stored: this is what `config set` takes back.
+              Type: 'wireguard', ...(b.psk === null ? {} : { PSK: b.psk }), ListenPort: b.listenPort, ListenPortV6: b.listenPortV6,
+              ...(b.mtu === null ? {} : { MTU: b.mtu }), PersistentKeepaliveInterval: b.persistentKeepaliveInterval, Mode: b.mode,
+            };
   const ipv6 = c.ipv6
     ? {
         EnableIPv6: true,

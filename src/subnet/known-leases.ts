@@ -4,12 +4,13 @@
 // a reason: counted by reason once per change of its key, logged once per key and reason.
 //
 // Two keys may claim the same addresses (e.g. `a-24` and `a-24&b-64`, or two dual-stack keys sharing
-// an IPv6 subnet) or the same VTEP MAC (a cloned VM, a hostile writer): the older key — lower
-// createRevision, then the lower key name — is used and the other refused, the same on every node
-// whatever order the keys arrived in and whenever a node restarted, so that no backend ever sees two
-// peers with one subnet or one MAC. A lease carrying our own VTEP MAC or our own PublicIP is refused
-// too. Since every usable key has the network's subnet lengths, keys overlap only by naming the same
-// subnet: an index from each claimed subnet and MAC to the keys claiming it finds them. A change is decided with the keys it can affect
+// an IPv6 subnet), the same VTEP MAC or the same WireGuard public key (a cloned VM, a hostile writer):
+// the older key — lower createRevision, then the lower key name — is used and the other refused, the
+// same on every node whatever order the keys arrived in and whenever a node restarted, so that no
+// backend ever sees two peers with one subnet, one MAC or one public key (WireGuard tells peers apart
+// by their key alone). A lease carrying our own VTEP MAC, our own public key or our own PublicIP is
+// refused too. Since every usable key has the network's subnet lengths, keys overlap only by naming the
+// same subnet: an index from each claimed subnet, MAC and public key to the keys claiming it finds them. A change is decided with the keys it can affect
 // only — those linked to it through shared claims — so a batch costs its own size however many keys
 // there are, and a key that flaps under contest costs its claim group, not a pass over every key.
 import type { Logger } from '../common/log.js';
@@ -35,13 +36,25 @@ interface Refusal {
 interface OwnLease {
   subnet: Ip4Net;
   ipv6Subnet: Ip6Net | null;
-  /** What we publish: our VTEP MACs and our PublicIP are nobody else's. */
+  /** What we publish: our VTEP MACs, our WireGuard public key and our PublicIP are nobody else's. */
   attrs: LeaseAttrs | null;
 }
 
-/** Claim ids: a subnet is its key form (`a.b.c.d-len`, `6/<ipv6>-len`), a VTEP MAC `mac/…` or `mac6/…`. */
+/**
+ * Claim ids: a subnet is its key form (`a.b.c.d-len`, `6/<ipv6>-len`), a VTEP MAC `mac/…` or `mac6/…`,
+ * a WireGuard public key `wgkey/…` (one claim for a node's key, which both of its devices use).
+ */
 const MAC_CLAIM = 'mac/';
 const MAC6_CLAIM = 'mac6/';
+const WG_KEY_CLAIM = 'wgkey/';
+
+/** The distinct WireGuard public keys a lease carries (upstream's devices share one). */
+function wireguardKeys(backend: LeaseAttrs['backend']): string[] {
+  if (backend.type !== 'wireguard') return [];
+  const keys = [backend.peer.publicKey];
+  if (backend.peerV6 && backend.peerV6.publicKey !== backend.peer.publicKey) keys.push(backend.peerV6.publicKey);
+  return keys;
+}
 
 /** A refused key, `fresh` when this version of it was not counted before, `tell` when its reason is news. */
 type Refused = InvalidLeaseKey & { fresh: boolean; tell: boolean };
@@ -54,6 +67,17 @@ function compareRevisions(a: string, b: string): number {
 
 function olderFirst(a: LeaseRecord, b: LeaseRecord): number {
   return compareRevisions(a.createRevision, b.createRevision) || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+}
+
+/** Why a key that lost `claim` to the older key `older` is refused. */
+function lostClaim(claim: string, older: string): Refusal {
+  if (claim.startsWith(MAC_CLAIM) || claim.startsWith(MAC6_CLAIM)) {
+    return { code: 'duplicate_vtep_mac', reason: `VTEP MAC ${claim.slice(claim.indexOf('/') + 1)} belongs to the older key ${older}` };
+  }
+  if (claim.startsWith(WG_KEY_CLAIM)) {
+    return { code: 'duplicate_public_key', reason: `WireGuard public key ${claim.slice(WG_KEY_CLAIM.length)} belongs to the older key ${older}` };
+  }
+  return { code: 'overlap_older_lease', reason: `claims addresses of the older key ${older}` };
 }
 
 export class KnownLeases {
@@ -121,6 +145,11 @@ export class KnownLeases {
       if (mine.vtepV6 && theirs.vtepV6?.mac === mine.vtepV6.mac) {
         return { code: 'duplicate_vtep_mac', reason: `carries this node's own IPv6 VTEP MAC ${mine.vtepV6.mac}` };
       }
+    }
+    if (mine) {
+      const ours = wireguardKeys(mine);
+      const same = wireguardKeys(theirs).find((k) => ours.includes(k));
+      if (same !== undefined) return { code: 'duplicate_public_key', reason: `carries this node's own WireGuard public key ${same}` };
     }
     if (own?.attrs && r.attrs.publicIP === own.attrs.publicIP) {
       return { code: 'duplicate_public_ip', reason: `carries this node's own PublicIP ${own.attrs.publicIP}: another node is configured with it` };
@@ -204,7 +233,7 @@ export class KnownLeases {
     return true;
   }
 
-  /** What a key claims: its IPv4 subnet, its IPv6 one in a dual-stack network, and its VTEP MACs. */
+  /** What a key claims: its IPv4 subnet, its IPv6 one in a dual-stack network, its VTEP MACs and its WireGuard public key. */
   private claimKeys(r: LeaseRecord): string[] {
     const v6 = this.network.ipv6 ? (r.ipv6Subnet ?? null) : null;
     const out = [r.subnet.toKey()];
@@ -214,6 +243,7 @@ export class KnownLeases {
       out.push(MAC_CLAIM + backend.vtep.mac);
       if (backend.vtepV6) out.push(MAC6_CLAIM + backend.vtepV6.mac);
     }
+    for (const key of wireguardKeys(backend)) out.push(WG_KEY_CLAIM + key);
     return out;
   }
 
@@ -303,18 +333,14 @@ export class KnownLeases {
       if (why) refuse(this.refusedRecord(r!, why));
       else this.refused.delete(key); // deleted, or our own key
     }
-    // Where keys claim the same subnet or MAC, the oldest of them keeps it; one that lost a claim claims nothing.
+    // Where keys claim the same subnet, MAC or public key, the oldest of them keeps it; one that lost a claim claims nothing.
     contested.sort(olderFirst);
     const takenBy = new Map<string, LeaseRecord>();
     for (const r of contested) {
       const claims = this.claimed.get(r.key)!;
       const lost = claims.find((c) => takenBy.has(c));
       if (lost !== undefined) {
-        const older = takenBy.get(lost)!.key;
-        const mac = lost.startsWith(MAC_CLAIM) ? lost.slice(MAC_CLAIM.length) : lost.startsWith(MAC6_CLAIM) ? lost.slice(MAC6_CLAIM.length) : null;
-        refuse(this.refusedRecord(r, mac === null
-          ? { code: 'overlap_older_lease', reason: `claims addresses of the older key ${older}` }
-          : { code: 'duplicate_vtep_mac', reason: `VTEP MAC ${mac} belongs to the older key ${older}` }));
+        refuse(this.refusedRecord(r, lostClaim(lost, takenBy.get(lost)!.key)));
         continue;
       }
       for (const c of claims) takenBy.set(c, r);
@@ -384,6 +410,7 @@ export class KnownLeases {
       bad.code === 'overlap' ? 'skipping a lease that overlaps our own subnet'
       : bad.code === 'overlap_older_lease' ? 'skipping a lease that claims the addresses of an older lease'
       : bad.code === 'duplicate_vtep_mac' ? 'skipping a lease whose VTEP MAC belongs to another node'
+      : bad.code === 'duplicate_public_key' ? 'skipping a lease whose WireGuard public key belongs to another node'
       : bad.code === 'duplicate_public_ip' ? 'skipping a lease that carries our own public IP: another node is configured with it'
       : 'skipping a malformed or invalid lease';
     this.log.warn(fields, msg);

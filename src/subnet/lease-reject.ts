@@ -7,8 +7,8 @@ export const LEASE_REJECT_REASONS = [
   'bad_json', // the value is not a JSON object
   'bad_public_ip', // PublicIP missing, not a canonical dotted quad, or not a unicast address
   'bad_public_ipv6', // PublicIPv6 present but not a unicast IPv6 address
-  'bad_backend_type', // BackendType not a string, or a type this daemon does not run (udp, vxlan)
-  'bad_backend_data', // BackendData not an object, or (vxlan) a VNI out of range
+  'bad_backend_type', // BackendType not a string, or a type this daemon does not run
+  'bad_backend_data', // BackendData not an object, (vxlan) a VNI out of range, (wireguard) a bad PublicKey or Port
   'bad_vtep_mac', // (vxlan) VtepMAC missing, malformed, multicast or zero
   'too_large', // the value is larger than MAX_LEASE_VALUE_BYTES
   'control_chars', // a control, format or separator character in the key or anywhere in the value
@@ -17,6 +17,7 @@ export const LEASE_REJECT_REASONS = [
   'overlap', // the subnet overlaps our own subnet
   'overlap_older_lease', // the key claims a subnet an older key holds (the older key wins)
   'duplicate_vtep_mac', // (vxlan) the VTEP MAC is ours, or an older lease's (the older lease keeps it)
+  'duplicate_public_key', // (wireguard) the public key is ours, or an older lease's (the older lease keeps it)
   'duplicate_public_ip', // another lease carries our own PublicIP (another node configured with our address)
   'bad_node_identity', // NodeIdentity present but not 32 lower-case hex digits
   'key_too_long', // the key name is longer than any subnet key (counted, never kept)

@@ -3,8 +3,14 @@
 // a device of the same name would share (and fight over) one socket. Each node gets a holder process
 // inside its network namespace and a mount namespace of its own with a tmpfs on /run/wireguard;
 // commands that need both (wg, wireguard-go) run under `enter`, an nsenter prefix into the holder.
+// A cluster node's daemon has a /run/wireguard of its own already (testbed/flanneld.ts): daemonDevice()
+// reads its devices there.
 import { spawn } from 'node:child_process';
-import { killPid } from '../../testbed/cluster.js';
+import type { WireguardImplementation } from '../../src/backend/wireguard/device.js';
+import { IpCommandError, ip } from '../../src/routes/ip.js';
+import { type WgDeviceState, WgClient } from '../../src/routes/wg.js';
+import { type ClusterNode, killPid } from '../../testbed/cluster.js';
+import { addNetns, delNetns, runId } from '../../testbed/netns.js';
 
 export interface WireguardRoom {
   /** argv prefix: nsenter into the node's network namespace and its private mount namespace. */
@@ -28,4 +34,35 @@ export async function wireguardRoom(netns: string): Promise<WireguardRoom> {
     enter: ['nsenter', '-t', String(pid), '-m', '-n', '--'],
     close: () => killPid(pid, 'SIGKILL'),
   };
+}
+
+/**
+ * What a cluster node's daemon's WireGuard device holds (`wg show <dev> dump`, in the daemon's network
+ * namespace and its own /run/wireguard: testbed/flanneld.ts); null when there is no such device.
+ */
+export async function daemonDevice(node: ClusterNode, dev: string): Promise<WgDeviceState | null> {
+  if (node.pid === null) throw new Error(`node ${node.index}: no daemon running`);
+  return new WgClient({ enter: ['nsenter', '-t', String(node.pid), '-m', '-n', '--'] }).showIfPresent(dev);
+}
+
+/** A device's peers as one line each, without what changes with traffic (handshake times, byte counts). */
+export function peerLines(state: WgDeviceState | null): string[] {
+  return (state?.peers ?? [])
+    .map((p) => `${p.publicKey} psk=${p.presharedKeyId ?? '-'} endpoint=${p.endpoint ?? '-'} allowed=${p.allowedIPs.join(',')} keepalive=${p.persistentKeepalive}`)
+    .sort();
+}
+
+/** What `ip link add type wireguard` does on this machine's kernel, probed in a scratch namespace. */
+export async function probeKernelWireguard(): Promise<WireguardImplementation> {
+  const ns = `wgprobe-${runId()}`;
+  await addNetns(ns);
+  try {
+    await ip(['link', 'add', 'dev', 'wgprobe0', 'type', 'wireguard'], { netns: ns });
+    return 'kernel';
+  } catch (err) {
+    if (err instanceof IpCommandError && /Unknown device type|not supported/i.test(err.stderr)) return 'wireguard-go';
+    throw err;
+  } finally {
+    await delNetns(ns);
+  }
 }

@@ -18,7 +18,7 @@ import type { Logger } from '../../common/log.js';
 import { Backoff, pause } from '../../common/retry.js';
 import { IpCommandError, ip } from '../../routes/ip.js';
 import { readLink } from '../../routes/link.js';
-import { WgClient } from './wg.js';
+import { WgClient } from '../../routes/wg.js';
 
 export type WireguardImplementation = 'kernel' | 'wireguard-go';
 
@@ -108,6 +108,20 @@ export class WireguardDevice {
     }
     await ip(['link', 'set', 'dev', opts.name, 'mtu', String(opts.mtu)], ipOpts);
     return dev;
+  }
+
+  /**
+   * The kernel device is there: made again (new and empty) when someone deleted it; returns whether it
+   * was. wireguard-go's device needs nothing here: wireguard-go exits when its device is deleted, and
+   * its supervision starts it again (onRecreated).
+   */
+  async ensure(): Promise<boolean> {
+    if (this.implementation !== 'kernel' || this.closing) return false;
+    const ipOpts = this.opts.netns ? { netns: this.opts.netns } : {};
+    if (await readLink(this.opts.name, ipOpts)) return false;
+    this.opts.log.warn({ device: this.opts.name }, 'wireguard: device disappeared; creating it again');
+    await ip(['link', 'add', 'dev', this.opts.name, 'mtu', String(this.opts.mtu), 'type', 'wireguard'], ipOpts);
+    return true;
   }
 
   /**

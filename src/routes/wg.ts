@@ -5,10 +5,10 @@
 // and the reference one. Every call is an argv (never a shell); secrets (the private key, the PSK)
 // travel on stdin only, never in argv (visible in /proc to every user) nor in a file. Each call has a
 // deadline. Values are checked before they are written, so none can add a line to the configuration.
-import { type ProcessResult, runProcess } from '../../common/child-process.js';
-import { Ip4Net, isIp4 } from '../../common/ip4.js';
-import { Ip6Net, formatIp6, isIp6, parseIp6 } from '../../common/ip6.js';
-import { wgKeyProblem } from '../../common/wg-key.js';
+import { type ProcessResult, runProcess } from '../common/child-process.js';
+import { Ip4Net, isIp4 } from '../common/ip4.js';
+import { Ip6Net, formatIp6, isIp6, parseIp6 } from '../common/ip6.js';
+import { wgKeyFingerprint, wgKeyProblem } from '../common/wg-key.js';
 
 export class WgCommandError extends Error {
   constructor(
@@ -38,6 +38,8 @@ export interface WgPeerConfig {
 export interface WgPeerState {
   publicKey: string;
   hasPresharedKey: boolean;
+  /** The PSK's fingerprint (wgKeyFingerprint), null for none: the key itself is dropped by the parser. */
+  presharedKeyId: string | null;
   endpoint: string | null;
   allowedIPs: string[];
   /** Null until a handshake completed. */
@@ -106,6 +108,16 @@ export class WgClient {
     return parseDump(await this.run(['show', dev, 'dump']));
   }
 
+  /** What the device holds now, or null when there is no such device (or no wireguard-go serving it). */
+  async showIfPresent(dev: string): Promise<WgDeviceState | null> {
+    try {
+      return await this.show(dev);
+    } catch (err) {
+      if (deviceAbsent(err)) return null;
+      throw err;
+    }
+  }
+
   private async run(args: string[], input?: string): Promise<string> {
     // wg opens /dev/stdin by name, which fails (ENXIO) on the socket Node gives a child as stdin:
     // `cat` turns it into a real pipe. The script is fixed; wg's arguments stay separate words ("$@").
@@ -120,6 +132,15 @@ export class WgClient {
     if (result.code !== 0) throw new WgCommandError(args, result.stderr, result.code);
     return result.stdout;
   }
+}
+
+/**
+ * Whether wg failed because the device is not there: no kernel device of that name ("No such device"),
+ * or no wireguard-go socket for it and no kernel WireGuard to ask instead ("Protocol not supported",
+ * "No such file or directory").
+ */
+export function deviceAbsent(err: unknown): boolean {
+  return err instanceof WgCommandError && err.code !== null && /No such device|Protocol not supported|No such file or directory/.test(err.stderr);
 }
 
 function checkKey(key: string, what: string): void {
@@ -186,9 +207,11 @@ export function parseDump(text: string): WgDeviceState {
     if (f.length < 8) throw new Error(`wg show dump: a peer line has ${f.length} fields, not 8`);
     const handshake = Number(f[4]);
     const allowed = none(f[3]!);
+    const psk = none(f[1]!);
     state.peers.push({
       publicKey: f[0]!,
-      hasPresharedKey: none(f[1]!) !== null,
+      hasPresharedKey: psk !== null,
+      presharedKeyId: psk === null ? null : wgKeyFingerprint(psk),
       endpoint: none(f[2]!),
       allowedIPs: allowed === null ? [] : allowed.split(','),
       latestHandshake: handshake > 0 ? new Date(handshake * 1000) : null,
