@@ -163,8 +163,8 @@ export class EtcdRegistry implements LeaseStore {
 
   /**
    * The keys created after `revision`, read like listLeases but filtered by etcd (min_create_revision):
-   * the response holds only them, so the read stays small whatever the number of leases. etcd still
-   * reads the whole range to filter it, which at 5,000 keys costs it a few milliseconds.
+   * the response holds only them, so the read stays small whatever the number of leases (etcd still
+   * reads the whole range to filter it, on its side).
    */
   async listLeasesCreatedAfter(revision: string): Promise<LeaseListing> {
     return this.listAll((BigInt(revision) + 1n).toString());
