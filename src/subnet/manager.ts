@@ -120,8 +120,8 @@ export class LeaseManager {
   private giveWayDue = false;
   private readonly giveWayBackoff: Backoff;
   private lastGaveWayAt: number | null = null;
-  /** Keys we created and gave way with during the current claim: at start, whether the env file named one. */
-  private abandoned: LeaseSubnets[] = [];
+  /** Keys we wrote and gave way with during the current claim, and why: at start, whether the env file named one. */
+  private abandoned: (LeaseSubnets & { reason: string })[] = [];
   /** Contested reservations of ours already reported (own key → older key): said once, not per event. */
   private readonly toldReservation = new Set<string>();
   private readonly clock: Clock;
@@ -163,7 +163,7 @@ export class LeaseManager {
     // A key given way with before anything was written here is nobody's business, unless it named a
     // subnet of the env file: pods of the previous run hold its addresses.
     const gaveUp = this.abandoned.find((k) => namesLostSubnet(k, previous, own));
-    if (gaveUp && previous.subnet) this.sayMoved({ subnet: previous.subnet, ipv6Subnet: previous.ipv6Subnet }, 'the key of the env file\'s subnets was the newer claimant of a subnet');
+    if (gaveUp && previous.subnet) this.sayMoved({ subnet: previous.subnet, ipv6Subnet: previous.ipv6Subnet }, gaveUp.reason);
     await listener.onLeaseEvents(this.replaceKnown(listing));
     await this.startWatch(listing.revision);
     this.scheduleRenewal();
@@ -306,13 +306,14 @@ export class LeaseManager {
     const first = contest[0]!;
     this.log.info(
       { key: own.key, olderKey: first.older.key, contested: first.subnets },
-      'our new key names a subnet of an older key (both claimed at once): every node uses the older one; deleting ours and claiming again',
+      'our key names a subnet of an older key (both claimed at once, or while we were down): every node uses the older one; deleting ours and claiming again',
     );
-    this.abandoned.push({ subnet: own.subnet, ipv6Subnet: own.ipv6Subnet });
+    const reason = `the older key ${first.older.key} holds ${first.subnets.join(' and ')}`;
+    this.abandoned.push({ subnet: own.subnet, ipv6Subnet: own.ipv6Subnet, reason });
     this.counters.gaveWay++;
     // False when our key changed meanwhile: then it is not ours to keep either.
     await store.deleteLeaseIf(own.key, String(own.revision));
-    throw new LostRace(`the older key ${first.older.key} holds ${first.subnets.join(' and ')}`);
+    throw new LostRace(reason);
   }
 
   /**
