@@ -117,6 +117,52 @@ describe('listing', () => {
       r.close();
     }
   });
+
+  it('keys created after a revision: only those that exist, in pages past 1,000, however old keys were rewritten since', async () => {
+    const prefix = freshPrefix();
+    const name = (i: number) => new Ip4Net(Ip4Net.parse('198.19.0.0/16').ip + i * 16, 28).toKey();
+    const putAll = async (from: number, to: number) => {
+      for (let i = from; i < to; i += 250) {
+        await Promise.all(Array.from({ length: Math.min(250, to - i) }, (_, j) => client.put(`${prefix}/subnets/${name(i + j)}`).value(value(i + j))));
+      }
+    };
+    await putAll(0, 500);
+    const r = registry(prefix);
+    try {
+      const { revision } = await r.listLeases();
+      await putAll(500, 1550);
+      await client.put(`${prefix}/subnets/${name(7)}`).value(value(9)); // an old key rewritten: created before
+      await client.delete().key(`${prefix}/subnets/${name(600)}`); // a new key gone again
+      await client.put(`${prefix}/subnets/198.19.250.0-24&junk`).value(value(1)); // a new key that is no lease
+      const since = await r.listLeasesCreatedAfter(revision);
+      const got = since.records.map((rec) => rec.subnet.toKey());
+      expect(got.length).toBe(1049);
+      expect(new Set(got)).toEqual(new Set(Array.from({ length: 1050 }, (_, k) => name(500 + k)).filter((n) => n !== name(600))));
+      expect(since.invalid.map((bad) => bad.key)).toEqual([`${prefix}/subnets/198.19.250.0-24&junk`]);
+      for (const rec of since.records) expect(BigInt(rec.createRevision)).toBeGreaterThan(BigInt(revision));
+    } finally {
+      r.close();
+    }
+  });
+
+  it('deletes a key only if it is unchanged since the revision given', async () => {
+    const prefix = freshPrefix();
+    const key = `${prefix}/subnets/198.19.3.0-24`;
+    await client.put(key).value(value(1));
+    const r = registry(prefix);
+    try {
+      const [first] = (await r.listLeases()).records;
+      await client.put(key).value(value(2));
+      expect(await r.deleteLeaseIf(key, first!.modRevision)).toBe(false);
+      expect(await client.get(key).string()).toBe(value(2));
+      const [now] = (await r.listLeases()).records;
+      expect(await r.deleteLeaseIf(key, now!.modRevision)).toBe(true);
+      expect(await client.get(key).string()).toBeNull();
+      expect(await r.deleteLeaseIf(key, now!.modRevision)).toBe(false);
+    } finally {
+      r.close();
+    }
+  });
 });
 
 describe('watching', () => {

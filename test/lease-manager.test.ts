@@ -1,14 +1,16 @@
-// The lease manager against a real etcd server: claiming, races, reuse, reservations, renewal,
-// loss and re-claim, and watch continuity across an etcd restart.
+// The lease manager against a real etcd server: claiming, races (also two keys naming one IPv6
+// subnet), reuse, reservations, renewal, loss and re-claim, and watch continuity across an etcd restart.
 import { spawnSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/log.js';
 import { EtcdRegistry } from '../src/etcd/registry.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/common/ip4.js';
+import { Ip6Net } from '../src/common/ip6.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
 import { LeaseManager, type LeaseManagerOptions, NetworkFullError } from '../src/subnet/manager.js';
 import { type EtcdServer, startEtcd } from '../testbed/etcd.js';
+import { ListingGate } from './harness/listing-gate.js';
 
 const PREFIX = '/coreos.com/network';
 let etcd: EtcdServer;
@@ -134,6 +136,40 @@ describe('claiming subnets', () => {
     expect(reserved.expiration).toBeNull();
     const kv = JSON.parse(etcdctl('get', `${prefix}/subnets/198.19.0.16-28`, '-w', 'json')) as { kvs: { lease?: number }[] };
     expect(kv.kvs[0]!.lease ?? 0).toBe(0);
+  });
+});
+
+describe('two keys naming one IPv6 subnet', () => {
+  it('four dual-stack nodes choosing together all pick one IPv6 subnet: the oldest key keeps it, the three others give way before writing an env file', async () => {
+    const prefix = freshPrefix();
+    const config = '{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:2:1::/48","Backend":{"Type":"host-gw"}}';
+    const contested = Ip6Net.parse('2001:2:1:77::/64');
+    // Each lists before any creates (the gate), and each prefers the same IPv6 subnet (its env file's).
+    const gate = new ListingGate(4);
+    const recs = Array.from({ length: 4 }, () => new Recorder());
+    const nodes = recs.map((_, k) => {
+      const store = registry(prefix);
+      gate.hold(store);
+      return manager(prefix, `198.18.0.${k + 1}`, {
+        store,
+        attrs: { publicIP: `198.18.0.${k + 1}`, publicIPv6: `2001:2::${k + 1}`, backend: { type: 'host-gw' } },
+        previousSubnet: Ip4Net.parse(`198.19.${k + 1}.0/24`),
+        previousIpv6Subnet: contested,
+      }, config);
+    });
+    const leases = await Promise.all(nodes.map((m, k) => m.start(recs[k]!.listener)));
+    expect(leases.map((l) => l.subnet.toString())).toEqual(['198.19.1.0/24', '198.19.2.0/24', '198.19.3.0/24', '198.19.4.0/24']);
+    expect(new Set(leases.map((l) => l.ipv6Subnet!.toString())).size).toBe(4);
+    expect(leases.filter((l) => l.ipv6Subnet!.equals(contested))).toHaveLength(1);
+    const gaveWay = nodes.map((m) => m.stats()['gaveWay']!);
+    expect(gaveWay.reduce((a, b) => a + b)).toBeGreaterThanOrEqual(3);
+    expect(gaveWay[leases.findIndex((l) => l.ipv6Subnet!.equals(contested))]).toBe(0);
+    for (const r of recs) expect(r.changes).toEqual(['claimed']);
+    // etcd holds the four keys the nodes hold, nothing else.
+    const keys = etcdctl('get', '--prefix', `${prefix}/subnets/`, '--keys-only').split('\n').filter((l) => l !== '').sort();
+    expect(keys).toEqual(leases.map((l) => `${prefix}/subnets/${l.subnet.toKey()}&${l.ipv6Subnet!.toKey()}`).sort());
+    // Every node routes every other node's IPv6 subnet as that node holds it.
+    await until(() => recs.every((r, k) => leases.every((l, j) => j === k || r.remote.get(l.subnet.toKey())?.ipv6Subnet?.equals(l.ipv6Subnet!))), 'every node to know the others');
   });
 });
 

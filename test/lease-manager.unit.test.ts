@@ -1,5 +1,6 @@
 // The lease manager's logic on the in-memory store with a clock the test moves: allocation, races,
-// reuse, reservations, renewal, loss and re-claim, resync after compaction, invalid leases and bursts.
+// reuse, reservations, renewal, loss and re-claim, resync after compaction, invalid leases and bursts,
+// and a node giving way when its key is the newer of two naming one subnet.
 // No root, no etcd, no namespaces: the whole file runs in well under a second.
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/log.js';
@@ -7,9 +8,12 @@ import { metricsRegistry } from '../src/common/metrics.js';
 import { chooseSubnet, NetworkFullError, PublicIpInUseError } from '../src/subnet/allocation.js';
 import { parseNetworkConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/common/ip4.js';
-import { type Lease, type LeaseEvent, encodeLeaseAttrs } from '../src/subnet/lease.js';
+import { Ip6Net } from '../src/common/ip6.js';
+import { type Lease, type LeaseAttrs, type LeaseEvent, encodeLeaseAttrs } from '../src/subnet/lease.js';
+import { type WrittenLease, leaseKeyName } from '../src/subnet/lease-store.js';
 import { LeaseManager, type LeaseManagerOptions } from '../src/subnet/manager.js';
 import { MemoryLeaseStore } from '../src/subnet/memory-store.js';
+import { ListingGate } from './harness/listing-gate.js';
 import { capturingLogger } from './harness/log-capture.js';
 import { ManualClock, settle } from './harness/manual-clock.js';
 
@@ -388,5 +392,195 @@ describe('following changes', () => {
     expect(m.stats()['watchResets']).toBe(resets + 1);
     expect(rec.remote.has('198.19.10.0/24')).toBe(true);
     expect(lines.slice(count).filter((l) => Number(l['level']) >= 40 && /invalid leases/.test(String(l['msg'])))).toEqual([]);
+  });
+});
+
+describe('two keys naming one subnet: the newer claimant gives way', () => {
+  const DUAL = parseNetworkConfig('{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:2:1::/48","Backend":{"Type":"host-gw"}}');
+  const V4 = parseNetworkConfig('{"Network":"198.19.0.0/16","Backend":{"Type":"host-gw"}}');
+  const hostgw = (i: number, dual = true): LeaseAttrs => ({ publicIP: `198.18.0.${i}`, publicIPv6: dual ? `2001:2::${i.toString(16)}` : null, backend: { type: 'host-gw' } });
+  /** Numbers taken in turn from `values`, again and again: exactly which free subnets a manager picks. */
+  const cycle = (...values: number[]) => {
+    let k = 0;
+    return () => values[k++ % values.length]!;
+  };
+  const dual = (i: number, extra: Partial<LeaseManagerOptions> = {}): Partial<LeaseManagerOptions> => ({ network: DUAL, attrs: hostgw(i), random: () => 0, ...extra });
+  const errors = (lines: Record<string, unknown>[]) => lines.filter((l) => Number(l['level']) >= 50);
+  const nameOf = (l: Lease) => leaseKeyName(l.subnet, l.ipv6Subnet ?? null);
+  const records = async (store: MemoryLeaseStore) => new Map((await store.listLeases()).records.map((r) => [r.key.slice(r.key.lastIndexOf('/') + 1), r]));
+
+  it('two nodes claiming at once pick one IPv6 subnet: the newer deletes its key and claims again before writing anything; the older keeps its key', async () => {
+    const { clock, store, make } = setup();
+    new ListingGate(2).hold(store);
+    const cap = capturingLogger();
+    const [ra, rb] = [new Recorder(), new Recorder()];
+    // Both take the lowest free IPv6 subnet; B's IPv4 subnet is another (random() = 0.5).
+    const a = make('198.18.0.1', dual(1));
+    const b = make('198.18.0.2', dual(2, { random: cycle(0, 0.5), log: cap.log }));
+    const [la, lb] = await clock.until(Promise.all([a.start(ra.listener), b.start(rb.listener)]));
+    expect(b.stats()['gaveWay'], 'the two keys did name one IPv6 subnet').toBe(1);
+    expect(a.stats()['gaveWay']).toBe(0);
+    expect(la.ipv6Subnet!.toString()).toBe('2001:2:1:1::/64');
+    expect(lb.ipv6Subnet!.equals(la.ipv6Subnet!)).toBe(false);
+    // Quiet: nothing was written before B gave way, so its env file is written once, with the final subnets.
+    expect(rb.changes).toEqual(['claimed']);
+    expect(nameOf(rb.own[0]!)).toBe(nameOf(lb));
+    expect(errors(cap.lines)).toEqual([]);
+    expect(cap.lines.some((l) => /older key/.test(String(l['msg'])) && l['olderKey'] === `/coreos.com/network/subnets/${nameOf(la)}`)).toBe(true);
+    // The store holds A's key as A wrote it, and B's new one; B's first key is gone.
+    const held = await records(store);
+    expect([...held.keys()].sort()).toEqual([nameOf(la), nameOf(lb)].sort());
+    expect(held.get(nameOf(la))!.modRevision).toBe(held.get(nameOf(la))!.createRevision);
+    await settle();
+    expect(ra.remote.get(lb.subnet.toString())?.ipv6Subnet?.equals(lb.ipv6Subnet!)).toBe(true);
+    expect(rb.remote.get(la.subnet.toString())?.ipv6Subnet?.equals(la.ipv6Subnet!)).toBe(true);
+    expect(ra.changes).toEqual(['claimed']);
+  });
+
+  it.each(['the IPv4-only key', 'the dual-stack key'])('an IPv4-only key and a dual-stack key for one IPv4 subnet, created at once: %s is older and kept, the other node gives way', async (first) => {
+    const { clock, store, make } = setup();
+    new ListingGate(2).hold(store);
+    // An upstream node of an IPv4-only config (or an old key) and a dual-stack node: both take 198.19.1.0/24.
+    const v4only = make('198.18.0.1', { network: V4, attrs: hostgw(1, false), random: () => 0 });
+    const both = make('198.18.0.2', dual(2));
+    const [older, newer] = first === 'the IPv4-only key' ? [v4only, both] : [both, v4only];
+    const [lo, ln] = await clock.until(Promise.all([older.start(new Recorder().listener), newer.start(new Recorder().listener)]));
+    expect([older.stats()['gaveWay'], newer.stats()['gaveWay']]).toEqual([0, 1]);
+    expect(lo.subnet.toString()).toBe('198.19.1.0/24');
+    expect(ln.subnet.equals(lo.subnet)).toBe(false);
+    const held = await records(store);
+    expect([...held.keys()].sort()).toEqual([nameOf(lo), nameOf(ln)].sort());
+    // The dual-stack node keeps the IPv6 subnet it had chosen when only its IPv4 subnet was taken.
+    if (newer === both) expect(ln.ipv6Subnet!.toString()).toBe('2001:2:1:1::/64');
+  });
+
+  it.each(['through the watch', 'through the listing after a watch reset'])(
+    'an older key that becomes usable after our claim is noticed %s: we give way loudly, keeping our IPv4 subnet',
+    async (how) => {
+      const { clock, store, make } = setup();
+      const cap = capturingLogger();
+      const rec = new Recorder();
+      // Another writer's key for the same IPv6 subnet lands between our listing and our create, with a
+      // value nobody can use: it names a subnet, but no node routes it, so our claim stands.
+      const rival = '198.19.7.0-24&2001:2:1:1::-64';
+      const rivalLease = store.grant(3600);
+      new ListingGate(1, () => store.put(rival, '{"PublicIP":', rivalLease)).hold(store);
+      const m = make('198.18.0.2', dual(2, { log: cap.log }));
+      const lease = await clock.until(m.start(rec.listener));
+      expect(nameOf(lease)).toBe('198.19.1.0-24&2001:2:1:1::-64');
+      expect(m.stats()['gaveWay']).toBe(0);
+      // Its value is fixed: an older key (it was created before ours) now claims our IPv6 subnet on every node.
+      if (how === 'through the watch') {
+        store.put(rival, encodeLeaseAttrs(hostgw(7)), rivalLease);
+      } else {
+        store.setAvailable(false);
+        store.put(rival, encodeLeaseAttrs(hostgw(7)), rivalLease);
+        store.compact();
+        store.setAvailable(true);
+      }
+      await clock.advance(1000);
+      if (how !== 'through the watch') expect(m.stats()['watchResets']).toBe(1);
+      expect(m.stats()['gaveWay']).toBe(1);
+      expect(rec.changes).toEqual(['claimed', 'moved']);
+      const moved = rec.own[1]!;
+      expect(moved.subnet.toString()).toBe('198.19.1.0/24');
+      expect(moved.ipv6Subnet!.toString()).toBe('2001:2:1:2::/64');
+      const loud = errors(cap.lines);
+      expect(loud).toHaveLength(1);
+      expect(loud[0]).toMatchObject({ oldSubnet: '198.19.1.0/24', newSubnet: '198.19.1.0/24', oldIpv6Subnet: '2001:2:1:1::/64', newIpv6Subnet: '2001:2:1:2::/64' });
+      expect(String(loud[0]!['msg'])).toMatch(/must be restarted/);
+      expect([...(await records(store)).keys()].sort()).toEqual([rival, nameOf(moved)].sort());
+      // The older key is a peer now that it no longer overlaps our own subnets.
+      expect(rec.remote.get('198.19.7.0/24')?.attrs.publicIP).toBe('198.18.0.7');
+    },
+  );
+
+  it('a restart keeps the older key; the newer key\'s node, restarted, gives way loudly, as its env file named the subnet', async () => {
+    const { clock, store, make } = setup();
+    // What a race left behind while the newer key's node was down: two keys naming 2001:2:1:5::/64.
+    store.put('198.19.1.0-24&2001:2:1:5::-64', encodeLeaseAttrs(hostgw(1)), store.grant(3600));
+    store.put('198.19.2.0-24&2001:2:1:5::-64', encodeLeaseAttrs(hostgw(2)), store.grant(3600));
+    const before = await records(store);
+    const ra = new Recorder();
+    const a = make('198.18.0.1', dual(1, { previousSubnet: Ip4Net.parse('198.19.1.0/24'), previousIpv6Subnet: Ip6Net.parse('2001:2:1:5::/64') }));
+    const la = await clock.until(a.start(ra.listener));
+    expect(nameOf(la)).toBe('198.19.1.0-24&2001:2:1:5::-64');
+    expect(a.stats()['gaveWay']).toBe(0);
+    const afterA = await records(store);
+    // A took its key over (a fresh value and etcd lease, the same creation); B's key is untouched.
+    expect(afterA.get('198.19.1.0-24&2001:2:1:5::-64')!.createRevision).toBe(before.get('198.19.1.0-24&2001:2:1:5::-64')!.createRevision);
+    expect(afterA.get('198.19.2.0-24&2001:2:1:5::-64')).toEqual(before.get('198.19.2.0-24&2001:2:1:5::-64'));
+
+    const cap = capturingLogger();
+    const rb = new Recorder();
+    const b = make('198.18.0.2', dual(2, { previousSubnet: Ip4Net.parse('198.19.2.0/24'), previousIpv6Subnet: Ip6Net.parse('2001:2:1:5::/64'), log: cap.log }));
+    const lb = await clock.until(b.start(rb.listener));
+    expect(b.stats()['gaveWay']).toBe(1);
+    expect(lb.subnet.toString()).toBe('198.19.2.0/24');
+    expect(lb.ipv6Subnet!.toString()).toBe('2001:2:1:1::/64');
+    expect(rb.changes).toEqual(['claimed']);
+    // Pods of B's previous run hold addresses of 2001:2:1:5::/64: said loudly, once the env file names the new one.
+    const loud = errors(cap.lines);
+    expect(loud).toHaveLength(1);
+    expect(loud[0]).toMatchObject({ oldSubnet: '198.19.2.0/24', newSubnet: '198.19.2.0/24', oldIpv6Subnet: '2001:2:1:5::/64', newIpv6Subnet: '2001:2:1:1::/64' });
+    await settle();
+    expect(a.ownLease && nameOf(a.ownLease)).toBe('198.19.1.0-24&2001:2:1:5::-64');
+    expect(ra.changes).toEqual(['claimed']);
+    expect(ra.remote.get('198.19.2.0/24')?.ipv6Subnet?.toString()).toBe('2001:2:1:1::/64');
+    expect([...(await records(store)).keys()].sort()).toEqual(['198.19.1.0-24&2001:2:1:5::-64', '198.19.2.0-24&2001:2:1:1::-64']);
+  });
+
+  it('our reservation naming an older key\'s IPv6 subnet is kept as the operator wrote it, with one error naming both keys', async () => {
+    const { store, make } = setup();
+    const olderKey = '198.19.1.0-24&2001:2:1:5::-64';
+    const olderLease = store.grant(3600);
+    store.put(olderKey, encodeLeaseAttrs(hostgw(1)), olderLease);
+    store.put('198.19.2.0-24&2001:2:1:5::-64', encodeLeaseAttrs(hostgw(2))); // reserved for node 2: no etcd lease
+    const cap = capturingLogger();
+    const m = make('198.18.0.2', dual(2, { log: cap.log }));
+    const lease = await m.start(new Recorder().listener);
+    expect(nameOf(lease)).toBe('198.19.2.0-24&2001:2:1:5::-64');
+    expect(lease.expiration).toBeNull();
+    expect(store.get('198.19.2.0-24&2001:2:1:5::-64')?.leaseId).toBeNull();
+    expect(m.stats()['gaveWay']).toBe(0);
+    const told = () => errors(cap.lines).filter((l) => /reservation/.test(String(l['msg'])));
+    expect(told()).toHaveLength(1);
+    expect(told()[0]).toMatchObject({ key: '/coreos.com/network/subnets/198.19.2.0-24&2001:2:1:5::-64', olderKey: `/coreos.com/network/subnets/${olderKey}` });
+    // The older key rewritten: still contested, not said again, nothing deleted.
+    store.put(olderKey, encodeLeaseAttrs({ ...hostgw(1), publicIPv6: '2001:2::11' }), olderLease);
+    await settle();
+    expect(told()).toHaveLength(1);
+    expect(store.get('198.19.2.0-24&2001:2:1:5::-64')).toBeDefined();
+  });
+
+  it('a writer racing every claim with an older key for our IPv6 subnet gets a delete and a claim at most every 30 s, not at etcd speed', async () => {
+    const clock = new ManualClock();
+    /** Before each key of node 2 is created: an unusable key for the same IPv6 subnet, made usable 10 ms later. */
+    class RacingWriter extends MemoryLeaseStore {
+      rivals = 0;
+      override async createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number, ipv6Subnet: Ip6Net | null = null): Promise<WrittenLease | null> {
+        if (attrs.publicIP === '198.18.0.2' && ipv6Subnet) {
+          const name = leaseKeyName(Ip4Net.parse(`198.19.${200 + this.rivals}.0/24`), ipv6Subnet);
+          const id = this.grant(3600);
+          this.put(name, '{"PublicIP":', id);
+          clock.setTimeout(() => this.put(name, encodeLeaseAttrs(hostgw(50 + this.rivals)), id), 10);
+          this.rivals++;
+        }
+        return super.createLease(subnet, attrs, ttlSeconds, ipv6Subnet);
+      }
+    }
+    const store = new RacingWriter(clock);
+    const { make } = setup({ clock, store });
+    const m = make('198.18.0.2', dual(2, { random: seeded(7) }));
+    await clock.until(m.start(new Recorder().listener));
+    const at = (ms: number) => clock.advance(ms).then(() => m.stats()['gaveWay']!);
+    // At once, then 0.5, 1, 2, 4, 8, 16 s later (±25 %) and every 30 s after that: 7 in the first minute.
+    const minute = await at(60_000);
+    expect(minute).toBeGreaterThanOrEqual(5);
+    expect(minute).toBeLessThanOrEqual(9);
+    const fiveMinutes = await at(240_000);
+    expect(fiveMinutes - minute).toBeGreaterThanOrEqual(6);
+    expect(fiveMinutes - minute).toBeLessThanOrEqual(10);
+    expect(m.stats()['claims']).toBe(fiveMinutes + 1);
   });
 });

@@ -158,9 +158,22 @@ export class EtcdRegistry implements LeaseStore {
    * compacted between pages, the listing starts over.
    */
   async listLeases(): Promise<LeaseListing> {
+    return this.listAll('0');
+  }
+
+  /**
+   * The keys created after `revision`, read like listLeases but filtered by etcd (min_create_revision):
+   * the response holds only them, so the read stays small whatever the number of leases (etcd still
+   * reads the whole range to filter it, on its side).
+   */
+  async listLeasesCreatedAfter(revision: string): Promise<LeaseListing> {
+    return this.listAll((BigInt(revision) + 1n).toString());
+  }
+
+  private async listAll(minCreateRevision: string): Promise<LeaseListing> {
     for (;;) {
       try {
-        return await this.listPages();
+        return await this.listPages(minCreateRevision);
       } catch (err) {
         if (!isCompacted(err)) throw err;
         this.log.debug({ err: (err as Error).message }, 'listing revision compacted between pages; listing again');
@@ -168,7 +181,8 @@ export class EtcdRegistry implements LeaseStore {
     }
   }
 
-  private async listPages(): Promise<LeaseListing> {
+  /** `minCreateRevision`: only keys created at or after it ('0': every key). */
+  private async listPages(minCreateRevision: string): Promise<LeaseListing> {
     const records: LeaseRecord[] = [];
     const invalid: InvalidLeaseKey[] = [];
     const end = prefixEnd(this.subnetsKey);
@@ -178,14 +192,14 @@ export class EtcdRegistry implements LeaseStore {
     for (;;) {
       let res: IRangeResponse;
       try {
-        res = await this.range(from, end, limit, revision, false);
+        res = await this.range(from, end, limit, revision, false, minCreateRevision);
       } catch (err) {
         if (!isResponseTooLarge(err)) throw err;
         if (limit > 1) {
           limit = Math.max(1, Math.floor(limit / 8));
           continue;
         }
-        const [kv] = (await this.range(from, end, 1, revision, true)).kvs;
+        const [kv] = (await this.range(from, end, 1, revision, true, minCreateRevision)).kvs;
         if (!kv) throw err;
         const key = kv.key.toString();
         const modRevision = String(kv.mod_revision);
@@ -209,8 +223,10 @@ export class EtcdRegistry implements LeaseStore {
     return { records, invalid, revision };
   }
 
-  private range(from: Buffer, end: Buffer, limit: number, revision: string, keysOnly: boolean): Promise<IRangeResponse> {
-    return this.client.call('list leases', (etcd) => etcd.kv.range({ key: from, range_end: end, limit, revision, keys_only: keysOnly }));
+  private range(from: Buffer, end: Buffer, limit: number, revision: string, keysOnly: boolean, minCreateRevision: string): Promise<IRangeResponse> {
+    return this.client.call('list leases', (etcd) =>
+      etcd.kv.range({ key: from, range_end: end, limit, revision, keys_only: keysOnly, min_create_revision: minCreateRevision }),
+    );
   }
 
   private async grant(ttlSeconds: number): Promise<string> {
@@ -238,7 +254,7 @@ export class EtcdRegistry implements LeaseStore {
       await this.revokeQuietly(leaseId);
       return null;
     }
-    return { leaseId, revision: String(res.header.revision) };
+    return { key, leaseId, revision: String(res.header.revision) };
   }
 
   /**
@@ -261,7 +277,7 @@ export class EtcdRegistry implements LeaseStore {
     }
     // The old etcd lease would otherwise linger until it expired, keeping nothing alive.
     if (existing.leaseId && existing.leaseId !== leaseId) await this.revokeQuietly(existing.leaseId);
-    return { leaseId: leaseId ?? '', revision: String(res.header.revision) };
+    return { key, leaseId: leaseId ?? '', revision: String(res.header.revision) };
   }
 
   /**

@@ -65,7 +65,8 @@ function compareRevisions(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-function olderFirst(a: LeaseRecord, b: LeaseRecord): number {
+/** The older-key rule's order: lower createRevision, then the lower key. Also how a node tells that its own key is the newer claimant (contest.ts). */
+export function olderFirst(a: Pick<LeaseRecord, 'key' | 'createRevision'>, b: Pick<LeaseRecord, 'key' | 'createRevision'>): number {
   return compareRevisions(a.createRevision, b.createRevision) || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
 }
 

@@ -111,8 +111,9 @@ export interface Stoppable {
   stop(): Promise<void>;
 }
 
-/** A key written by us: the expiring lease it is bound to ('' for none) and the revision of the write. */
+/** A key written by us: the whole key, the expiring lease it is bound to ('' for none) and the revision of the write. */
 export interface WrittenLease {
+  key: string;
   leaseId: string;
   revision: string;
 }
@@ -132,6 +133,11 @@ export interface LeaseStore {
   /** Every lease, read at one revision, plus the keys that cannot be used. */
   listLeases(): Promise<LeaseListing>;
   /**
+   * The keys created after `revision` (createRevision > revision) that exist now, read as listLeases
+   * reads: what a listing at `revision` lacks. Small whatever the number of keys (etcd filters them).
+   */
+  listLeasesCreatedAfter(revision: string): Promise<LeaseListing>;
+  /**
    * Creates the key for `subnet` (and `ipv6Subnet`, in dual stack) only if it does not exist, bound to
    * a fresh expiring lease of `ttlSeconds`. Null when the key already existed (another node won the race).
    */
@@ -145,6 +151,8 @@ export interface LeaseStore {
   renewLease(leaseId: string): Promise<number>;
   /** Deletes the key of `subnet` (and `ipv6Subnet`); false when there was none. */
   deleteLease(subnet: Ip4Net, ipv6Subnet?: Ip6Net | null): Promise<boolean>;
+  /** Deletes `key` (the whole key, as listed) if it is unchanged since `modRevision`; false when it changed or is gone. */
+  deleteLeaseIf(key: string, modRevision: string): Promise<boolean>;
   /** Follows changes from `fromRevision` (inclusive), resuming by itself after lost connections. */
   watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable>;
   /**

@@ -11,6 +11,11 @@
 // it waits for one pass, not for every change queued before it. Every retry loop is retry() with
 // the store's wake-up, stopped through one AbortSignal. Time and randomness are injected (tests
 // move the clock).
+//
+// A claim protects the key it creates, not each subnet the key names: a node whose new key turns out
+// to be the newer claimant of one of its subnets (contest.ts) gives way — deletes its key and claims
+// again — quietly when nothing was written yet, loudly (the pods must be restarted) once the env file
+// named the subnet.
 import { type Clock, MAX_TIMER_MS, systemClock, type TimerHandle } from '../common/clock.js';
 import type { Logger } from '../common/log.js';
 import { leaseMetrics } from '../common/metrics.js';
@@ -20,9 +25,13 @@ import { NetworkFullError, PublicIpInUseError, chooseSubnet } from './allocation
 import type { NetworkConfig } from './config.js';
 import type { Ip4Net } from '../common/ip4.js';
 import type { Ip6Net } from '../common/ip6.js';
-import { KnownLeases } from './known-leases.js';
+import { type Contest, olderClaimants } from './contest.js';
+import { KnownLeases, olderFirst } from './known-leases.js';
 import { type Lease, type LeaseAttrs, type LeaseEvent, sameLeaseAttrs } from './lease.js';
-import { type LeaseChange, type LeaseListing, type LeaseStore, LeaseStoreUnavailableError, type Stoppable, sameSubnets } from './lease-store.js';
+import {
+  type LeaseChange, type LeaseListing, type LeaseStore, LeaseStoreUnavailableError, type LeaseSubnets, type Stoppable, type WrittenLease,
+  sameSubnets,
+} from './lease-store.js';
 
 export { NetworkFullError, PublicIpInUseError } from './allocation.js';
 
@@ -54,6 +63,10 @@ export interface LeaseManagerListener {
 interface OwnLease {
   subnet: Ip4Net;
   ipv6Subnet: Ip6Net | null;
+  /** The whole key, as listed. */
+  key: string;
+  /** When the key was created: what the older-key rule compares (a take-over keeps it). */
+  createRevision: string;
   /** null for a reservation, which has no expiring lease and never expires. */
   leaseId: string | null;
   expiration: Date | null;
@@ -65,9 +78,24 @@ const MAX_CLAIM_ATTEMPTS = 100;
 /** Retries after a lost race for a subnet: spread over 0 – 2× this, doubling up to RACE_RETRY_MAX_MS. */
 const RACE_RETRY_MS = 25;
 const RACE_RETRY_MAX_MS = 400;
+/**
+ * Giving way to an older key noticed through the watch: the first time at once, then after a backoff
+ * (RETRY_MIN_MS doubling to RETRY_MAX_MS) while older keys keep appearing, so that whatever keeps
+ * contesting our subnets costs at most a delete and a claim every RETRY_MAX_MS. Calm again (the backoff
+ * starts over) after this long without giving way.
+ */
+const GIVE_WAY_CALM_MS = 2 * RETRY_MAX_MS;
 
-/** Another node wrote the key we chose after our listing: choose again from a fresh listing. */
+/** Another node wrote the key we chose after our listing, or an older key names a subnet of ours: choose again from a fresh listing. */
 class LostRace extends Error {}
+
+/** Whether a key we gave way with named a subnet of `previous` (the env file's) that `now` no longer has. */
+function namesLostSubnet(gaveUp: LeaseSubnets, previous: { subnet: Ip4Net | null; ipv6Subnet: Ip6Net | null }, now: LeaseSubnets): boolean {
+  const v4 = previous.subnet;
+  const v6 = previous.ipv6Subnet;
+  if (v4 && gaveUp.subnet.equals(v4) && !now.subnet.equals(v4)) return true;
+  return !!v6 && !!gaveUp.ipv6Subnet?.equals(v6) && !now.ipv6Subnet?.equals(v6);
+}
 
 export class LeaseManager {
   private own: OwnLease | null = null;
@@ -85,14 +113,26 @@ export class LeaseManager {
   /** The revision of the listing the known set was last rebuilt from: changes up to it are in it. */
   private listedAt = 0n;
   private disconnected = false;
+  /** Older keys known to take subnets of our current key (contest.ts), by key; emptied when our key changes. */
+  private contesting = new Map<string, Contest>();
+  private giveWayTimer: TimerHandle | null = null;
+  /** A giveWay() is queued or waits on its timer. */
+  private giveWayDue = false;
+  private readonly giveWayBackoff: Backoff;
+  private lastGaveWayAt: number | null = null;
+  /** Keys we wrote and gave way with during the current claim, and why: at start, whether the env file named one. */
+  private abandoned: (LeaseSubnets & { reason: string })[] = [];
+  /** Contested reservations of ours already reported (own key → older key): said once, not per event. */
+  private readonly toldReservation = new Set<string>();
   private readonly clock: Clock;
   private readonly random: () => number;
-  private readonly counters = { claims: 0, reclaims: 0, renewals: 0, watchResets: 0 };
+  private readonly counters = { claims: 0, reclaims: 0, renewals: 0, watchResets: 0, gaveWay: 0 };
 
   constructor(private readonly opts: LeaseManagerOptions) {
     this.clock = opts.clock ?? systemClock;
     this.random = opts.random ?? Math.random;
     this.known = new KnownLeases(opts.network, opts.log);
+    this.giveWayBackoff = new Backoff(RETRY_MIN_MS, RETRY_MAX_MS, RETRY_JITTER, this.random);
   }
 
   get ownLease(): Lease | null {
@@ -116,9 +156,14 @@ export class LeaseManager {
     this.life = new AbortController();
     this.pending.clear();
     this.listener = listener;
-    const listing = await this.claim(this.opts.previousSubnet, null, null, this.opts.previousIpv6Subnet ?? null);
+    const previous = { subnet: this.opts.previousSubnet, ipv6Subnet: this.opts.previousIpv6Subnet ?? null };
+    const listing = await this.claim(previous.subnet, null, null, previous.ipv6Subnet);
     const own = this.own!;
     await listener.onOwnLease(this.toLease(own), 'claimed');
+    // A key given way with before anything was written here is nobody's business, unless it named a
+    // subnet of the env file: pods of the previous run hold its addresses.
+    const gaveUp = this.abandoned.find((k) => namesLostSubnet(k, previous, own));
+    if (gaveUp && previous.subnet) this.sayMoved({ subnet: previous.subnet, ipv6Subnet: previous.ipv6Subnet }, gaveUp.reason);
     await listener.onLeaseEvents(this.replaceKnown(listing));
     await this.startWatch(listing.revision);
     this.scheduleRenewal();
@@ -129,6 +174,9 @@ export class LeaseManager {
     this.life.abort();
     if (this.renewTimer) this.clock.clearTimeout(this.renewTimer);
     this.renewTimer = null;
+    if (this.giveWayTimer) this.clock.clearTimeout(this.giveWayTimer);
+    this.giveWayTimer = null;
+    this.giveWayDue = false;
     await this.watch?.stop();
     this.watch = null;
     await this.queue.idle();
@@ -181,6 +229,7 @@ export class LeaseManager {
     const { store, attrs, ttlSeconds, network } = this.opts;
     let attempts = 0;
     let given = listing;
+    this.abandoned = [];
     const attempt = async (): Promise<LeaseListing> => {
       attempts++;
       const current = given ?? (await store.listLeases());
@@ -192,22 +241,24 @@ export class LeaseManager {
         const written = await store.takeOverLease(choice.record, attrs, ttlSeconds);
         if (written === null) throw new LostRace('our lease changed since it was listed');
         const ipv6Subnet = choice.record.ipv6Subnet ?? null;
-        this.setOwn(choice.record.subnet, ipv6Subnet, written.leaseId === '' ? null : written.leaseId, written.revision);
+        this.setOwn(choice.record.subnet, ipv6Subnet, written, choice.record.createRevision);
         this.log.info(
           { subnet: choice.record.subnet.toString(), ...(ipv6Subnet ? { ipv6Subnet: ipv6Subnet.toString() } : {}), reservation: written.leaseId === '' },
           'reusing the lease that carries our public IP',
         );
+        await this.checkClaim(current);
         return current;
       }
       const written = await store.createLease(choice.subnet, attrs, ttlSeconds, choice.ipv6Subnet);
       if (written === null) throw new LostRace(`another node claimed ${choice.subnet} first`);
-      this.setOwn(choice.subnet, choice.ipv6Subnet, written.leaseId, written.revision);
+      this.setOwn(choice.subnet, choice.ipv6Subnet, written, written.revision);
       this.counters.claims++;
       leaseMetrics.claims.inc();
       this.log.info(
         { subnet: choice.subnet.toString(), ...(choice.ipv6Subnet ? { ipv6Subnet: choice.ipv6Subnet.toString() } : {}), attempt: attempts - 1 },
         choice.preferred ? 'claimed our previous subnet' : 'claimed a new subnet',
       );
+      await this.checkClaim(current);
       return current;
     };
     try {
@@ -223,10 +274,62 @@ export class LeaseManager {
     }
   }
 
-  private setOwn(subnet: Ip4Net, ipv6Subnet: Ip6Net | null, leaseId: string | null, revision: string): void {
+  /** Our key is now `written` (created at `createRevision`): a create's own revision, a take-over's record's. */
+  private setOwn(subnet: Ip4Net, ipv6Subnet: Ip6Net | null, written: WrittenLease, createRevision: string): void {
+    const leaseId = written.leaseId === '' ? null : written.leaseId;
     const expiration = leaseId === null ? null : new Date(this.clock.now() + this.opts.ttlSeconds * 1000);
-    this.own = { subnet, ipv6Subnet, leaseId, expiration, revision: BigInt(revision) };
+    this.own = { subnet, ipv6Subnet, key: written.key, createRevision, leaseId, expiration, revision: BigInt(written.revision) };
+    this.contesting.clear();
     this.known.setOwn(subnet, ipv6Subnet, this.opts.attrs);
+  }
+
+  /**
+   * After a claim: whether an older key takes a subnet of the key we just wrote (contest.ts). A key
+   * older than ours that the listing we chose from lacked was created after it, so one small read
+   * (keys created since) finds it; a key the listing held — possible only for a take-over, our key
+   * from before — is confirmed by a fresh listing, as it may be gone. If contested, our key is deleted
+   * unless it changed meanwhile, and the claim is lost like a race: the next attempt chooses from a
+   * fresh listing, where the older key holds its subnets. A reservation is kept (reservationContested).
+   */
+  private async checkClaim(listing: LeaseListing): Promise<void> {
+    const own = this.own!;
+    const { store, network } = this.opts;
+    let fresh: LeaseListing | null = null;
+    if (olderClaimants(own, listing.records, network).length > 0) fresh = await store.listLeases();
+    else if (BigInt(own.createRevision) > BigInt(listing.revision)) fresh = await store.listLeasesCreatedAfter(listing.revision);
+    const contest = fresh ? olderClaimants(own, fresh.records, network) : [];
+    if (contest.length === 0) return;
+    if (own.leaseId === null) {
+      this.reservationContested(own, contest[0]!);
+      return;
+    }
+    const first = contest[0]!;
+    this.log.info(
+      { key: own.key, olderKey: first.older.key, contested: first.subnets },
+      'our key names a subnet of an older key (both claimed at once, or while we were down): every node uses the older one; deleting ours and claiming again',
+    );
+    const reason = `the older key ${first.older.key} holds ${first.subnets.join(' and ')}`;
+    this.abandoned.push({ subnet: own.subnet, ipv6Subnet: own.ipv6Subnet, reason });
+    this.counters.gaveWay++;
+    // False when our key changed meanwhile: then it is not ours to keep either.
+    await store.deleteLeaseIf(own.key, String(own.revision));
+    throw new LostRace(reason);
+  }
+
+  /**
+   * Our key is a reservation (an operator's, bound to no etcd lease) that an older key contests: every
+   * other node refuses it for that subnet, but deleting an operator's reservation is not ours to do,
+   * and the next start would take it again. Said once per pair of keys, as an error naming both.
+   */
+  private reservationContested(own: OwnLease, contest: Contest): void {
+    const told = `${own.key} ${contest.older.key}`;
+    if (this.toldReservation.has(told)) return;
+    this.toldReservation.add(told);
+    this.log.error(
+      { key: own.key, olderKey: contest.older.key, contested: contest.subnets },
+      'our lease is a reservation naming a subnet of an older key: every other node uses the older key for it; ' +
+        'kept as the operator wrote it — release one of the two keys (flannelctl lease delete)',
+    );
   }
 
   /** Rebuilds the known set from a listing; watched changes up to its revision are in it already. */
@@ -296,7 +399,64 @@ export class LeaseManager {
     }
     const events = this.known.apply(others);
     if (events.length > 0) await this.listener!.onLeaseEvents(events);
+    for (const change of others) this.noteContest(change);
     if (lostReason) await this.reclaim(lostReason);
+    else if (this.contesting.size > 0) this.scheduleGiveWay();
+  }
+
+  /** Keeps `contesting` up to date with a watched change of another key. */
+  private noteContest(change: LeaseChange): void {
+    const key = change.type === 'put' ? change.record.key : change.key;
+    const [contest] = change.type === 'put' ? olderClaimants(this.own!, [change.record], this.opts.network) : [];
+    if (contest) this.contesting.set(key, contest);
+    else this.contesting.delete(key);
+  }
+
+  /** Gives way to the older keys in `contesting`: at once the first time, then with backoff (GIVE_WAY_CALM_MS). */
+  private scheduleGiveWay(): void {
+    if (this.giveWayDue || this.stopped) return;
+    this.giveWayDue = true;
+    const now = this.clock.now();
+    if (this.lastGaveWayAt === null || now - this.lastGaveWayAt >= GIVE_WAY_CALM_MS) {
+      this.giveWayBackoff.reset();
+      this.enqueue(() => this.giveWay());
+      return;
+    }
+    this.giveWayTimer = this.clock.setTimeout(() => {
+      this.giveWayTimer = null;
+      this.enqueue(() => this.giveWay());
+    }, this.giveWayBackoff.next());
+    this.giveWayTimer.unref?.();
+  }
+
+  /**
+   * An older key names a subnet of ours, noticed after we claimed (a key turned valid, or one a reset
+   * listing brought): every node uses the older key, so ours is deleted (unless it changed meanwhile)
+   * and we claim again avoiding what it holds. Loud, as the env file named the subnet we leave.
+   */
+  private async giveWay(): Promise<void> {
+    this.giveWayDue = false;
+    const own = this.own;
+    if (this.stopped || !own) return;
+    const [first] = [...this.contesting.values()].sort((a, b) => olderFirst(a.older, b.older));
+    if (!first) return;
+    if (own.leaseId === null) {
+      this.reservationContested(own, first);
+      return;
+    }
+    this.lastGaveWayAt = this.clock.now();
+    this.counters.gaveWay++;
+    this.log.warn(
+      { key: own.key, olderKey: first.older.key, contested: first.subnets },
+      'an older key names a subnet of ours: every node uses the older one; deleting our key and claiming again',
+    );
+    try {
+      await retry(() => this.opts.store.deleteLeaseIf(own.key, String(own.revision)), this.retrying('deleting our key failed; retrying'));
+    } catch (err) {
+      if (isAbort(err)) return;
+      throw err;
+    }
+    await this.claimAgain(own, `the older key ${first.older.key} holds ${first.subnets.join(' and ')}`);
   }
 
   /** A lease written by us: our PublicIP and, when we have one, our node identity. */
@@ -313,6 +473,11 @@ export class LeaseManager {
   private async reclaim(reason: string): Promise<void> {
     const old = this.own!;
     this.log.warn({ subnet: old.subnet.toString(), reason }, 'our subnet lease was lost; claiming again');
+    await this.claimAgain(old, reason);
+  }
+
+  /** Claims again after losing or giving up `old`: its subnets if they are free, others if not (see reclaim). */
+  private async claimAgain(old: OwnLease, reason: string): Promise<void> {
     this.counters.reclaims++;
     leaseMetrics.reclaims.inc();
     let listing: LeaseListing;
@@ -344,16 +509,25 @@ export class LeaseManager {
       const stale = this.known.redecide();
       if (stale.length > 0) await this.listener!.onLeaseEvents(stale);
       await this.listener!.onOwnLease(this.toLease(own), 'moved');
-      // Said once the env file names the new subnet, so that what the line says is already true.
-      this.log.error(
-        { oldSubnet: old.subnet.toString(), newSubnet: own.subnet.toString() },
-        'OUR SUBNET NOW BELONGS TO ANOTHER NODE: moved to a new subnet and rewrote the env file; pods on this node keep old addresses and must be restarted',
-      );
+      this.sayMoved(old, reason);
     }
     // The listing the claim was made from brings the old subnet's new holder (and anything missed)
     // into the known set; the watch delivers whatever changed after it.
     const events = this.replaceKnown(listing);
     if (events.length > 0) await this.listener!.onLeaseEvents(events);
+  }
+
+  /**
+   * The loud line of a move away from `old`, said once the env file names the new subnets, so that what
+   * it says is already true: local pods keep addresses of the subnets we left.
+   */
+  private sayMoved(old: LeaseSubnets, reason: string): void {
+    const own = this.own!;
+    const v6 = old.ipv6Subnet || own.ipv6Subnet ? { oldIpv6Subnet: old.ipv6Subnet?.toString() ?? null, newIpv6Subnet: own.ipv6Subnet?.toString() ?? null } : {};
+    this.log.error(
+      { oldSubnet: old.subnet.toString(), newSubnet: own.subnet.toString(), ...v6, reason },
+      'OUR SUBNET NOW BELONGS TO ANOTHER NODE: moved to a new subnet and rewrote the env file; pods on this node keep old addresses and must be restarted',
+    );
   }
 
   /** Retry messages: debug while the store is unreachable (it has said so once), warn otherwise. */
@@ -380,6 +554,7 @@ export class LeaseManager {
         const own = this.own!;
         const holder = listing.records.find((r) => sameSubnets(r, own));
         const stillOurs = holder && sameLeaseAttrs(holder.attrs, this.opts.attrs) && holder.leaseId === own.leaseId;
+        this.contesting = new Map(olderClaimants(own, listing.records, this.opts.network).map((c) => [c.older.key, c]));
         await this.startWatch(listing.revision);
         return stillOurs ? null : holder ? 'our key was overwritten' : 'our key is gone';
       }, this.retrying('listing again failed; retrying'));
@@ -388,6 +563,7 @@ export class LeaseManager {
       throw err;
     }
     if (lost) await this.reclaim(lost);
+    else if (this.contesting.size > 0) this.scheduleGiveWay();
   }
 
   private scheduleRenewal(): void {

@@ -1,9 +1,10 @@
 // A LeaseStore kept in memory, with etcd's semantics where the lease manager depends on them: one
-// revision counter for every write, create-if-absent and compare-and-swap on the modification
-// revision, expiring leases (on the injected clock) whose keys vanish with them, a history that
-// watches replay from any revision until it is compacted, and an unavailable state in which every
-// call fails and watches pause. Keys and values are stored as text and read through the same parser
-// as etcd's, so malformed values behave alike. Used by the fast unit tests of the lease manager.
+// revision counter for every write, create-if-absent, compare-and-swap and compare-and-delete on the
+// modification revision, listings filtered by creation revision, expiring leases (on the injected
+// clock) whose keys vanish with them, a history that watches replay from any revision until it is
+// compacted, and an unavailable state in which every call fails and watches pause. Keys and values
+// are stored as text and read through the same parser as etcd's, so malformed values behave alike.
+// Used by the fast unit tests of the lease manager.
 import { type Clock, type TimerHandle, systemClock } from '../common/clock.js';
 import { Wakeup } from '../common/retry.js';
 import type { Ip4Net } from '../common/ip4.js';
@@ -62,14 +63,12 @@ export class MemoryLeaseStore implements LeaseStore {
 
   async listLeases(): Promise<LeaseListing> {
     this.serve('list leases');
-    const records: LeaseRecord[] = [];
-    const invalid: InvalidLeaseKey[] = [];
-    for (const [name, entry] of [...this.entries].sort(([a], [b]) => (a < b ? -1 : 1))) {
-      const parsed = this.parse(name, entry);
-      if ('code' in parsed) invalid.push(parsed);
-      else records.push(parsed);
-    }
-    return { records, invalid, revision: String(this.revision) };
+    return this.listing(0);
+  }
+
+  async listLeasesCreatedAfter(revision: string): Promise<LeaseListing> {
+    this.serve('list leases created after a revision');
+    return this.listing(Number(revision));
   }
 
   async createLease(subnet: Ip4Net, attrs: LeaseAttrs, ttlSeconds: number, ipv6Subnet: Ip6Net | null = null): Promise<WrittenLease | null> {
@@ -78,7 +77,7 @@ export class MemoryLeaseStore implements LeaseStore {
     if (this.entries.has(name)) return null;
     const leaseId = this.grant(ttlSeconds);
     this.write([{ name, value: encodeLeaseAttrs(attrs), leaseId }]);
-    return { leaseId, revision: String(this.revision) };
+    return { key: this.prefix + name, leaseId, revision: String(this.revision) };
   }
 
   async takeOverLease(existing: LeaseRecord, attrs: LeaseAttrs, ttlSeconds: number): Promise<WrittenLease | null> {
@@ -89,7 +88,7 @@ export class MemoryLeaseStore implements LeaseStore {
     const leaseId = existing.leaseId === null ? null : this.grant(ttlSeconds);
     this.write([{ name, value: encodeLeaseAttrs(attrs), leaseId }]);
     if (existing.leaseId && existing.leaseId !== leaseId) this.revoke(existing.leaseId);
-    return { leaseId: leaseId ?? '', revision: String(this.revision) };
+    return { key: this.prefix + name, leaseId: leaseId ?? '', revision: String(this.revision) };
   }
 
   async renewLease(leaseId: string): Promise<number> {
@@ -104,6 +103,15 @@ export class MemoryLeaseStore implements LeaseStore {
   async deleteLease(subnet: Ip4Net, ipv6Subnet: Ip6Net | null = null): Promise<boolean> {
     this.serve('delete lease');
     return this.deleteKey(leaseKeyName(subnet, ipv6Subnet));
+  }
+
+  async deleteLeaseIf(key: string, modRevision: string): Promise<boolean> {
+    this.serve('delete lease');
+    if (!key.startsWith(this.prefix)) throw new Error(`${key} is not under ${this.prefix}`);
+    const name = key.slice(this.prefix.length);
+    const entry = this.entries.get(name);
+    if (!entry || String(entry.modRevision) !== modRevision) return false;
+    return this.deleteKey(name);
   }
 
   async watchLeases(fromRevision: string, handlers: LeaseWatchHandlers): Promise<Stoppable> {
@@ -195,6 +203,19 @@ export class MemoryLeaseStore implements LeaseStore {
   private serve(op: string): void {
     this.calls++;
     if (!this.available) throw new LeaseStoreUnavailableError(op, new Error('store unavailable'));
+  }
+
+  /** Every key created after `createdAfter` (0: every key), in key order, at the current revision. */
+  private listing(createdAfter: number): LeaseListing {
+    const records: LeaseRecord[] = [];
+    const invalid: InvalidLeaseKey[] = [];
+    for (const [name, entry] of [...this.entries].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      if (entry.createRevision <= createdAfter) continue;
+      const parsed = this.parse(name, entry);
+      if ('code' in parsed) invalid.push(parsed);
+      else records.push(parsed);
+    }
+    return { records, invalid, revision: String(this.revision) };
   }
 
   private parse(name: string, entry: Entry): LeaseRecord | InvalidLeaseKey {
