@@ -111,6 +111,20 @@ test('routes deleted by hand come back at the next resync', async () => {
   expect(back, cluster.logTail(n1)).toBe(true);
 });
 
+test('a route to a node\'s own subnet via a peer (its previous holder\'s, left behind) is removed', async () => {
+  const [n1, n2] = onLink as [ClusterNode, ClusterNode];
+  const own = await subnetsOf(n1);
+  // A metric of its own, so that the kernel takes it beside the pods' bridge route.
+  await run(['ip', 'route', 'add', own.v4.toString(), 'via', n2.ip, 'dev', 'eth0', 'metric', '7'], { netns: n1.ns });
+  await run(['ip', '-6', 'route', 'add', own.v6.toString(), 'via', n2.ip6!, 'dev', 'eth0', 'metric', '7'], { netns: n1.ns });
+  const gone = await waitFor(async () => {
+    const [r4, r6] = await Promise.all([routeLines(n1, 4), routeLines(n1, 6)]);
+    return !r4.some((l) => l.startsWith(`${own.v4} via`)) && !r6.some((l) => l.startsWith(`${own.v6} via`));
+  }, 15_000, 200);
+  expect(gone, cluster.logTail(n1)).toBe(true);
+  expect(await unreachablePodPairs(cluster, 10_000, { nodes: onLink })).toEqual([]);
+});
+
 test('a departing node\'s routes disappear on both families', async () => {
   const leaving = onLink[2]!;
   const s = await subnetsOf(leaving);
@@ -141,8 +155,7 @@ test('a restarted node keeps both subnets and is reachable again on both familie
 
 test('the daemons logged no errors', () => {
   for (const node of cluster.nodes) {
-    const errors = cluster.logTail(node, 1_000_000).split('\n').filter((l) => /"level":"(error|fatal)"/.test(l));
-    expect(errors, `node ${node.index}`).toEqual([]);
+    expect(cluster.errorsLogged(node), `node ${node.index}`).toEqual([]);
   }
 });
 
@@ -183,9 +196,8 @@ async function clearPods(node: ClusterNode): Promise<void> {
 
 test('four nodes started at once, three times, each env file naming one IPv6 subnet: one node keeps it, the others give way; all pods ping', async () => {
   const contests: number[] = [];
-  // Each round's IPv4 subnets are ones no node held before: a node starting on a subnet that its kernel
-  // still routes to the subnet's previous holder keeps that route (host-gw leaves routes to its own
-  // subnet alone), which is not what this test is about.
+  // Each round's IPv4 subnets are ones no node held before, so that what each round shows is the give-way
+  // rule alone (a node starting on a subnet its kernel still routes to the previous holder is an earlier test).
   const held = new Set((await Promise.all(cluster.nodes.map(subnetsOf))).map((s) => s.v4.toString()));
   const fresh = Array.from({ length: 150 }, (_, k) => Ip4Net.parse(`198.19.${100 + k}.0/24`)).filter((sn) => !held.has(sn.toString()));
   for (let round = 0; round < 3; round++) {

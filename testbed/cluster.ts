@@ -92,6 +92,8 @@ export interface Cluster {
   ping(from: Pod, toIp: string, opts?: { count?: number; timeoutS?: number }): Promise<boolean>;
   /** Last lines of a node's daemon log. */
   logTail(node: ClusterNode, chars?: number): string;
+  /** The daemon's log lines at level error or fatal (pino's JSON lines name the level). */
+  errorsLogged(node: ClusterNode): string[];
   /**
    * Deletes the node's underlay interface (eth0, and with it its end in the hub and whatever the kernel
    * bound to it) and makes it again, with its MAC and addresses, as when a NIC's driver is reloaded.
@@ -221,6 +223,9 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
       return '(no log)';
     }
   };
+
+  const errorsLogged = (node: ClusterNode): string[] =>
+    logTail(node, Number.MAX_SAFE_INTEGER).split('\n').filter((l) => /"level":"(error|fatal)"/.test(l));
 
   const etcdctl = async (args: string[]): Promise<string> => {
     const res = await run(['etcdctl', `--endpoints=${ETCD_ENDPOINT}`, ...args], { netns: hubNs, env: { ETCDCTL_API: '3' } });
@@ -392,7 +397,7 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
 
   const cluster: Cluster = {
     id, hubNs, etcdEndpoint: ETCD_ENDPOINT, nodes, tmpDir,
-    etcdctl, startDaemon, stopDaemon, addPod, removePod, ping, logTail, replaceUnderlay, destroy,
+    etcdctl, startDaemon, stopDaemon, addPod, removePod, ping, logTail, errorsLogged, replaceUnderlay, destroy,
   };
 
   try {

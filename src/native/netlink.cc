@@ -464,7 +464,8 @@ class DumpWorker : public Napi::AsyncWorker {
     }
     // NOARP entries are the kernel's own (IPv6 multicast groups), never an entry of ours.
     if (!hasIp || !hasMac || (nd->ndm_state & NUD_NOARP)) return;
-    neighs_.insert(neighs_.end(), {nd->ndm_family == AF_INET6 ? 6u : 4u, (uint32_t)nd->ndm_ifindex, ip[0], ip[1], ip[2], ip[3], nd->ndm_state, hi, lo});
+    // Only "permanent or not" is kept: a dynamic entry ageing (REACHABLE → STALE) must not change the digest.
+    neighs_.insert(neighs_.end(), {nd->ndm_family == AF_INET6 ? 6u : 4u, (uint32_t)nd->ndm_ifindex, ip[0], ip[1], ip[2], ip[3], (uint32_t)(nd->ndm_state & NUD_PERMANENT), hi, lo});
   }
 
   void fdbEntry(nlmsghdr* h) {
@@ -482,7 +483,7 @@ class DumpWorker : public Napi::AsyncWorker {
       }
     }
     if (family == 0 || (hi == 0 && lo == 0)) return;  // no destination, or the all-zero default entry
-    fdb_.insert(fdb_.end(), {(uint32_t)nd->ndm_ifindex, hi, lo, family, dst[0], dst[1], dst[2], dst[3], nd->ndm_state});
+    fdb_.insert(fdb_.end(), {(uint32_t)nd->ndm_ifindex, hi, lo, family, dst[0], dst[1], dst[2], dst[3], (uint32_t)(nd->ndm_state & NUD_PERMANENT)});
   }
 
   Napi::Promise::Deferred deferred_;

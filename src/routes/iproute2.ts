@@ -28,6 +28,21 @@ export function opCommand(op: KernelOp): string[] {
   }
 }
 
+/**
+ * What of a dump's text the parsers read: the kernel's own NOARP neighbours (the IPv6 multicast groups a
+ * device joins as its addresses come up) are left out, and the states a dynamic neighbour or FDB entry
+ * passes through as it ages are one word, since only "permanent or not" is read. Neither may change the
+ * digest, or a pass over an unchanged kernel could never be skipped.
+ */
+function digestedText(text: Buffer): string {
+  return text
+    .toString('latin1')
+    .split('\n')
+    .filter((line) => !/\bNOARP\b/.test(line))
+    .join('\n')
+    .replace(/\b(REACHABLE|STALE|DELAY|PROBE|FAILED|INCOMPLETE)\b/g, 'DYNAMIC');
+}
+
 export class Iproute2Path implements KernelPath {
   readonly name = 'iproute2';
   private readonly opts: IpOptions;
@@ -79,7 +94,7 @@ export class Iproute2Path implements KernelPath {
       ]),
     ];
     const texts = await Promise.all(reads.map((r) => this.read(r.tool, r.args)));
-    const digests = texts.map((t) => createHash('sha1').update(t).digest('hex'));
+    const digests = texts.map((t) => createHash('sha1').update(digestedText(t)).digest('hex'));
     const digest = createHash('sha1').update(digests.join(' ')).digest('hex');
     if (digest === skipDigest) return { digest };
     const held = new Map<string, { digest: string; entries: KernelEntry[] }>();

@@ -10,7 +10,7 @@ import { parseIp4 } from '../../common/ip4.js';
 import { parseIp6 } from '../../common/ip6.js';
 import type { HostGwBackendConfig } from '../../subnet/config.js';
 import type { Lease, LeaseEvent } from '../../subnet/lease.js';
-import { type Family, type IpAddr, type KernelEntry, RTPROT_KERNEL, formatIp, netFamily, sameNet, unicastRoute } from '../../routes/entries.js';
+import { type Family, type IpAddr, type KernelEntry, RTPROT_KERNEL, formatIp, netFamily, unicastRoute } from '../../routes/entries.js';
 import { openKernelPath } from '../../routes/path.js';
 import { KernelReconciler, type KernelScope } from '../../routes/reconciler.js';
 import type { Backend, BackendAnnouncement, BackendContext } from '../backend.js';
@@ -74,20 +74,19 @@ export class HostGwBackend implements Backend {
     return this.ctx.extIface.name;
   }
 
-  /** Routes of ours: gatewayed, on the underlay, subnet-sized, inside the Network, not our own subnet. */
+  /**
+   * Routes of ours: gatewayed, on the underlay, subnet-sized, inside the Network. Our own subnet's among
+   * them: our pods are behind the CNI bridge (a route without a gateway), so a route to our subnet via a
+   * peer is what its previous holder's peer route left behind — kept, it would send our pods' traffic away.
+   */
   private scope(): KernelScope {
     const { network, subnetLen, ipv6 } = this.ctx.network;
-    const own4 = this.own?.subnet ?? null;
-    const own6 = this.own?.ipv6Subnet ?? null;
     return {
       routeRoots: ipv6 ? [network, ipv6.network] : [network],
       devices: [],
       owns: (e: KernelEntry) => {
         if (e.kind !== 'route' || e.type !== 'unicast' || e.protocol === RTPROT_KERNEL || e.dev !== this.dev || e.via === null) return false;
-        const v4 = netFamily(e.dst) === 4;
-        if (e.dst.prefixLen !== (v4 ? subnetLen : ipv6?.subnetLen)) return false;
-        const own = v4 ? own4 : own6;
-        return own === null || !sameNet(own, e.dst);
+        return e.dst.prefixLen === (netFamily(e.dst) === 4 ? subnetLen : ipv6?.subnetLen);
       },
     };
   }
