@@ -1,5 +1,5 @@
 // The lease manager against a real etcd server: claiming, races (also two keys naming one IPv6
-// subnet), reuse, reservations, renewal, loss and re-claim, and watch continuity across an etcd restart.
+// subnet, and two nodes given one PublicIP), reuse, reservations, renewal, loss and re-claim, and watch continuity across an etcd restart.
 import { spawnSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/log.js';
@@ -8,7 +8,7 @@ import { parseNetworkConfig } from '../src/subnet/config.js';
 import { Ip4Net } from '../src/common/ip4.js';
 import { Ip6Net } from '../src/common/ip6.js';
 import type { Lease, LeaseEvent } from '../src/subnet/lease.js';
-import { LeaseManager, type LeaseManagerOptions, NetworkFullError } from '../src/subnet/manager.js';
+import { LeaseManager, type LeaseManagerOptions, NetworkFullError, PublicIpInUseError } from '../src/subnet/manager.js';
 import { type EtcdServer, startEtcd } from '../testbed/etcd.js';
 import { ListingGate } from './harness/listing-gate.js';
 
@@ -170,6 +170,31 @@ describe('two keys naming one IPv6 subnet', () => {
     expect(keys).toEqual(leases.map((l) => `${prefix}/subnets/${l.subnet.toKey()}&${l.ipv6Subnet!.toKey()}`).sort());
     // Every node routes every other node's IPv6 subnet as that node holds it.
     await until(() => recs.every((r, k) => leases.every((l, j) => j === k || r.remote.get(l.subnet.toKey())?.ipv6Subnet?.equals(l.ipv6Subnet!))), 'every node to know the others');
+  });
+});
+
+describe('two nodes given one PublicIP', () => {
+  it('both choosing before either creates: the newer key\'s node deletes it and takes no lease; etcd holds the older alone', async () => {
+    const prefix = freshPrefix();
+    const gate = new ListingGate(2);
+    const nodes = ['a', 'b'].map((id) => {
+      const store = registry(prefix);
+      gate.hold(store);
+      return manager(prefix, '198.18.0.9', {
+        store,
+        attrs: { publicIP: '198.18.0.9', publicIPv6: null, nodeIdentity: id.repeat(32), backend: { type: 'host-gw' } },
+        previousSubnet: Ip4Net.parse(id === 'a' ? '198.19.91.0/24' : '198.19.92.0/24'),
+      });
+    });
+    const results = await Promise.allSettled(nodes.map((m) => m.start(new Recorder().listener)));
+    const held = results.findIndex((r) => r.status === 'fulfilled');
+    expect(results.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected']);
+    const refused = results[1 - held] as PromiseRejectedResult;
+    expect(refused.reason).toBeInstanceOf(PublicIpInUseError);
+    expect(nodes[1 - held]!.stats()['gaveWay']).toBe(1);
+    const lease = (results[held] as PromiseFulfilledResult<Lease>).value;
+    const keys = etcdctl('get', '--prefix', `${prefix}/subnets/`, '--keys-only').split('\n').filter((l) => l !== '');
+    expect(keys).toEqual([`${prefix}/subnets/${lease.subnet.toKey()}`]);
   });
 });
 

@@ -202,6 +202,34 @@ describe('one PublicIP, one live node', () => {
     expect(again.subnet.equals(first.subnet)).toBe(true);
   });
 
+  it('two nodes with one PublicIP creating keys at the same instant: the newer deletes its key and takes no lease; the older keeps its own', async () => {
+    const { clock, store, make } = setup();
+    // Both list before either creates: neither choice sees the other's key.
+    new ListingGate(2).hold(store);
+    const cap = capturingLogger();
+    const [ra, rb] = [new Recorder(), new Recorder()];
+    const a = make('198.18.0.5', { attrs: withId('198.18.0.5', ID_A) });
+    const b = make('198.18.0.5', { attrs: withId('198.18.0.5', ID_B), log: cap.log, random: () => 0.5 });
+    const [la, lb] = await clock.until(Promise.allSettled([a.start(ra.listener), b.start(rb.listener)]));
+    expect(la.status).toBe('fulfilled');
+    expect(lb.status).toBe('rejected');
+    expect((lb as PromiseRejectedResult).reason).toBeInstanceOf(PublicIpInUseError);
+    expect(String((lb as PromiseRejectedResult).reason.message)).toMatch(/public IP 198\.18\.0\.5 is in use by another node: it holds .*node identity a{32}/);
+    expect(b.stats()['gaveWay']).toBe(1);
+    expect(a.stats()['gaveWay']).toBe(0);
+    expect(cap.lines.some((l) => /with our public IP created its key just before ours/.test(String(l['msg'])))).toBe(true);
+    // B wrote nothing on its node; the store holds A's key alone, as A wrote it.
+    expect(rb.own).toEqual([]);
+    const held = (await store.listLeases()).records;
+    expect(held.map((r) => r.attrs.nodeIdentity)).toEqual([ID_A]);
+    expect(held[0]!.subnet.equals((la as PromiseFulfilledResult<Lease>).value.subnet)).toBe(true);
+    expect(held[0]!.modRevision).toBe(held[0]!.createRevision);
+    // Started again, B finds A's key in its listing and writes nothing.
+    const revision = store.currentRevision;
+    await expect(make('198.18.0.5', { attrs: withId('198.18.0.5', ID_B) }).start(new Recorder().listener)).rejects.toThrow(PublicIpInUseError);
+    expect(store.currentRevision).toBe(revision);
+  });
+
   it('an upstream node with our PublicIP taking our key while we run: we stand aside instead of taking it back, with bounded writes', async () => {
     const { clock, store, make } = setup();
     const { log, lines } = capturingLogger();

@@ -294,9 +294,11 @@ export class LeaseManager {
   private async checkClaim(listing: LeaseListing): Promise<void> {
     const own = this.own!;
     const { store, network } = this.opts;
+    const created = BigInt(own.createRevision) > BigInt(listing.revision);
     let fresh: LeaseListing | null = null;
     if (olderClaimants(own, listing.records, network).length > 0) fresh = await store.listLeases();
-    else if (BigInt(own.createRevision) > BigInt(listing.revision)) fresh = await store.listLeasesCreatedAfter(listing.revision);
+    else if (created) fresh = await store.listLeasesCreatedAfter(listing.revision);
+    if (created && fresh) await this.checkPublicIpShared(own, fresh);
     const contest = fresh ? olderClaimants(own, fresh.records, network) : [];
     if (contest.length === 0) return;
     if (own.leaseId === null) {
@@ -314,6 +316,27 @@ export class LeaseManager {
     // False when our key changed meanwhile: then it is not ours to keep either.
     await store.deleteLeaseIf(own.key, String(own.revision));
     throw new LostRace(reason);
+  }
+
+  /**
+   * After creating a key: whether another node with our PublicIP created one first, after the listing we
+   * chose from (two nodes given one --public-ip, started at the same instant: neither listing saw the
+   * other's key). The later of two creators always finds the earlier here, as its read follows its own
+   * create. The older key's node keeps running; ours deletes its key unless it changed meanwhile and
+   * takes no lease while the other holds one, as when its listing shows the other from the start.
+   */
+  private async checkPublicIpShared(own: OwnLease, created: LeaseListing): Promise<void> {
+    const older = created.records
+      .filter((r) => r.key !== own.key && r.attrs.publicIP === this.opts.attrs.publicIP && !this.isOurs(r.attrs) && olderFirst(r, own) < 0)
+      .sort(olderFirst)[0];
+    if (!older) return;
+    this.log.info(
+      { key: own.key, olderKey: older.key, publicIP: older.attrs.publicIP },
+      'another node with our public IP created its key just before ours: deleting ours; taking no lease while it holds one',
+    );
+    this.counters.gaveWay++;
+    await this.opts.store.deleteLeaseIf(own.key, String(own.revision));
+    throw new PublicIpInUseError(this.opts.attrs.publicIP, older, this.opts.attrs.nodeIdentity ?? '');
   }
 
   /**
