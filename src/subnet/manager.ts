@@ -325,8 +325,8 @@ export class LeaseManager {
    * create. The older key's node keeps running; ours deletes its key unless it changed meanwhile and
    * takes no lease while the other holds one, as when its listing shows the other from the start.
    */
-  private async checkPublicIpShared(own: OwnLease, created: LeaseListing): Promise<void> {
-    const older = created.records
+  private async checkPublicIpShared(own: OwnLease, fresh: LeaseListing): Promise<void> {
+    const older = fresh.records
       .filter((r) => r.key !== own.key && r.attrs.publicIP === this.opts.attrs.publicIP && !this.isOurs(r.attrs) && olderFirst(r, own) < 0)
       .sort(olderFirst)[0];
     if (!older) return;
