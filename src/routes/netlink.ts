@@ -181,17 +181,13 @@ export class NetlinkPath implements KernelPath {
           out[at + 14] = e.metric;
         }
         break;
-      case 'neigh': {
-        if (typeof e.ip === 'bigint') flags |= OP.v6;
-        out[at + 1] = this.indexes.get(e.dev)!;
-        writeAddr(out, at + 3, e.ip);
-        [out[at + 11], out[at + 12]] = macWords(e.mac);
-        break;
-      }
+      case 'neigh':
       case 'fdb': {
-        if (typeof e.dst === 'bigint') flags |= OP.v6;
+        // One layout: a neighbour's address and an FDB entry's remote go in the same words.
+        const addr = e.kind === 'neigh' ? e.ip : e.dst;
+        if (typeof addr === 'bigint') flags |= OP.v6;
         out[at + 1] = this.indexes.get(e.dev)!;
-        writeAddr(out, at + 3, e.dst);
+        writeAddr(out, at + 3, addr);
         [out[at + 11], out[at + 12]] = macWords(e.mac);
         break;
       }

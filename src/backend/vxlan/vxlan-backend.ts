@@ -13,11 +13,9 @@ import { openKernelPath } from '../../routes/path.js';
 import { KernelReconciler, type KernelScope } from '../../routes/reconciler.js';
 import { LatestEvent } from '../latest-event.js';
 import { OnLinkCheck } from '../on-link.js';
+import { PeerChangeLog } from '../peer-change-log.js';
 import { VxlanDevice } from './device.js';
 import { sideEntries, vxlanSides } from './peers.js';
-
-/** Above this many peers added in one batch, each is logged at debug and the batch once at info. */
-const LOG_EACH_UP_TO = 20;
 
 export interface VxlanBackendOptions {
   /** Program this named network namespace instead of our own (tests drive several "nodes" from one process). */
@@ -130,16 +128,13 @@ export class VxlanBackend implements Backend {
    */
   async handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void> {
     this.counters.eventBatches++;
-    const added: string[] = [];
-    for (const event of events) {
-      const change = await this.applyEvent(event, events.length);
-      if (change === 'added-quietly') added.push(event.lease.subnet.toString());
-    }
-    if (added.length > 0) this.ctx.log.info({ count: added.length, first: added[0], last: added[added.length - 1] }, 'adding subnets');
+    const changes = new PeerChangeLog(this.ctx.log, events.length);
+    for (const event of events) await this.applyEvent(event, changes);
+    changes.done();
     await this.kernel.submit();
   }
 
-  private async applyEvent(event: LeaseEvent, batch: number): Promise<'added-quietly' | null> {
+  private async applyEvent(event: LeaseEvent, changes: PeerChangeLog): Promise<void> {
     const { lease } = event;
     const key = lease.subnet.toString();
     const ticket = this.latest.begin(key);
@@ -147,16 +142,16 @@ export class VxlanBackend implements Backend {
       this.latest.forget(key);
       this.direct.delete(key);
       if (this.kernel.delete(key)) this.ctx.log.info({ subnet: key }, 'removing subnet');
-      return null;
+      return;
     }
-    if (this.ownLease?.subnet.equals(lease.subnet)) return null;
+    if (this.ownLease?.subnet.equals(lease.subnet)) return;
     const found = vxlanSides(lease, this.v6 !== null);
     if ('error' in found) {
       this.counters.skippedLeases++;
       this.direct.delete(key);
       this.kernel.delete(key);
       this.ctx.log.warn({ subnet: key, publicIP: lease.attrs.publicIP, reason: found.error }, 'ignoring lease');
-      return null;
+      return;
     }
     if (found.missingV6) {
       this.counters.v6SkippedLeases++;
@@ -171,18 +166,13 @@ export class VxlanBackend implements Backend {
       entries.push(...sideEntries(side, dev, directDev));
     }
     // A newer event for this peer came in during a lookup: it decides.
-    if (!this.latest.isLatest(key, ticket)) return null;
+    if (!this.latest.isLatest(key, ticket)) return;
     const known = this.kernel.hasOwner(key);
-    if (!this.kernel.set(key, entries)) return null;
+    if (!this.kernel.set(key, entries)) return;
     if (direct) this.direct.add(key);
     else this.direct.delete(key);
     const fields = { subnet: key, publicIP: lease.attrs.publicIP, vtepMAC: found.sides[0]!.mac, direct, ipv6Subnet: lease.ipv6Subnet?.toString() ?? null };
-    if (batch <= LOG_EACH_UP_TO || known) {
-      this.ctx.log.info(fields, known ? 'updating subnet' : 'adding subnet');
-      return null;
-    }
-    this.ctx.log.debug(fields, 'adding subnet');
-    return 'added-quietly';
+    changes.changed(key, fields, known);
   }
 
   /** DirectRouting: a peer on a link of ours is routed via its public address, unencapsulated. */

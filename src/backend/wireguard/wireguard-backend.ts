@@ -10,6 +10,7 @@
 // wireguard-go was started again (its device new and empty) a full pass puts back the key, the port,
 // every peer and the routes. See docs/wireguard.md.
 import type { Backend, BackendAnnouncement, BackendContext, BackendScrape, WireguardDeviceStats } from '../backend.js';
+import { PeerChangeLog } from '../peer-change-log.js';
 import { kernelMetrics } from '../../common/metrics.js';
 import { formatIp4 } from '../../common/ip4.js';
 import { formatIp6 } from '../../common/ip6.js';
@@ -28,8 +29,6 @@ import { WireguardDevice } from './device.js';
 import { type NodeKey, keyFilePath, loadOrCreateKey } from './keys.js';
 import { WG_DEVICE, WG_DEVICE_V6, leasePeers, ownLeaseData } from './peers.js';
 
-/** Above this many peers added in one batch, each is logged at debug and the batch once at info. */
-const LOG_EACH_UP_TO = 20;
 /** A peer whose latest handshake is older than this (or who never had one) counts as stale. */
 const STALE_HANDSHAKE_MS = 180_000;
 /** /metrics reads the devices at most this often; scrapes in between get the last reading. */
@@ -242,31 +241,29 @@ export class WireguardBackend implements Backend {
    */
   async handleLeaseEvents(events: readonly LeaseEvent[]): Promise<void> {
     this.counters.eventBatches++;
-    const added: string[] = [];
-    for (const event of events) {
-      if (this.applyEvent(event, events.length) === 'added-quietly') added.push(event.lease.subnet.toString());
-    }
-    if (added.length > 0) this.ctx.log.info({ count: added.length, first: added[0], last: added[added.length - 1] }, 'adding subnets');
+    const changes = new PeerChangeLog(this.ctx.log, events.length);
+    for (const event of events) this.applyEvent(event, changes);
+    changes.done();
     kernelMetrics.peers.set({ backend: 'wireguard' }, this.peers.size);
     await this.kernel.submit();
   }
 
-  private applyEvent(event: LeaseEvent, batch: number): 'added-quietly' | null {
+  private applyEvent(event: LeaseEvent, changes: PeerChangeLog): void {
     const { lease } = event;
     const key = lease.subnet.toString();
     if (event.type === 'removed') {
       this.peers.delete(key);
       if (this.kernel.delete(key)) this.ctx.log.info({ subnet: key }, 'removing subnet');
-      return null;
+      return;
     }
-    if (this.own?.subnet.equals(lease.subnet)) return null;
+    if (this.own?.subnet.equals(lease.subnet)) return;
     const found = leasePeers(lease, { config: this.config, ipv6: !!this.ctx.network.ipv6, ownPublicIPv6: this.ctx.extIface.publicIPv6 ?? null, psk: this.pskId });
     if ('error' in found) {
       this.counters.skippedLeases++;
       this.peers.delete(key);
       this.kernel.delete(key);
       this.ctx.log.warn({ subnet: key, publicIP: lease.attrs.publicIP, reason: found.error }, 'ignoring lease');
-      return null;
+      return;
     }
     if (found.missing) {
       this.counters.v6SkippedLeases++;
@@ -274,7 +271,7 @@ export class WireguardBackend implements Backend {
     }
     const known = this.kernel.hasOwner(key);
     this.peers.add(key);
-    if (!this.kernel.set(key, found.peers)) return null;
+    if (!this.kernel.set(key, found.peers)) return;
     const first = found.peers[0]!;
     const fields = {
       subnet: key,
@@ -282,12 +279,7 @@ export class WireguardBackend implements Backend {
       publicKey: first.publicKey,
       endpoints: found.peers.map((p) => `${p.dev} ${p.endpoint ? endpointText(p.endpoint) : '-'}`),
     };
-    if (batch <= LOG_EACH_UP_TO || known) {
-      this.ctx.log.info(fields, known ? 'updating subnet' : 'adding subnet');
-      return null;
-    }
-    this.ctx.log.debug(fields, 'adding subnet');
-    return 'added-quietly';
+    changes.changed(key, fields, known);
   }
 
   /** Resolves once everything handed over so far has been applied. */
